@@ -1,0 +1,1 @@
+"""Command-line front: parses, calls the library, renders. Nothing imports it."""

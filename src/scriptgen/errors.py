@@ -1,0 +1,48 @@
+"""The one exception tree of scriptgen.
+
+    ScriptgenError                 anything the CLI turns into a one-line message
+    └── CaptureError               a capture file cannot be read (carries path and byte offset)
+        ├── CaptureOpenError       missing, unreadable, or empty file
+        ├── CaptureFormatError     not a pcap/pcapng file, or a malformed header
+        └── CaptureTruncatedError  the file ends or breaks inside a record
+
+The library raises these; the CLI maps them to exit codes (docs/cli.md). A truncated
+capture is not raised by the session reader: the sessions read before the damage are
+returned and the error is kept in `CaptureStats.damage` (nothing already read is lost).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ScriptgenError",
+    "CaptureError",
+    "CaptureOpenError",
+    "CaptureFormatError",
+    "CaptureTruncatedError",
+]
+
+
+class ScriptgenError(Exception):
+    """Base of every error scriptgen raises on purpose."""
+
+
+class CaptureError(ScriptgenError):
+    """A capture cannot be read; names the file and the byte offset of the problem."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{path}: at byte {offset}: {reason}")
+
+
+class CaptureOpenError(CaptureError):
+    """The file is missing, unreadable or empty."""
+
+
+class CaptureFormatError(CaptureError):
+    """The file is not a pcap or pcapng capture, or its header is malformed."""
+
+
+class CaptureTruncatedError(CaptureError):
+    """The capture ends or is damaged inside a record; what came before is usable."""

@@ -1,0 +1,90 @@
+"""`scriptgen sessions` as a user runs it: table, JSON lines, help, exit codes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from scriptgen.cli.main import main
+
+from tests.capture.craft import SERVER, conversation, ethernet, udp, write_pcap
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _capture(tmp_path: Path) -> Path:
+    pkts = conversation(("10.0.0.1", 1111), SERVER, exchanges=[(b"GET /\r\n", b"200 OK\r\n")])
+    pkts += conversation(("10.0.0.1", 2222), ("10.0.0.2", 21), exchanges=[(b"", b"220 hi\r\n"), (b"QUIT\r\n", b"221\r\n")])
+    pkts += [udp(("10.0.0.1", 5353), ("10.0.0.2", 53), b"query"), udp(("10.0.0.2", 53), ("10.0.0.1", 5353), b"answer")]
+    return write_pcap(tmp_path / "c.pcap", [ethernet(p) for p in pkts])
+
+
+def test_table_per_transport_and_port(tmp_path, capsys):
+    assert main(["sessions", str(_capture(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["transport", "port", "sessions", "messages"]
+    assert lines[1].split() == ["tcp", "21", "1", "3", "6", "13", "0", "0", "0", "0"]
+    assert lines[2].split() == ["tcp", "80", "1", "2", "7", "8", "0", "0", "0", "0"]
+    assert lines[3].split() == ["udp", "53", "1", "2", "5", "6", "0", "0", "0", "0"]
+    assert "anomalies: none" in out
+
+
+def test_json_lines_and_port_filter(tmp_path, capsys):
+    assert main(["sessions", "--json", "--port", "21", str(_capture(tmp_path))]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    obj = json.loads(line)
+    assert obj["transport"] == "tcp" and obj["server_port"] == 21
+    assert obj["client"] == "10.0.0.1:2222" and obj["server"] == "10.0.0.2:21"
+    assert obj["midstream"] is False
+    assert [(m["from"], base64.b64decode(m["data"])) for m in obj["messages"]] == [
+        ("server", b"220 hi\r\n"), ("client", b"QUIT\r\n"), ("server", b"221\r\n")]
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "scriptgen", "sessions", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for option in ("--port", "--json", "--udp-timeout", "--max-flows", "exit codes", "CAPTURE"):
+        assert option in out
+
+
+def test_missing_file_is_one_line_and_exit_3(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "sessions", str(tmp_path / "none.pcap")],
+                       capture_output=True, text=True)
+    assert r.returncode == 3
+    assert r.stderr.strip().splitlines() == [f"scriptgen: error: {tmp_path / 'none.pcap'}: at byte 0: No such file or directory"]
+
+
+def test_not_a_capture_exit_3(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "sessions", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 3 and "not a pcap or pcapng file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_truncated_capture_prints_results_then_error_exit_4(tmp_path):
+    whole = _capture(tmp_path).read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole[:-10])
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "sessions", str(cut)], capture_output=True, text=True)
+    assert r.returncode == 4
+    assert "tcp" in r.stdout and " 80 " in r.stdout  # sessions before the damage are reported
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"scriptgen: error: {cut}: at byte ") and "ends inside a record" in line
+
+
+def test_bad_port_is_a_usage_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "sessions", "--port", "99999", "x.pcap"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "port out of range" in r.stderr
+
+
+def test_bundled_example_has_sessions():
+    example = ROOT / "examples" / "ftp" / "vsftpd-anon.pcap"
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "sessions", str(example), "--port", "2121"],
+                       capture_output=True, text=True, check=True)
+    row = r.stdout.splitlines()[1].split()
+    assert row[:2] == ["tcp", "2121"] and int(row[2]) >= 30

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up and run the test suite on a fresh machine: system tools the tests drive (tshark
+# for the differential reassembly test, tcpdump), a virtualenv, the package, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v tshark >/dev/null || need_apt+=(tshark)
+command -v tcpdump >/dev/null || need_apt+=(tcpdump)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing ${need_apt[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    else
+        echo "warning: ${need_apt[*]} missing and not root: the tests that need them will skip" >&2
+    fi
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest -q "$@"
