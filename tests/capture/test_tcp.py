@@ -237,3 +237,19 @@ def test_pending_buffer_is_bounded(tmp_path):
     (s,) = read_sessions([str(path)], CaptureParams(tcp_max_pending_bytes=1000))
     assert s.anomalies["pending_overflow"] == 40
     assert s.anomalies["out_of_order"] == 10
+
+
+def test_ack_captured_just_before_the_data_it_acknowledges_loses_nothing(tmp_path):
+    # Capture points can reorder: the server's bare ACK of "hello" comes first.
+    pkts = handshake() + [tcp(SERVER, CLIENT, 5001, 1006, ACK),
+                          tcp(CLIENT, SERVER, 1001, 5001, PSH | ACK, b"hello"),
+                          tcp(SERVER, CLIENT, 5001, 1006, PSH | ACK, b"world")]
+    (s,) = sessions_of(tmp_path, pkts)
+    assert flow(s) == [(C, b"hello"), (S, b"world")] and s.gaps == 0
+
+
+def test_lost_last_segment_known_only_from_an_ack_is_a_gap_at_the_end(tmp_path):
+    pkts = handshake() + [tcp(CLIENT, SERVER, 1001, 5001, PSH | ACK, b"abc"),
+                          tcp(SERVER, CLIENT, 5001, 1007, ACK)]  # "def" never captured
+    (s,) = sessions_of(tmp_path, pkts)
+    assert flow(s) == [(C, b"abc")] and s.messages[0].gaps == (Gap(3, 3),)

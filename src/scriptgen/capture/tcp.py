@@ -7,7 +7,9 @@ The policy (docs/capture.md has the full text and the reasons):
   wraparound). Out-of-order segments wait (bounded) until the hole fills; retransmitted
   bytes are dropped; on overlap the first copy of a byte wins.
 - A hole that never fills is recorded as a `Gap` on the message. A hole is given up on
-  when the other side acknowledges bytes the capture never saw, or when the session ends.
+  when the other side, having acknowledged bytes the capture never saw, sends data or a
+  FIN itself (a bare ACK may be captured just before the data it acknowledges), or when
+  the session ends.
 - A FIN closes its direction; the session ends when both directions are closed (data the
   other side sends after a half-close is kept), at a RST, at a new SYN on the same 4-tuple,
   after an idle timeout, on eviction (flow cap) or at the end of the capture.
@@ -69,7 +71,7 @@ class _Flow:
 
     __slots__ = (
         "index", "key", "server_side", "midstream", "start", "last",
-        "base", "nxt", "pending", "pending_bytes", "fin", "done",
+        "base", "nxt", "pending", "pending_bytes", "fin", "done", "acked",
         "messages", "cur_side", "cur_data", "cur_ts", "cur_gaps",
         "closed_by", "anomalies",
     )
@@ -87,6 +89,7 @@ class _Flow:
         self.pending_bytes = [0, 0]
         self.fin: list[int | None] = [None, None]  # relative position of the FIN
         self.done = [False, False]
+        self.acked = [0, 0]  # highest relative byte the peer acknowledged
         self.messages: list[tuple[int, bytes, float, tuple[Gap, ...]]] = []
         self.cur_side = -1
         self.cur_data = bytearray()
@@ -150,7 +153,7 @@ class TcpReassembler:
                 flow.base[1 - side] = ack
             seq = (seq + 1) & _MASK
         elif flags & _ACK and flow.base[1 - side] is not None:
-            self._acked(flow, 1 - side, ack, ts)
+            self._acked(flow, 1 - side, ack, ts, now=bool(length or flags & _FIN))
         if length:
             if flow.base[side] is None:
                 flow.base[side] = seq
@@ -244,9 +247,11 @@ class TcpReassembler:
         del pending[:keep]
         flow.pending_bytes[side] = sum(item[2] for item in pending)
 
-    def _acked(self, flow: _Flow, side: int, ack: int, ts: float) -> None:
+    def _acked(self, flow: _Flow, side: int, ack: int, ts: float, now: bool) -> None:
         """The peer acknowledged up to `ack`: bytes of `side` it got that the capture
-        never saw are lost to us. Record them as a gap and move on."""
+        never saw are lost to us. When the peer now speaks (`now`), its bytes come after
+        those: record the hole as a gap and move on. A bare ACK only notes it, because a
+        capture can hold an ACK a moment before the data it acknowledges."""
         diff = _signed(ack - _next_seq(flow, side))
         if diff <= 0 or diff > self.params.tcp_max_window:
             return
@@ -254,7 +259,10 @@ class TcpReassembler:
         fin = flow.fin[side]
         if fin is not None:
             target = min(target, fin)  # the FIN itself takes one sequence number
-        self._skip_to(flow, side, target, ts)
+        if now:
+            self._skip_to(flow, side, target, ts)
+        else:
+            flow.acked[side] = max(flow.acked[side], target)
 
     def _skip_to(self, flow: _Flow, side: int, target: int, ts: float) -> None:
         while flow.nxt[side] < target:
@@ -287,8 +295,8 @@ class TcpReassembler:
 
     def _finish(self, flow: _Flow, close: str, tombstone: bool) -> None:
         for side in (0, 1):
-            if flow.pending[side]:
-                last = max(rel + length for rel, _, length in flow.pending[side])
+            last = max([flow.acked[side]] + [rel + length for rel, _, length in flow.pending[side]])
+            if last > flow.nxt[side]:
                 self._skip_to(flow, side, last, flow.last)
         self._end_message(flow)
         del self._flows[flow.key]
