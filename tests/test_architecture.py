@@ -16,7 +16,9 @@ ALLOWED = {
     "params": set(),
     "model": set(),
     "capture": {"errors", "params", "model"},
-    "cli": {"errors", "params", "model", "capture"},
+    "learn": {"errors", "params", "model"},
+    "modelfile": {"errors", "model"},
+    "cli": {"errors", "params", "model", "capture", "learn", "modelfile"},
 }
 
 

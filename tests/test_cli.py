@@ -88,3 +88,37 @@ def test_bundled_example_has_sessions():
                        capture_output=True, text=True, check=True)
     row = r.stdout.splitlines()[1].split()
     assert row[:2] == ["tcp", "2121"] and int(row[2]) >= 30
+
+
+def test_learn_then_show(tmp_path):
+    example = ROOT / "examples" / "ftp" / "vsftpd-anon.pcap"
+    model = tmp_path / "ftp.json"
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "learn", str(example), "-o", str(model), "--port", "2121"],
+                       capture_output=True, text=True, check=True)
+    row = r.stdout.splitlines()[1].split()
+    assert row[0] == "tcp/2121" and int(row[1]) == 41 and int(row[3]) < int(row[2])  # simplified < raw
+    assert "learned tcp/2121" in r.stderr
+    shown = subprocess.run([sys.executable, "-m", "scriptgen", "show", str(model)], capture_output=True, text=True, check=True)
+    assert "S0: 220 (vsFTPd 3.0.3)\\r\\n" in shown.stdout and "--[USER anonymous\\r\\n]" in shown.stdout
+    js = subprocess.run([sys.executable, "-m", "scriptgen", "show", str(model), "--json"], capture_output=True, text=True, check=True)
+    obj = json.loads(js.stdout)
+    assert {"transport", "port", "states", "transitions", "links"} <= set(obj) and obj["port"] == 2121
+    dot = tmp_path / "g.dot"
+    subprocess.run([sys.executable, "-m", "scriptgen", "show", str(model), "-o", str(dot)], check=True)
+    assert dot.read_text().startswith("digraph") and "USER anonymous" in dot.read_text()
+
+
+def test_learn_help_and_bad_threshold():
+    out = subprocess.run([sys.executable, "-m", "scriptgen", "learn", "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--macro", "--micro", "--max-fanout", "--max-states", "--jobs", "--port", "-o"):
+        assert option in out
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "learn", "x.pcap", "-o", "m.json", "--macro", "1.5"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "between 0 and 1" in r.stderr
+
+
+def test_show_refuses_a_broken_model_in_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "scriptgen-model", "version": 1}')
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "show", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr

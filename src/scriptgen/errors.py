@@ -5,6 +5,9 @@
         ├── CaptureOpenError       missing, unreadable, or empty file
         ├── CaptureFormatError     not a pcap/pcapng file, or a malformed header
         └── CaptureTruncatedError  the file ends or breaks inside a record
+    └── ModelError                 a model file cannot be used (carries path and JSON location)
+        ├── ModelVersionError      written by a newer scriptgen, or an unknown format
+        └── ModelFormatError       malformed, inconsistent or over a size cap
 
 The library raises these; the CLI maps them to exit codes (docs/cli.md). A truncated
 capture is not raised by the session reader: the sessions read before the damage are
@@ -19,6 +22,9 @@ __all__ = [
     "CaptureOpenError",
     "CaptureFormatError",
     "CaptureTruncatedError",
+    "ModelError",
+    "ModelVersionError",
+    "ModelFormatError",
 ]
 
 
@@ -46,3 +52,21 @@ class CaptureFormatError(CaptureError):
 
 class CaptureTruncatedError(CaptureError):
     """The capture ends or is damaged inside a record; what came before is usable."""
+
+
+class ModelError(ScriptgenError):
+    """A model file cannot be used; names the file and where in it the problem is."""
+
+    def __init__(self, path: str, where: str, reason: str) -> None:
+        self.path = path
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{path}: {where}: {reason}" if where else f"{path}: {reason}")
+
+
+class ModelVersionError(ModelError):
+    """The file is not a scriptgen model, or needs a newer scriptgen."""
+
+
+class ModelFormatError(ModelError):
+    """The file is malformed, inconsistent, or exceeds a size cap."""

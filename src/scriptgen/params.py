@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CaptureParams"]
+__all__ = ["CaptureParams", "LearnParams"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +53,61 @@ class CaptureParams:
 
     well_known_port_limit: int = 1024
     """Ports below this are taken to be the server's when no SYN says who listens."""
+
+
+@dataclass(frozen=True, slots=True)
+class LearnParams:
+    """Learn stage: raw state machine, PI alignment, Region Analysis, dependencies.
+
+    The algorithm is written down in docs/algorithm.md; these fields are recorded in the
+    model file and iterated by `scriptgen sweep`.
+    """
+
+    macro: float = 0.5
+    """W, the macroclustering threshold (paper §3.2): requests closer than this (alignment
+    distance, 0..1) fall in one macrocluster. 0: every distinct request alone; 1: one."""
+
+    micro: float = 0.5
+    """w, the microclustering threshold (paper §2.4.2, Fig. 4): a value of a mutating
+    region whose weighted frequency in its cluster is >= w is split off into its own
+    microcluster. 0: every value splits; 1: no effect."""
+
+    max_fanout: int = 1000
+    """Distinct requests kept per state of the raw tree; the rest of a session that needs
+    more is cut and counted (paper §2.3)."""
+
+    max_states: int = 100_000
+    """States of the raw tree per port; sessions needing more are cut and counted."""
+
+    max_samples: int = 8
+    """(request, answer) samples kept per transition, for dependency search and `show`."""
+
+    max_delays: int = 64
+    """Response delays kept per state for its median."""
+
+    align_sample: int = 200
+    """Distinct requests per state aligned all-pairs (the most frequent); the others are
+    assigned to the nearest cluster, which keeps learning linear in the capture."""
+
+    max_representatives: int = 64
+    """Clusters a request outside the aligned sample is compared with (the heaviest)."""
+
+    max_align_bytes: int = 2048
+    """Only the first bytes of a message take part in alignment distances (cost bound);
+    longer requests are still matched in full."""
+
+    min_fixed_run: int = 2
+    """A fixed region shorter than this between two mutating regions is a coincidence of
+    the alignment, not protocol structure: it is absorbed into the mutating region."""
+
+    random_distinct: float = 0.5
+    """A mutating region is random when at least this share of its values are distinct."""
+
+    link_min_support: float = 0.9
+    """A dependency link is kept when it holds in at least this share of the samples."""
+
+    link_min_length: int = 2
+    """Values shorter than this are not searched for in answers (coincidences)."""
+
+    jobs: int = 0
+    """Worker processes for learning ports in parallel; 0 = one per core."""

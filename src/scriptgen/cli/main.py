@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from scriptgen import __version__
-from scriptgen.cli import sessions_cmd
+from scriptgen.cli import learn_cmd, sessions_cmd, show_cmd
 from scriptgen.errors import ScriptgenError
 
 __all__ = ["main", "EXIT_OK", "EXIT_USAGE", "EXIT_INPUT", "EXIT_DAMAGED"]
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scriptgen {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     sessions_cmd.add_parser(commands)
+    learn_cmd.add_parser(commands)
+    show_cmd.add_parser(commands)
     return parser
 
 

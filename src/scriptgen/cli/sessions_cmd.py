@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any, TextIO
 
 from scriptgen.capture import CaptureStats, read_sessions
+from scriptgen.cli.common import port
 from scriptgen.model import Session
 from scriptgen.params import CaptureParams
 
@@ -53,7 +54,7 @@ def add_parser(commands: Any) -> None:
         help="pcap or pcapng files, read in order as one capture",
     )
     parser.add_argument(
-        "--port", "-p", type=_port, action="append", dest="ports", metavar="P",
+        "--port", "-p", type=port, action="append", dest="ports", metavar="P",
         help="keep only sessions whose server port is P (repeat for several ports)",
     )
     parser.add_argument(
@@ -73,16 +74,6 @@ def add_parser(commands: Any) -> None:
         "early and counted as evicted (default: %(default)s)",
     )
     parser.set_defaults(run=run)
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
-    return port
 
 
 def run(args: argparse.Namespace) -> int:

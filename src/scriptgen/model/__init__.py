@@ -1,88 +1,17 @@
-"""The vocabulary shared by every stage: what the capture stage produces.
+"""The vocabulary shared by every stage, named after the stage that makes it.
 
-Frame -> Segment -> Stream -> Session -> Message. Later stages add State, Transition and
-Model here. This package imports nothing from the rest of scriptgen.
+capture: Endpoint, Message, Session (session.py)
+learn:   Region, Slot, Label, Link, Transition, State, PortModel, Model (machine.py)
+
+This package imports nothing from the rest of scriptgen.
 """
 
-from __future__ import annotations
+from scriptgen.model.machine import (
+    Label, Link, Model, Part, PortModel, Region, Slot, State, Transition,
+)
+from scriptgen.model.session import Endpoint, Gap, Message, Sender, Session, Transport
 
-import enum
-from dataclasses import dataclass, field
-
-__all__ = ["Sender", "Transport", "Endpoint", "Gap", "Message", "Session"]
-
-
-class Sender(enum.Enum):
-    """Who sent a message."""
-
-    CLIENT = "client"
-    SERVER = "server"
-
-
-class Transport(enum.Enum):
-    TCP = "tcp"
-    UDP = "udp"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Endpoint:
-    """An IP address (text form) and a port."""
-
-    ip: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """`length` bytes of the stream were never captured; they belong before byte `offset`
-    of the message's data. The data does not contain them: they are not glued over."""
-
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """The longest run of bytes one side sent before the other side spoke (TCP), or one
-    datagram (UDP). `timestamp` is the capture time of its first byte."""
-
-    sender: Sender
-    data: bytes
-    timestamp: float
-    gaps: tuple[Gap, ...] = ()
-
-
-@dataclass(slots=True)
-class Session:
-    """One connection (TCP) or one 4-tuple exchange (UDP), messages in the order sent.
-
-    `close` says how it ended: "fin" (both sides closed), "rst", "timeout" (idle),
-    "reused" (a new SYN on the same 4-tuple), "evicted" (flow cap), or "eof" (the capture
-    ended first). `closed_by` is who sent the first FIN or the RST, if anyone did.
-    `midstream` is True when neither the SYN nor the SYN-ACK was captured.
-    `anomalies` counts what the reassembler dropped in this session (see docs/capture.md).
-    """
-
-    index: int
-    transport: Transport
-    client: Endpoint
-    server: Endpoint
-    start: float
-    end: float
-    midstream: bool
-    messages: list[Message] = field(default_factory=list)
-    close: str = "eof"
-    closed_by: Sender | None = None
-    anomalies: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def server_port(self) -> int:
-        return self.server.port
-
-    @property
-    def gaps(self) -> int:
-        """Number of holes in the captured byte streams of this session."""
-        return sum(len(m.gaps) for m in self.messages)
+__all__ = [
+    "Endpoint", "Gap", "Message", "Sender", "Session", "Transport",
+    "Region", "Slot", "Part", "Label", "Link", "Transition", "State", "PortModel", "Model",
+]

@@ -1,0 +1,105 @@
+"""`scriptgen learn`: captures -> model file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from scriptgen.capture import CaptureStats, read_sessions
+from scriptgen.cli.common import port, positive, unit_interval, warn
+from scriptgen.learn import learn
+from scriptgen.model import PortModel
+from scriptgen.modelfile import save
+from scriptgen.params import CaptureParams, LearnParams
+
+__all__ = ["add_parser"]
+
+_DEFAULTS = LearnParams()
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "learn",
+        help="learn a model (one state machine per server port) from captures",
+        description=(
+            "Reassemble the sessions of the captures, build the tree of requests and answers "
+            "per server port, simplify it with PI alignment and Region Analysis (thresholds W "
+            "and w), find dependency links (values the server echoes), and write the model file. "
+            "docs/algorithm.md describes the algorithm."
+        ),
+        epilog=(
+            "examples:\n"
+            "  scriptgen learn examples/ftp/vsftpd-anon.pcap -o ftp.model.json\n"
+            "  scriptgen learn honeypot-*.pcap --port 139 --port 445 --macro 0.3 --micro 0.6 -o smb.json\n"
+            "\n"
+            "Small W keeps requests apart (detailed model); large W groups them and lets w decide:\n"
+            "a region value at least w of a cluster's requests share stays its own transition.\n"
+            "Try `scriptgen sweep` to choose them. Exit codes: docs/cli.md."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files, read as one capture")
+    parser.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (JSON)")
+    parser.add_argument("--port", "-p", type=port, action="append", dest="ports", metavar="P",
+                        help="learn only this server port (repeat for several; default: every port)")
+    parser.add_argument("--macro", "-W", type=unit_interval, default=_DEFAULTS.macro, metavar="W",
+                        help="macroclustering threshold in [0,1]: alignment distance under which requests "
+                        "share a cluster (default: %(default)s)")
+    parser.add_argument("--micro", "-w", type=unit_interval, default=_DEFAULTS.micro, metavar="w",
+                        help="microclustering threshold in [0,1]: share of a cluster from which a region "
+                        "value gets its own transition (default: %(default)s)")
+    parser.add_argument("--max-fanout", type=positive, default=_DEFAULTS.max_fanout, metavar="N",
+                        help="distinct requests kept per state; sessions needing more are cut and "
+                        "counted (default: %(default)s)")
+    parser.add_argument("--max-states", type=positive, default=_DEFAULTS.max_states, metavar="N",
+                        help="states of the raw tree per port (default: %(default)s)")
+    parser.add_argument("--min-sessions", type=positive, default=1, metavar="N",
+                        help="skip ports with fewer sessions carrying data (default: %(default)s)")
+    parser.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
+                        help="worker processes (default: one per core)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = LearnParams(macro=args.macro, micro=args.micro, max_fanout=args.max_fanout,
+                         max_states=args.max_states, jobs=max(0, args.jobs))
+    stats = CaptureStats()
+    started = time.monotonic()
+    sessions = []
+    for session in read_sessions(args.captures, CaptureParams(), ports=args.ports, stats=stats):
+        sessions.append(session)
+        if len(sessions) % 10_000 == 0:
+            warn(f"read {len(sessions)} sessions...")
+    counts: dict[tuple[str, int], int] = {}
+    for s in sessions:
+        if s.messages:
+            key = (s.transport.value, s.server_port)
+            counts[key] = counts.get(key, 0) + 1
+    keep = {k for k, n in counts.items() if n >= args.min_sessions}
+    sessions = [s for s in sessions if (s.transport.value, s.server_port) in keep]
+    warn(f"read {len(sessions)} sessions on {len(keep)} port(s) in {time.monotonic() - started:.1f}s; learning...")
+
+    def progress(port_model: PortModel) -> None:
+        st = port_model.stats
+        warn(f"learned {port_model.transport}/{port_model.port}: {st['states']} states")
+
+    model = learn(sessions, params, sources=list(args.captures), progress=progress)
+    save(model, args.output)
+    out = sys.stdout
+    rows = [["port", "sessions", "raw states", "states", "transitions", "links", "cut"]]
+    for p in model.ports:
+        st = p.stats
+        cut = st["cut_fanout"] + st["cut_states"]
+        rows.append([f"{p.transport}/{p.port}", str(st["sessions"]), str(st["raw_states"]), str(st["states"]),
+                     str(st["transitions"]), str(st["links"]), str(cut)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + "\n")
+    if not model.ports:
+        out.write("(no sessions with data: the model is empty)\n")
+    out.write(f"wrote {args.output} (W={params.macro}, w={params.micro}) in {time.monotonic() - started:.1f}s\n")
+    for damage in stats.damage:
+        print(f"scriptgen: error: {damage}", file=sys.stderr)
+    return 4 if stats.damage else 0

@@ -1,0 +1,139 @@
+"""Learn stage, step 1: sessions -> the raw state machine (DESIGN §2, paper §2.3).
+
+A tree per (transport, server port). The root is labelled with the server's banner (an
+empty answer when the client speaks first). Each client request is an edge, labelled
+with the exact request bytes and a weight (the sessions that took it); the state it
+leads to is labelled with the answer that followed, with counts. Edges keep a bounded set
+of (request, answer) samples; states keep who closed the connection after them and the
+server's response delays. Limits on fan-out and on states cut sessions short: what they
+cut is counted, never lost silently.
+
+A turn is (request, answer): one client message and the server bytes that follow it until
+the client speaks again (several UDP datagrams of one answer are joined).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from scriptgen.model import Label, Part, Sender, Session
+from scriptgen.params import LearnParams
+
+__all__ = ["RawEdge", "RawNode", "RawTree", "build", "turns", "label_list"]
+
+
+@dataclass(eq=False)
+class RawEdge:
+    """Requests identical byte for byte. `targets` holds one state in the raw tree; after
+    states merge (simplify) it holds every state the merged edges led to, merged lazily
+    one level at a time so that deep trees need no recursion."""
+
+    request: bytes
+    targets: list[RawNode]
+    weight: int = 0
+    samples: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class RawNode:
+    labels: Counter[tuple[Part, ...]] = field(default_factory=Counter)
+    edges: dict[bytes, RawEdge] = field(default_factory=dict)
+    closes: Counter[str] = field(default_factory=Counter)
+    delays: list[float] = field(default_factory=list)
+
+    def size(self) -> int:
+        """States in this subtree, this one included (iterative: trees can be deep)."""
+        count, stack = 0, [self]
+        while stack:
+            node = stack.pop()
+            count += 1
+            stack.extend(t for e in node.edges.values() for t in e.targets)
+        return count
+
+
+@dataclass(eq=False)
+class RawTree:
+    transport: str
+    port: int
+    root: RawNode
+    sessions: int = 0
+    states: int = 1
+    cut: Counter[str] = field(default_factory=Counter)
+
+
+def turns(session: Session) -> tuple[bytes, list[tuple[bytes, bytes, float]]]:
+    """(banner, [(request, answer, delay)]) of a session. The banner is what the server
+    said before the client's first message; delay is seconds from request to answer."""
+    banner = bytearray()
+    result: list[tuple[bytes, bytearray, float]] = []
+    request_ts = 0.0
+    for message in session.messages:
+        if message.sender is Sender.CLIENT:
+            result.append((message.data, bytearray(), -1.0))
+            request_ts = message.timestamp
+        elif not result:
+            banner += message.data
+        else:
+            request, answer, delay = result[-1]
+            if delay < 0:
+                delay = max(0.0, message.timestamp - request_ts)
+            answer += message.data
+            result[-1] = (request, answer, delay)
+    return bytes(banner), [(r, bytes(a), max(d, 0.0)) for r, a, d in result]
+
+
+def build(sessions: Iterable[Session], params: LearnParams) -> Iterator[RawTree]:
+    """One raw tree per (transport, server port), sorted by transport and port.
+
+    Sessions with no message at all (port scans, refused connections) are skipped."""
+    trees: dict[tuple[str, int], RawTree] = {}
+    for session in sessions:
+        if not session.messages:
+            continue
+        key = (session.transport.value, session.server_port)
+        tree = trees.get(key)
+        if tree is None:
+            tree = trees[key] = RawTree(key[0], key[1], RawNode())
+        _add(tree, session, params)
+    for key in sorted(trees):
+        yield trees[key]
+
+
+def _add(tree: RawTree, session: Session, params: LearnParams) -> None:
+    banner, steps = turns(session)
+    tree.sessions += 1
+    node = tree.root
+    node.labels[(banner,) if banner else ()] += 1
+    for request, answer, delay in steps:
+        edge = node.edges.get(request)
+        if edge is None:
+            if len(node.edges) >= params.max_fanout:
+                tree.cut["fanout"] += 1
+                return
+            if tree.states >= params.max_states:
+                tree.cut["states"] += 1
+                return
+            edge = node.edges[request] = RawEdge(request, [RawNode()])
+            tree.states += 1
+        edge.weight += 1
+        if len(edge.samples) < params.max_samples:
+            edge.samples.append((request, answer))
+        node = edge.targets[0]
+        node.labels[(answer,) if answer else ()] += 1
+        if len(node.delays) < params.max_delays:
+            node.delays.append(delay)
+    node.closes[session.closed_by.value if session.closed_by else "none"] += 1
+
+
+def label_list(labels: Counter[tuple[Part, ...]]) -> tuple[Label, ...]:
+    """Labels most frequent first; ties by their bytes, so output is deterministic."""
+    return tuple(
+        Label(parts, count)
+        for parts, count in sorted(labels.items(), key=lambda item: (-item[1], _sort_key(item[0])))
+    )
+
+
+def _sort_key(parts: tuple[Part, ...]) -> tuple[tuple[int, bytes], ...]:
+    return tuple((0, p) if isinstance(p, bytes) else (1, str(p.region).encode()) for p in parts)

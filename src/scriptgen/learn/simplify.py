@@ -1,0 +1,333 @@
+"""Learn stage, step 2-3: raw tree -> simplified model (DESIGN §3, paper §2.4).
+
+Top-down from the root, breadth first, for each state:
+1. PI: the distinct requests leaving it (the `align_sample` heaviest) are aligned all
+   pairs; UPGMA builds the guide tree; cutting it at W gives the macroclusters. Requests
+   beyond the sample go to the nearest cluster representative if within W, else alone.
+2. Each macrocluster is multiply aligned along its guide tree; Region Analysis splits it
+   into microclusters (threshold w) and finds each one's regions (fixed / mutating).
+3. Each final cluster becomes one transition. Dependency links are searched for its
+   random regions; the answers of the states its edges led to are turned into templates
+   (the value becomes a slot), and those states merge into one: labels and closes summed,
+   outgoing edges unioned (identical requests merged). The merged state is simplified in
+   turn.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from scriptgen.learn import align
+from scriptgen.learn.builder import RawEdge, RawNode, RawTree, label_list
+from scriptgen.learn.regions import make_regions, microclusters, region_of, values
+from scriptgen.model import Label, Link, Part, PortModel, Region, Slot, State, Transition
+from scriptgen.params import LearnParams
+
+__all__ = ["simplify", "Cluster"]
+
+
+@dataclass(eq=False)
+class Cluster:
+    """Edges that become one transition, with each edge's value per mutating region."""
+
+    edges: list[RawEdge]
+    pattern: list[Region]
+    values: list[dict[int, bytes]] = field(default_factory=list)  # per edge: region -> value
+    links: list[Link] = field(default_factory=list)
+
+    @property
+    def weight(self) -> int:
+        return sum(e.weight for e in self.edges)
+
+
+def simplify(tree: RawTree, params: LearnParams) -> PortModel:
+    states: dict[int, State] = {}
+    transitions: dict[int, Transition] = {}
+    queue: deque[tuple[RawNode, int]] = deque([(tree.root, 0)])
+    next_state = 1
+    links = 0
+    while queue:
+        node, sid = queue.popleft()
+        out: list[int] = []
+        for cluster in cluster_edges(node, params):
+            find_links(cluster, params)
+            links += len(cluster.links)
+            target = _merge(cluster, params)
+            tid = len(transitions)
+            transitions[tid] = Transition(
+                id=tid, source=sid, target=next_state, pattern=tuple(cluster.pattern),
+                weight=cluster.weight, links=tuple(cluster.links), samples=_samples(cluster, params),
+            )
+            out.append(tid)
+            queue.append((target, next_state))
+            next_state += 1
+        states[sid] = State(
+            id=sid, labels=label_list(node.labels), transitions=tuple(out),
+            closes=dict(sorted(node.closes.items())),
+            delay=round(statistics.median(node.delays), 6) if node.delays else None,
+        )
+    stats = {
+        "sessions": tree.sessions, "raw_states": tree.states, "states": len(states),
+        "transitions": len(transitions), "links": links,
+        "cut_fanout": tree.cut["fanout"], "cut_states": tree.cut["states"],
+    }
+    return PortModel(tree.transport, tree.port, 0, states, transitions, stats)
+
+
+# -- clustering ---------------------------------------------------------------------------
+
+
+def cluster_edges(node: RawNode, params: LearnParams) -> list[Cluster]:
+    """The final clusters of a state's outgoing edges, heaviest first."""
+    edges = sorted(node.edges.values(), key=lambda e: (-e.weight, e.request))
+    if not edges:
+        return []
+    if len(edges) == 1:
+        return [_literal(edges[0])]
+    sample, rest = edges[: params.align_sample], edges[params.align_sample :]
+    messages = [e.request[: params.max_align_bytes] for e in sample]
+    dist = align.distance_matrix(messages)
+    labels = align.cut(align.guide_tree(dist), len(messages), params.macro)
+    groups: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    members = sorted(groups.values())
+    per_group = [_region_analysis([sample[i] for i in group], params) for group in members]
+    clusters = [c for group in per_group for c in group]
+    if rest:
+        clusters.extend(_assign_rest(rest, per_group, members, messages, dist, params))
+    clusters.sort(key=lambda c: (-c.weight, c.edges[0].request))
+    return clusters
+
+
+def _literal(edge: RawEdge) -> Cluster:
+    return Cluster([edge], [Region.literal(edge.request)] if edge.request else [], [{}])
+
+
+def _region_analysis(edges: list[RawEdge], params: LearnParams) -> list[Cluster]:
+    """Macrocluster -> multiple alignment -> microclusters -> one Cluster each."""
+    if len(edges) == 1:
+        return [_literal(edges[0])]
+    heads = [e.request[: params.max_align_bytes] for e in edges]
+    rows = align.multiple_alignment(heads)
+    tails = [e.request[params.max_align_bytes :] for e in edges]
+    weights = [e.weight for e in edges]
+    result = []
+    for group in microclusters(rows, weights, params):
+        result.append(_cluster([edges[i] for i in group], [rows[i] for i in group],
+                               [tails[i] for i in group], params))
+    return result
+
+
+def _cluster(edges: list[RawEdge], rows: list[list[int]], tails: list[bytes], params: LearnParams) -> Cluster:
+    if len(edges) == 1:
+        return _literal(edges[0])
+    compact, found, regions = make_regions(rows, params)
+    per_edge: list[dict[int, bytes]] = [{} for _ in edges]
+    for r, span in enumerate(found):
+        if not span[2]:
+            for i, row in enumerate(compact):
+                per_edge[i][r] = values(row, span)
+    if any(tails):  # beyond max_align_bytes: one more region, fixed if the tails agree
+        distinct = sorted(set(tails))
+        if len(distinct) == 1:
+            regions.append(Region.literal(distinct[0]))
+        else:
+            regions.append(region_of(tails, distinct, params))
+            for i, tail in enumerate(tails):
+                per_edge[i][len(regions) - 1] = tail
+    regions, per_edge = _join_adjacent(regions, per_edge, params)
+    return Cluster(edges, regions, per_edge)
+
+
+def _join_adjacent(regions: list[Region], per_edge: list[dict[int, bytes]],
+                   params: LearnParams) -> tuple[list[Region], list[dict[int, bytes]]]:
+    """Adjacent fixed regions become one (after a tail was appended)."""
+    out: list[Region] = []
+    index: list[int] = []
+    for r in regions:
+        if out and r.fixed and out[-1].fixed:
+            out[-1] = Region.literal((out[-1].value or b"") + (r.value or b""))
+        else:
+            out.append(r)
+        index.append(len(out) - 1)
+    remapped = [{index[k]: v for k, v in vals.items()} for vals in per_edge]
+    return out, remapped
+
+
+def _assign_rest(rest: list[RawEdge], per_group: list[list[Cluster]], members: list[list[int]],
+                 messages: list[bytes], dist: Sequence[Sequence[float]], params: LearnParams) -> list[Cluster]:
+    """Requests beyond the aligned sample go to the nearest macrocluster's representative
+    (its medoid) if within W, into the first of its transitions whose pattern fits them
+    (mutating regions of any length); otherwise each is a transition of its own."""
+    reps = [min(group, key=lambda i: (sum(dist[i][j] for j in group), i)) for group in members]
+    heaviest = sorted(range(len(members)), key=lambda g: (-len(members[g]), g))[: params.max_representatives]
+    candidates = [messages[reps[g]] for g in heaviest]
+    fits = {id(c): _relaxed(c.pattern) for group in per_group for c in group}
+    singles: list[Cluster] = []
+    for edge in rest:
+        index, distance = align.nearest(edge.request[: params.max_align_bytes], candidates)
+        placed = False
+        if distance <= params.macro:
+            for cluster in per_group[heaviest[index]]:
+                fit = fits[id(cluster)]
+                match = fit.fullmatch(edge.request) if fit is not None else None
+                if match is not None:
+                    _absorb(cluster, edge, match, params)
+                    placed = True
+                    break
+        if not placed:
+            singles.append(_literal(edge))
+    return singles
+
+
+_MAX_RELAXED_GROUPS = 8
+
+
+def _relaxed(pattern: list[Region]) -> re.Pattern[bytes] | None:
+    """Fixed regions literal, mutating regions as lazy groups of any length."""
+    mutating = sum(1 for r in pattern if not r.fixed)
+    if mutating == 0 or mutating > _MAX_RELAXED_GROUPS:
+        return None
+    text = b"".join(re.escape(r.value) if r.value is not None else b"(.*?)" for r in pattern)
+    return re.compile(text, re.DOTALL)
+
+
+def _absorb(cluster: Cluster, edge: RawEdge, match: re.Match[bytes], params: LearnParams) -> None:
+    vals: dict[int, bytes] = {}
+    group = 0
+    for r, region in enumerate(cluster.pattern):
+        if region.fixed:
+            continue
+        group += 1
+        vals[r] = match.group(group)
+    cluster.edges.append(edge)
+    cluster.values.append(vals)
+    for r, v in vals.items():
+        seen = [x[r] for x in cluster.values if r in x]
+        cluster.pattern[r] = region_of(seen, sorted(set(seen)), params)
+
+
+# -- dependencies and merging -------------------------------------------------------------
+
+
+def find_links(cluster: Cluster, params: LearnParams) -> None:
+    """Random regions whose value the answer repeats at a position stated the same way
+    in >= link_min_support of the (request, answer) pairs (paper §2.4.3)."""
+    if len(cluster.edges) < 2:
+        return
+    for r, region in enumerate(cluster.pattern):
+        if region.fixed or not region.random:
+            continue
+        support: Counter[str] = Counter()
+        total = 0
+        for edge, vals in zip(cluster.edges, cluster.values):
+            value = vals.get(r, b"")
+            for target in edge.targets:
+                for parts, count in target.labels.items():
+                    total += count
+                    answer = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else None
+                    if answer is None or len(value) < params.link_min_length:
+                        continue
+                    for where in _descriptors(answer, value):
+                        support[where] += count
+        if not total or not support:
+            continue
+        order = {"start": 0, "end": 1, "after": 2}
+        where = min(support, key=lambda w: (-support[w], order[w.split(":")[0]], w))
+        share = support[where] / total
+        if share >= params.link_min_support:
+            cluster.links.append(Link(r, where, round(share, 4)))
+
+
+def _descriptors(answer: bytes, value: bytes) -> list[str]:
+    k = answer.find(value)
+    if k < 0:
+        return []
+    found = [f"start:{k}", f"end:{len(answer) - k - len(value)}"]
+    if k > 0:
+        found.append("after:" + answer[max(0, k - 8) : k].hex())
+    return found
+
+
+def _locate(answer: bytes, value: bytes, where: str) -> int:
+    kind, _, arg = where.partition(":")
+    if kind == "start":
+        pos = int(arg)
+    elif kind == "end":
+        pos = len(answer) - int(arg) - len(value)
+    else:
+        anchor = bytes.fromhex(arg)
+        i = answer.find(anchor)
+        pos = i + len(anchor) if i >= 0 else -1
+    return pos if pos >= 0 and answer[pos : pos + len(value)] == value else -1
+
+
+def _template(parts: tuple[Part, ...], vals: dict[int, bytes], links: list[Link]) -> tuple[Part, ...]:
+    """An answer with the linked values cut out as slots."""
+    if len(parts) != 1 or not isinstance(parts[0], bytes) or not links:
+        return parts
+    answer = parts[0]
+    cuts = []
+    for link in links:
+        value = vals.get(link.region, b"")
+        pos = _locate(answer, value, link.where) if value else -1
+        if pos >= 0:
+            cuts.append((pos, pos + len(value), link.region))
+    cuts.sort()
+    out: list[Part] = []
+    at = 0
+    for start, end, region in cuts:
+        if start < at:
+            continue  # overlaps an earlier cut
+        if start > at:
+            out.append(answer[at:start])
+        out.append(Slot(region))
+        at = end
+    if at < len(answer):
+        out.append(answer[at:])
+    return tuple(out)
+
+
+def _merge(cluster: Cluster, params: LearnParams) -> RawNode:
+    """The states the cluster's edges led to, merged one level deep (children stay lazy)."""
+    merged = RawNode()
+    for edge, vals in zip(cluster.edges, cluster.values):
+        for target in edge.targets:
+            for parts, count in target.labels.items():
+                merged.labels[_template(parts, vals, cluster.links)] += count
+            merged.closes.update(target.closes)
+            room = params.max_delays - len(merged.delays)
+            if room > 0:
+                merged.delays.extend(target.delays[:room])
+            for request, child in target.edges.items():
+                into = merged.edges.get(request)
+                if into is None:
+                    merged.edges[request] = RawEdge(request, list(child.targets), child.weight, list(child.samples))
+                else:
+                    into.targets.extend(child.targets)
+                    into.weight += child.weight
+                    into.samples.extend(child.samples[: max(0, params.max_samples - len(into.samples))])
+    return merged
+
+
+def _samples(cluster: Cluster, params: LearnParams) -> tuple[tuple[bytes, bytes], ...]:
+    """Up to max_samples pairs, one per edge first (heaviest edges first), then more."""
+    out: list[tuple[bytes, bytes]] = []
+    depth = 0
+    while len(out) < params.max_samples:
+        added = False
+        for edge in cluster.edges:
+            if depth < len(edge.samples):
+                out.append(edge.samples[depth])
+                added = True
+                if len(out) >= params.max_samples:
+                    break
+        if not added:
+            break
+        depth += 1
+    return tuple(out)

@@ -1,0 +1,238 @@
+"""The versioned model file (DESIGN §4, docs/model-format.md): Model <-> JSON bytes.
+
+One format with an integer version, separate from the release. Writing is deterministic
+(sorted keys, stable ids = list positions, base64 bytes): the same capture and
+parameters give the same bytes. Loading checks size, parses, migrates older versions one
+step at a time, validates against the shipped JSON Schema (`schema.json`) and then the
+references between ids, all before building any object. A model file may come from
+anyone: nothing in it is ever executed, unpickled or evaluated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from scriptgen import __version__
+from scriptgen.errors import ModelFormatError, ModelVersionError
+from scriptgen.model import Label, Link, Model, Part, PortModel, Region, Slot, State, Transition
+
+__all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema"]
+
+FORMAT = "scriptgen-model"
+VERSION = 1
+MAX_MODEL_BYTES = 256 * 1024 * 1024
+# version -> function turning a document of that version into the next version's.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+_validator: jsonschema.protocols.Validator | None = None
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the current format version."""
+    loaded: dict[str, Any] = json.loads(resources.files(__package__).joinpath("schema.json").read_text())
+    return loaded
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def dumps(model: Model) -> bytes:
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "generator": f"scriptgen {__version__}",
+        "params": model.params,
+        "sources": model.sources,
+        "ports": [_port_doc(p) for p in sorted(model.ports, key=lambda p: (p.transport, p.port))],
+    }
+    return (json.dumps(doc, sort_keys=True, indent=1, allow_nan=False) + "\n").encode("ascii")
+
+
+def save(model: Model, path: str) -> None:
+    """Write atomically: a crash never leaves half a model where a good one was."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(dumps(model))
+    os.replace(tmp, path)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _port_doc(p: PortModel) -> dict[str, Any]:
+    return {
+        "transport": p.transport,
+        "port": p.port,
+        "root": p.root,
+        "stats": dict(sorted(p.stats.items())),
+        "states": [
+            {
+                "id": s.id,
+                "labels": [{"count": lb.count, "parts": [_part_doc(x) for x in lb.parts]} for lb in s.labels],
+                "transitions": list(s.transitions),
+                "closes": s.closes,
+                "delay": s.delay,
+            }
+            for s in (p.states[i] for i in sorted(p.states))
+        ],
+        "transitions": [
+            {
+                "id": t.id,
+                "source": t.source,
+                "target": t.target,
+                "weight": t.weight,
+                "pattern": [_region_doc(r) for r in t.pattern],
+                "links": [{"region": k.region, "where": k.where, "support": k.support} for k in t.links],
+                "samples": [[_b64(a), _b64(b)] for a, b in t.samples],
+            }
+            for t in (p.transitions[i] for i in sorted(p.transitions))
+        ],
+    }
+
+
+def _part_doc(part: Part) -> dict[str, Any]:
+    return {"bytes": _b64(part)} if isinstance(part, bytes) else {"slot": part.region}
+
+
+def _region_doc(r: Region) -> dict[str, Any]:
+    if r.value is not None:
+        return {"fixed": _b64(r.value)}
+    return {"min": r.min_len, "max": r.max_len, "ascii": r.ascii, "random": r.random,
+            "samples": [_b64(s) for s in r.samples]}
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def load(path: str) -> Model:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_MODEL_BYTES:
+            raise ModelFormatError(path, "", f"file is {size} bytes, over the {MAX_MODEL_BYTES}-byte cap")
+        with open(path, "rb") as f:
+            data = f.read(MAX_MODEL_BYTES + 1)
+    except OSError as exc:
+        raise ModelFormatError(path, "", exc.strerror or str(exc)) from None
+    return loads(data, path)
+
+
+def loads(data: bytes, path: str = "<model>") -> Model:
+    if len(data) > MAX_MODEL_BYTES:
+        raise ModelFormatError(path, "", f"over the {MAX_MODEL_BYTES}-byte cap")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ModelFormatError(path, "", f"not JSON ({str(exc)[:120]})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ModelVersionError(path, "", "not a scriptgen model file (no \"format\": \"scriptgen-model\")")
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFormatError(path, "version", "must be a positive integer")
+    if version > VERSION:
+        raise ModelVersionError(
+            path, "version", f"format version {version} needs a newer scriptgen (this one reads up to {VERSION})"
+        )
+    while version < VERSION:
+        doc = MIGRATIONS[version](doc)
+        version += 1
+        doc["version"] = version
+    _validate_schema(doc, path)
+    ports = [_port(p, f"ports[{i}]", path) for i, p in enumerate(doc["ports"])]
+    seen = set()
+    for i, p in enumerate(ports):
+        if (p.transport, p.port) in seen:
+            raise ModelFormatError(path, f"ports[{i}]", f"{p.transport}/{p.port} appears twice")
+        seen.add((p.transport, p.port))
+    return Model(ports, dict(doc["params"]), list(doc["sources"]))
+
+
+def _validate_schema(doc: dict[str, Any], path: str) -> None:
+    global _validator
+    if _validator is None:
+        cls = jsonschema.validators.validator_for(schema())
+        _validator = cls(schema())
+    try:
+        error = jsonschema.exceptions.best_match(_validator.iter_errors(doc))
+    except RecursionError:
+        raise ModelFormatError(path, "", "nested too deeply") from None
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        raise ModelFormatError(path, where or "(top)", error.message[:200])
+
+
+def _bytes(text: str, where: str, path: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ModelFormatError(path, where, "not valid base64") from None
+
+
+def _port(doc: dict[str, Any], where: str, path: str) -> PortModel:
+    n_states, n_trans = len(doc["states"]), len(doc["transitions"])
+    if doc["root"] >= n_states:
+        raise ModelFormatError(path, f"{where}.root", f"no state {doc['root']}")
+    transitions: dict[int, Transition] = {}
+    incoming: dict[int, Transition] = {}
+    for i, t in enumerate(doc["transitions"]):
+        at = f"{where}.transitions[{i}]"
+        if t["id"] != i:
+            raise ModelFormatError(path, f"{at}.id", f"must be {i} (ids are list positions)")
+        if t["source"] >= n_states or t["target"] >= n_states:
+            raise ModelFormatError(path, at, "source or target names a state that does not exist")
+        pattern = tuple(_region(r, f"{at}.pattern[{j}]", path) for j, r in enumerate(t["pattern"]))
+        links = []
+        for j, k in enumerate(t["links"]):
+            if k["region"] >= len(pattern) or pattern[k["region"]].fixed:
+                raise ModelFormatError(path, f"{at}.links[{j}]", "must name a mutating region of the pattern")
+            links.append(Link(k["region"], k["where"], float(k["support"])))
+        samples = tuple(
+            (_bytes(a, f"{at}.samples[{j}]", path), _bytes(b, f"{at}.samples[{j}]", path))
+            for j, (a, b) in enumerate(t["samples"])
+        )
+        tr = Transition(i, t["source"], t["target"], pattern, t["weight"], tuple(links), samples)
+        if t["target"] in incoming or t["target"] == doc["root"]:
+            raise ModelFormatError(path, at, f"state {t['target']} has two ways in (the model is a tree)")
+        incoming[t["target"]] = tr
+        transitions[i] = tr
+    states: dict[int, State] = {}
+    for i, s in enumerate(doc["states"]):
+        at = f"{where}.states[{i}]"
+        if s["id"] != i:
+            raise ModelFormatError(path, f"{at}.id", f"must be {i} (ids are list positions)")
+        for t_id in s["transitions"]:
+            if t_id >= n_trans or transitions[t_id].source != i:
+                raise ModelFormatError(path, f"{at}.transitions", f"transition {t_id} does not leave this state")
+        way_in = incoming.get(i)
+        labels = []
+        for j, lb in enumerate(s["labels"]):
+            parts: list[Part] = []
+            for k, part in enumerate(lb["parts"]):
+                if "bytes" in part:
+                    parts.append(_bytes(part["bytes"], f"{at}.labels[{j}].parts[{k}]", path))
+                    continue
+                region = part["slot"]
+                if way_in is None or region >= len(way_in.pattern) or way_in.pattern[region].fixed:
+                    raise ModelFormatError(path, f"{at}.labels[{j}].parts[{k}]",
+                                           "slot must name a mutating region of the transition into this state")
+                parts.append(Slot(region))
+            labels.append(Label(tuple(parts), lb["count"]))
+        states[i] = State(i, tuple(labels), tuple(s["transitions"]), dict(s["closes"]), s["delay"])
+    return PortModel(doc["transport"], doc["port"], doc["root"], states, transitions, dict(doc["stats"]))
+
+
+def _region(doc: dict[str, Any], where: str, path: str) -> Region:
+    if "fixed" in doc:
+        return Region.literal(_bytes(doc["fixed"], where, path))
+    if doc["min"] > doc["max"]:
+        raise ModelFormatError(path, where, "min is larger than max")
+    samples = tuple(_bytes(s, f"{where}.samples", path) for s in doc["samples"])
+    return Region(None, doc["min"], doc["max"], doc["ascii"], doc["random"], samples)

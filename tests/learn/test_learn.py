@@ -1,0 +1,121 @@
+"""The learn stage on hand-made sessions: the paper's behaviour, visible in the model."""
+
+from __future__ import annotations
+
+import re
+
+from scriptgen.learn import learn
+from scriptgen.model import PortModel, Region, Sender, Slot
+from scriptgen.params import LearnParams
+
+from tests.learn.sessions import session
+
+BANNER = b"220 ready\r\n"
+
+
+def ftp_users(names=(b"alice", b"bob", b"carol")):
+    return [session((b"USER " + n + b"\r\n", b"331 Password required for " + n + b".\r\n"), (b"QUIT\r\n", b"221 bye\r\n"),
+                    banner=BANNER) for n in names]
+
+
+def only_port(sessions, **kw) -> PortModel:
+    model = learn(sessions, LearnParams(jobs=1, **kw))
+    (port,) = model.ports
+    return port
+
+
+def regex(pattern: tuple[Region, ...]) -> re.Pattern[bytes]:
+    """What the emulator compiles (test-side copy): fixed literal, mutating bounded."""
+    return re.compile(b"".join(re.escape(r.value) if r.value is not None else b"(.{%d,%d})" % (r.min_len, r.max_len + 8)
+                               for r in pattern), re.DOTALL)
+
+
+def test_user_names_become_one_transition_with_a_mutating_name_and_a_link():
+    port = only_port(ftp_users())
+    root = port.states[port.root]
+    assert root.default.parts == (BANNER,)
+    (t_id,) = root.transitions
+    t = port.transitions[t_id]
+    assert t.weight == 3
+    fixed = [r.value for r in t.pattern if r.fixed]
+    assert fixed[0] == b"USER " and fixed[-1] == b"\r\n"
+    mutating = [i for i, r in enumerate(t.pattern) if not r.fixed]
+    assert len(mutating) == 1
+    # USER dave is matched, and the link makes the answer name dave.
+    m = regex(t.pattern).fullmatch(b"USER dave\r\n")
+    assert m is not None
+    (link,) = t.links
+    assert link.region == mutating[0] and link.support == 1.0
+    target = port.states[t.target]
+    assert target.default.count == 3
+    assert Slot(link.region) in target.default.parts
+    assert target.default.render({link.region: m.group(1)}) == b"331 Password required for dave.\r\n"
+    # The states after the three USER requests merged: one QUIT transition of weight 3.
+    (quit_id,) = target.transitions
+    assert port.transitions[quit_id].weight == 3
+    assert port.states[port.transitions[quit_id].target].closes == {"client": 3}
+
+
+def test_binary_id_echoed_at_a_fixed_offset_is_a_link():
+    import random
+
+    rng = random.Random(5)
+    sessions = []
+    for _ in range(12):
+        ident = bytes(rng.randrange(256) for _ in range(4))
+        sessions.append(session((b"\x00\x01\x00\x08" + ident + b"\xfe\xed", b"\x80\x01" + ident + b"\x00\x00OK"), port=9000))
+    port = only_port(sessions)
+    (t_id,) = port.states[port.root].transitions
+    t = port.transitions[t_id]
+    assert t.pattern[0].value == b"\x00\x01\x00\x08" and t.pattern[-1].value == b"\xfe\xed"
+    (link,) = t.links
+    assert link.where == "start:2"
+    target = port.states[t.target]
+    assert len(target.labels) == 1
+    assert target.default.parts == (b"\x80\x01", Slot(link.region), b"\x00\x00OK")
+    fresh = b"\xde\xad\xbe\xef"
+    m = regex(t.pattern).fullmatch(b"\x00\x01\x00\x08" + fresh + b"\xfe\xed")
+    assert m is not None and target.default.render({link.region: m.group(1)}) == b"\x80\x01" + fresh + b"\x00\x00OK"
+
+
+def test_frequent_commands_stay_apart_with_microclustering():
+    sessions = ftp_users((b"alice", b"bob", b"carol", b"dave")) + [
+        session((b"SYST\r\n", b"215 UNIX\r\n"), banner=BANNER) for _ in range(3)]
+    port = only_port(sessions)
+    patterns = sorted(port.transitions[t].pattern[0].value or b"" for t in port.states[port.root].transitions)
+    assert patterns == [b"SYST\r\n", b"USER "]
+
+
+def test_threshold_extremes():
+    sessions = ftp_users((b"alice", b"bob", b"carol", b"dave", b"eve")) + [
+        session((b"USER x\r\n", b"331\r\n"), (b"PASS " + p + b"\r\n", b"230\r\n"), banner=BANNER) for p in (b"a", b"bb", b"ccc")]
+    raw = only_port(sessions, macro=0.0, micro=0.0)
+    assert raw.stats["states"] == raw.stats["raw_states"]
+    also_raw = only_port(sessions, macro=0.0, micro=1.0)
+    assert also_raw.stats["states"] == raw.stats["raw_states"]
+    fewest = only_port(sessions, macro=1.0, micro=1.0)
+    middle = only_port(sessions, macro=0.5, micro=0.5)
+    assert fewest.stats["states"] < middle.stats["states"] <= raw.stats["states"]
+    assert fewest.stats["states"] == min(
+        only_port(sessions, macro=w, micro=m).stats["states"] for w in (0.0, 0.3, 0.7, 1.0) for m in (0.0, 0.3, 0.7, 1.0))
+
+
+def test_closes_delays_and_fanout_cut():
+    sessions = [session((b"REQ %d\r\n" % i, b"OK\r\n"), closed_by=Sender.SERVER) for i in range(10)]
+    port = only_port(sessions, max_fanout=4, macro=0.0, micro=0.0)
+    assert port.stats["cut_fanout"] == 6
+    assert port.stats["sessions"] == 10
+    assert len(port.states[port.root].transitions) == 4
+    s = port.states[port.transitions[port.states[port.root].transitions[0]].target]
+    assert s.delay == 0.002 and s.closes == {"server": 1}
+
+
+def test_same_sessions_give_the_same_file_whatever_the_worker_count():
+    from scriptgen.modelfile import dumps
+
+    sessions = ftp_users() + [session((b"SYST\r\n", b"215 UNIX\r\n"), banner=BANNER)]
+    first = dumps(learn(sessions, LearnParams(jobs=1)))
+    sessions += [session((b"PING\r\n", b"PONG\r\n"), port=7000)]  # two ports: two workers
+    first = dumps(learn(sessions, LearnParams(jobs=1)))
+    second = dumps(learn(sessions, LearnParams(jobs=2)))
+    assert first == second

@@ -1,0 +1,101 @@
+"""The model file: deterministic, round-trips, validated against its schema, and a
+hostile or broken file is refused with one line naming the place."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from scriptgen.errors import ModelFormatError, ModelVersionError
+from scriptgen.learn import learn
+from scriptgen.modelfile import dumps, load, loads, save, schema
+from scriptgen.params import LearnParams
+
+from tests.learn.sessions import session
+
+
+def _model():
+    names = [b"alice", b"bob", b"carol", b"\x00\xff\"'\\"]
+    sessions = [session((b"USER " + n + b"\r\n", b"331 for " + n + b"\r\n"), banner=b"220 hi\r\n") for n in names]
+    return learn(sessions, LearnParams(jobs=1), sources=["x.pcap"])
+
+
+def _doc():
+    return json.loads(dumps(_model()))
+
+
+def test_round_trip_is_byte_identical(tmp_path):
+    data = dumps(_model())
+    assert dumps(loads(data)) == data
+    path = tmp_path / "m.json"
+    save(_model(), str(path))
+    assert path.read_bytes() == data and not list(tmp_path.glob("*.tmp*"))
+    assert dumps(load(str(path))) == data
+
+
+def test_written_files_validate_against_the_shipped_schema():
+    jsonschema.validate(_doc(), schema())
+
+
+def _refused(doc, match, error=ModelFormatError):
+    with pytest.raises(error, match=match) as info:
+        loads(json.dumps(doc).encode(), "evil.json")
+    assert "\n" not in str(info.value) and str(info.value).startswith("evil.json: ")
+
+
+def test_not_json_and_not_a_model():
+    with pytest.raises(ModelFormatError, match="not JSON"):
+        loads(b"\x00garbage", "evil.json")
+    _refused({"hello": 1}, "not a scriptgen model", ModelVersionError)
+    with pytest.raises(ModelFormatError, match="nested too deeply|not JSON"):
+        loads(b'{"format": "scriptgen-model", "version": 1, "ports": ' + b"[" * 100000 + b"]" * 100000 + b"}")
+
+
+def test_newer_version_is_refused_clearly():
+    doc = _doc()
+    doc["version"] = 99
+    _refused(doc, "format version 99 needs a newer scriptgen", ModelVersionError)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda d: d["ports"][0]["states"][0]["labels"][0]["parts"][0].update(bytes="!!not base64"), "does not match|base64"),
+        (lambda d: d["ports"][0].update(root=999), "no state 999"),
+        (lambda d: d["ports"][0]["transitions"][0].update(target=999), "does not exist"),
+        (lambda d: d["ports"][0]["transitions"][0].update(id=5), "ids are list positions"),
+        (lambda d: d["ports"][0]["states"][0]["labels"][0]["parts"].append({"slot": 0}), "slot must name"),
+        (lambda d: d["ports"][0]["transitions"][0]["links"].append({"region": 0, "where": "start:1", "support": 1}),
+         "mutating region"),
+        (lambda d: d["ports"][0]["transitions"][0]["links"].append({"region": 1, "where": "__import__('os')", "support": 1}),
+         "does not match"),
+        (lambda d: d["ports"][0]["states"][0].update(transitions=[0, 0, 7]), "does not leave"),
+        (lambda d: d["ports"][0].update(port=70000), "maximum"),
+        (lambda d: d["ports"][0]["transitions"][0]["pattern"][1].update(min=9, max=2), "min is larger"),
+        (lambda d: d["ports"].append(d["ports"][0]), "appears twice"),
+        (lambda d: d.update(extra="x"), "Additional properties"),
+    ],
+    ids=["base64", "root", "target", "ids", "slot-in-root", "link-fixed", "link-code", "state-transitions",
+         "port", "min-max", "duplicate-port", "extra-key"],
+)
+def test_malformed_or_hostile_files_are_refused(mutate, match):
+    doc = _doc()
+    mutate(doc)
+    _refused(doc, match)
+
+
+def test_size_cap(tmp_path, monkeypatch):
+    import scriptgen.modelfile as mf
+
+    path = tmp_path / "big.json"
+    path.write_bytes(dumps(_model()))
+    monkeypatch.setattr(mf, "MAX_MODEL_BYTES", 100)
+    with pytest.raises(ModelFormatError, match="cap"):
+        mf.load(str(path))
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelFormatError, match="No such file"):
+        load(str(tmp_path / "none.json"))
