@@ -9,9 +9,7 @@ from typing import Any
 
 from scriptgen.capture import CaptureStats, read_sessions
 from scriptgen.cli.common import port, positive, unit_interval, warn
-from scriptgen.learn import learn
 from scriptgen.model import PortModel
-from scriptgen.modelfile import save
 from scriptgen.params import CaptureParams, LearnParams
 
 __all__ = ["add_parser"]
@@ -63,6 +61,11 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: numpy/scipy/parasail take most of a second to load, and other
+    # commands (and --help) should not wait for them.
+    from scriptgen.learn import learn
+    from scriptgen.modelfile import save
+
     params = LearnParams(macro=args.macro, micro=args.micro, max_fanout=args.max_fanout,
                          max_states=args.max_states, jobs=max(0, args.jobs))
     stats = CaptureStats()

@@ -11,7 +11,6 @@ from typing import Any
 
 from scriptgen.cli.common import port, warn
 from scriptgen.model import Label, PortModel, Region, Slot
-from scriptgen.modelfile import load
 
 __all__ = ["add_parser", "pattern_text", "label_text"]
 
@@ -44,6 +43,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scriptgen.modelfile import load  # jsonschema loads slowly; only this command needs it
+
     model = load(args.model)
     ports = [p for p in model.ports if not args.ports or p.port in args.ports]
     out = sys.stdout

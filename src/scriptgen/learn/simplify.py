@@ -99,7 +99,7 @@ def cluster_edges(node: RawNode, params: LearnParams) -> list[Cluster]:
     per_group = [_region_analysis([sample[i] for i in group], params) for group in members]
     clusters = [c for group in per_group for c in group]
     if rest:
-        clusters.extend(_assign_rest(rest, per_group, members, messages, dist, params))
+        clusters.extend(_assign_rest(rest, per_group, members, messages, dist.tolist(), params))
     clusters.sort(key=lambda c: (-c.weight, c.edges[0].request))
     return clusters
 

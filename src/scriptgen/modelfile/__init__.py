@@ -18,7 +18,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 
 from scriptgen import __version__
 from scriptgen.errors import ModelFormatError, ModelVersionError
