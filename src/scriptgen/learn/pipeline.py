@@ -28,16 +28,15 @@ def learn_trees(trees: list[RawTree], params: LearnParams, *, sources: Iterable[
                 progress: Progress | None = None) -> Model:
     jobs = params.jobs or os.cpu_count() or 1
     ports: list[PortModel] = []
-    if jobs <= 1 or len(trees) <= 1:
+    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    try:
         for tree in trees:
-            ports.append(simplify(tree, params))
+            # Parallel over the states of each level of the tree (learn/simplify.py).
+            ports.append(simplify(tree, params, pool.map) if pool else simplify(tree, params))
             if progress:
                 progress(ports[-1])
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(trees))) as pool:
-            for port in pool.map(simplify, trees, [params] * len(trees)):
-                ports.append(port)
-                if progress:
-                    progress(port)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     recorded = {k: v for k, v in dataclasses.asdict(params).items() if k != "jobs"}
     return Model(ports, recorded, list(sources))

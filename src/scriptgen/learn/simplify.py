@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections import Counter, deque
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scriptgen.learn import align
@@ -27,49 +27,73 @@ from scriptgen.learn.regions import make_regions, microclusters, region_of, valu
 from scriptgen.model import Label, Link, Part, PortModel, Region, Slot, State, Transition
 from scriptgen.params import LearnParams
 
-__all__ = ["simplify", "Cluster"]
+__all__ = ["simplify", "cluster_requests", "Cluster", "Request"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A distinct request leaving a state: what clustering needs of an edge (small, so
+    that clustering can run in worker processes)."""
+
+    request: bytes
+    weight: int
+    index: int  # position among the state's edges
 
 
 @dataclass(eq=False)
 class Cluster:
-    """Edges that become one transition, with each edge's value per mutating region."""
+    """Requests that become one transition, with each one's value per mutating region."""
 
-    edges: list[RawEdge]
+    members: list[Request]
     pattern: list[Region]
-    values: list[dict[int, bytes]] = field(default_factory=list)  # per edge: region -> value
+    values: list[dict[int, bytes]] = field(default_factory=list)  # per member: region -> value
     links: list[Link] = field(default_factory=list)
 
     @property
     def weight(self) -> int:
-        return sum(e.weight for e in self.edges)
+        return sum(m.weight for m in self.members)
 
 
-def simplify(tree: RawTree, params: LearnParams) -> PortModel:
+Mapper = Callable[..., Iterable[list[Cluster]]]
+
+
+def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map) -> PortModel:
+    """Simplify breadth-first, a level of the tree at a time. The clustering of a level's
+    states is independent: `mapper` (a process pool's `map`) may run it in parallel; the
+    merging that follows is done here, in order, so the result does not depend on it."""
     states: dict[int, State] = {}
     transitions: dict[int, Transition] = {}
-    queue: deque[tuple[RawNode, int]] = deque([(tree.root, 0)])
+    level: list[tuple[RawNode, int]] = [(tree.root, 0)]
     next_state = 1
     links = 0
-    while queue:
-        node, sid = queue.popleft()
-        out: list[int] = []
-        for cluster in cluster_edges(node, params):
-            find_links(cluster, params)
-            links += len(cluster.links)
-            target = _merge(cluster, params)
-            tid = len(transitions)
-            transitions[tid] = Transition(
-                id=tid, source=sid, target=next_state, pattern=tuple(cluster.pattern),
-                weight=cluster.weight, links=tuple(cluster.links), samples=_samples(cluster, params),
+    while level:
+        following: list[tuple[RawNode, int]] = []
+        edges_of = [sorted(node.edges.values(), key=lambda e: (-e.weight, e.request)) for node, _ in level]
+        requests = [[Request(e.request, e.weight, i) for i, e in enumerate(edges)] for edges in edges_of]
+        heavy = [i for i, r in enumerate(requests) if len(r) >= _PARALLEL_MIN]
+        found: dict[int, list[Cluster]] = dict(zip(heavy, mapper(cluster_requests, [requests[i] for i in heavy],
+                                                                 [params] * len(heavy))))
+        for i, ((node, sid), edges) in enumerate(zip(level, edges_of)):
+            clusters = found[i] if i in found else cluster_requests(requests[i], params)
+            out: list[int] = []
+            for cluster in clusters:
+                members = [edges[m.index] for m in cluster.members]
+                find_links(cluster, members, params)
+                links += len(cluster.links)
+                tid = len(transitions)
+                transitions[tid] = Transition(
+                    id=tid, source=sid, target=next_state, pattern=tuple(cluster.pattern),
+                    weight=cluster.weight, links=tuple(cluster.links), samples=_samples(members, params),
+                )
+                out.append(tid)
+                following.append((_merge(cluster, members, params), next_state))
+                next_state += 1
+            states[sid] = State(
+                id=sid, labels=label_list(node.labels), transitions=tuple(out),
+                closes=dict(sorted(node.closes.items())),
+                delay=round(statistics.median(node.delays), 6) if node.delays else None,
             )
-            out.append(tid)
-            queue.append((target, next_state))
-            next_state += 1
-        states[sid] = State(
-            id=sid, labels=label_list(node.labels), transitions=tuple(out),
-            closes=dict(sorted(node.closes.items())),
-            delay=round(statistics.median(node.delays), 6) if node.delays else None,
-        )
+        level = following
     stats = {
         "sessions": tree.sessions, "raw_states": tree.states, "states": len(states),
         "transitions": len(transitions), "links": links,
@@ -81,9 +105,13 @@ def simplify(tree: RawTree, params: LearnParams) -> PortModel:
 # -- clustering ---------------------------------------------------------------------------
 
 
-def cluster_edges(node: RawNode, params: LearnParams) -> list[Cluster]:
-    """The final clusters of a state's outgoing edges, heaviest first."""
-    edges = sorted(node.edges.values(), key=lambda e: (-e.weight, e.request))
+# States with fewer distinct requests than this are clustered in the main process: shipping
+# them to a worker costs more than aligning them.
+_PARALLEL_MIN = 16
+
+
+def cluster_requests(edges: list[Request], params: LearnParams) -> list[Cluster]:
+    """The final clusters of a state's requests (sorted heaviest first), heaviest first."""
     if not edges:
         return []
     if len(edges) == 1:
@@ -100,15 +128,15 @@ def cluster_edges(node: RawNode, params: LearnParams) -> list[Cluster]:
     clusters = [c for group in per_group for c in group]
     if rest:
         clusters.extend(_assign_rest(rest, per_group, members, messages, dist.tolist(), params))
-    clusters.sort(key=lambda c: (-c.weight, c.edges[0].request))
+    clusters.sort(key=lambda c: (-c.weight, c.members[0].request))
     return clusters
 
 
-def _literal(edge: RawEdge) -> Cluster:
+def _literal(edge: Request) -> Cluster:
     return Cluster([edge], [Region.literal(edge.request)] if edge.request else [], [{}])
 
 
-def _region_analysis(edges: list[RawEdge], params: LearnParams) -> list[Cluster]:
+def _region_analysis(edges: list[Request], params: LearnParams) -> list[Cluster]:
     """Macrocluster -> multiple alignment -> microclusters -> one Cluster each."""
     if len(edges) == 1:
         return [_literal(edges[0])]
@@ -123,7 +151,7 @@ def _region_analysis(edges: list[RawEdge], params: LearnParams) -> list[Cluster]
     return result
 
 
-def _cluster(edges: list[RawEdge], rows: list[list[int]], tails: list[bytes], params: LearnParams) -> Cluster:
+def _cluster(edges: list[Request], rows: list[list[int]], tails: list[bytes], params: LearnParams) -> Cluster:
     if len(edges) == 1:
         return _literal(edges[0])
     compact, found, regions = make_regions(rows, params)
@@ -159,7 +187,7 @@ def _join_adjacent(regions: list[Region], per_edge: list[dict[int, bytes]],
     return out, remapped
 
 
-def _assign_rest(rest: list[RawEdge], per_group: list[list[Cluster]], members: list[list[int]],
+def _assign_rest(rest: list[Request], per_group: list[list[Cluster]], members: list[list[int]],
                  messages: list[bytes], dist: Sequence[Sequence[float]], params: LearnParams) -> list[Cluster]:
     """Requests beyond the aligned sample go to the nearest macrocluster's representative
     (its medoid) if within W, into the first of its transitions whose pattern fits them
@@ -197,7 +225,7 @@ def _relaxed(pattern: list[Region]) -> re.Pattern[bytes] | None:
     return re.compile(text, re.DOTALL)
 
 
-def _absorb(cluster: Cluster, edge: RawEdge, match: re.Match[bytes], params: LearnParams) -> None:
+def _absorb(cluster: Cluster, edge: Request, match: re.Match[bytes], params: LearnParams) -> None:
     vals: dict[int, bytes] = {}
     group = 0
     for r, region in enumerate(cluster.pattern):
@@ -205,7 +233,7 @@ def _absorb(cluster: Cluster, edge: RawEdge, match: re.Match[bytes], params: Lea
             continue
         group += 1
         vals[r] = match.group(group)
-    cluster.edges.append(edge)
+    cluster.members.append(edge)
     cluster.values.append(vals)
     for r, v in vals.items():
         seen = [x[r] for x in cluster.values if r in x]
@@ -215,17 +243,17 @@ def _absorb(cluster: Cluster, edge: RawEdge, match: re.Match[bytes], params: Lea
 # -- dependencies and merging -------------------------------------------------------------
 
 
-def find_links(cluster: Cluster, params: LearnParams) -> None:
+def find_links(cluster: Cluster, edges: list[RawEdge], params: LearnParams) -> None:
     """Random regions whose value the answer repeats at a position stated the same way
     in >= link_min_support of the (request, answer) pairs (paper §2.4.3)."""
-    if len(cluster.edges) < 2:
+    if len(edges) < 2:
         return
     for r, region in enumerate(cluster.pattern):
         if region.fixed or not region.random:
             continue
         support: Counter[str] = Counter()
         total = 0
-        for edge, vals in zip(cluster.edges, cluster.values):
+        for edge, vals in zip(edges, cluster.values):
             value = vals.get(r, b"")
             for target in edge.targets:
                 for parts, count in target.labels.items():
@@ -293,10 +321,10 @@ def _template(parts: tuple[Part, ...], vals: dict[int, bytes], links: list[Link]
     return tuple(out)
 
 
-def _merge(cluster: Cluster, params: LearnParams) -> RawNode:
+def _merge(cluster: Cluster, edges: list[RawEdge], params: LearnParams) -> RawNode:
     """The states the cluster's edges led to, merged one level deep (children stay lazy)."""
     merged = RawNode()
-    for edge, vals in zip(cluster.edges, cluster.values):
+    for edge, vals in zip(edges, cluster.values):
         for target in edge.targets:
             for parts, count in target.labels.items():
                 merged.labels[_template(parts, vals, cluster.links)] += count
@@ -315,13 +343,13 @@ def _merge(cluster: Cluster, params: LearnParams) -> RawNode:
     return merged
 
 
-def _samples(cluster: Cluster, params: LearnParams) -> tuple[tuple[bytes, bytes], ...]:
+def _samples(edges: list[RawEdge], params: LearnParams) -> tuple[tuple[bytes, bytes], ...]:
     """Up to max_samples pairs, one per edge first (heaviest edges first), then more."""
     out: list[tuple[bytes, bytes]] = []
     depth = 0
     while len(out) < params.max_samples:
         added = False
-        for edge in cluster.edges:
+        for edge in edges:
             if depth < len(edge.samples):
                 out.append(edge.samples[depth])
                 added = True
