@@ -113,9 +113,9 @@ def test_closes_delays_and_fanout_cut():
 def test_same_sessions_give_the_same_file_whatever_the_worker_count():
     from scriptgen.modelfile import dumps
 
-    sessions = ftp_users() + [session((b"SYST\r\n", b"215 UNIX\r\n"), banner=BANNER)]
-    first = dumps(learn(sessions, LearnParams(jobs=1)))
-    sessions += [session((b"PING\r\n", b"PONG\r\n"), port=7000)]  # two ports: two workers
+    # 30 distinct requests at the root: its clustering runs in a worker when jobs > 1.
+    sessions = ftp_users(tuple(b"user%d" % i for i in range(30)))
+    sessions += [session((b"SYST\r\n", b"215 UNIX\r\n"), banner=BANNER), session((b"PING\r\n", b"PONG\r\n"), port=7000)]
     first = dumps(learn(sessions, LearnParams(jobs=1)))
     second = dumps(learn(sessions, LearnParams(jobs=2)))
     assert first == second
