@@ -119,3 +119,17 @@ def test_same_sessions_give_the_same_file_whatever_the_worker_count():
     first = dumps(learn(sessions, LearnParams(jobs=1)))
     second = dumps(learn(sessions, LearnParams(jobs=2)))
     assert first == second
+
+
+def test_requests_beyond_the_aligned_sample_join_the_nearest_cluster():
+    names = tuple(b"name%02d" % i for i in range(40))
+    port = only_port(ftp_users(names), align_sample=6)  # 34 requests are assigned, not aligned
+    (t_id,) = port.states[port.root].transitions
+    t = port.transitions[t_id]
+    assert t.weight == 40
+    name = next(r for r in t.pattern if not r.fixed)
+    assert (name.min_len, name.max_len) == (2, 2)  # "00".."39" after "USER name"
+    # "33" also occurs in "331 ...": the link is stated where every sample agrees.
+    assert [(k.where, k.support) for k in t.links] == [("start:30", 1.0)]
+    assert regex(t.pattern).fullmatch(b"USER name77\r\n") is not None
+    assert len(port.states[t.target].labels) == 1 and port.states[t.target].default.count == 40

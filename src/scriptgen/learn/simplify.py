@@ -110,26 +110,50 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map) -> PortMo
 _PARALLEL_MIN = 16
 
 
+# Rounds of sample-and-assign per state: requests that fit no cluster of one round are
+# sampled again in the next; after the last, each is a transition of its own.
+_ROUNDS = 3
+
+
 def cluster_requests(edges: list[Request], params: LearnParams) -> list[Cluster]:
     """The final clusters of a state's requests (sorted heaviest first), heaviest first."""
-    if not edges:
-        return []
-    if len(edges) == 1:
-        return [_literal(edges[0])]
-    sample, rest = edges[: params.align_sample], edges[params.align_sample :]
-    messages = [e.request[: params.max_align_bytes] for e in sample]
-    dist = align.distance_matrix(messages)
-    labels = align.cut(align.guide_tree(dist), len(messages), params.macro)
-    groups: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        groups.setdefault(label, []).append(i)
-    members = sorted(groups.values())
-    per_group = [_region_analysis([sample[i] for i in group], params) for group in members]
-    clusters = [c for group in per_group for c in group]
-    if rest:
-        clusters.extend(_assign_rest(rest, per_group, members, messages, dist.tolist(), params))
+    if len(edges) <= 1:
+        return [_literal(e) for e in edges]
+    clusters: list[Cluster] = []
+    pending = edges
+    for round_ in range(_ROUNDS):
+        sample, rest = _sample(pending, params.align_sample)
+        messages = [e.request[: params.max_align_bytes] for e in sample]
+        dist = align.distance_matrix(messages)
+        labels = align.cut(align.guide_tree(dist), len(messages), params.macro)
+        groups: dict[int, list[int]] = {}
+        for i, label in enumerate(labels):
+            groups.setdefault(label, []).append(i)
+        members = sorted(groups.values())
+        per_group = [_region_analysis([sample[i] for i in group], params) for group in members]
+        clusters.extend(c for group in per_group for c in group)
+        if not rest:
+            break
+        pending = _assign_rest(rest, per_group, members, messages, dist.tolist(), params)
+        if round_ == _ROUNDS - 1 or len(pending) < 2:
+            clusters.extend(_literal(e) for e in pending)
+            break
     clusters.sort(key=lambda c: (-c.weight, c.members[0].request))
     return clusters
+
+
+def _sample(edges: list[Request], size: int) -> tuple[list[Request], list[Request]]:
+    """The requests aligned all-pairs: the heaviest half of `size`, then an even spread
+    over the others (so that a sorted run of parameters is not sampled from one end)."""
+    if len(edges) <= size:
+        return edges, []
+    top = size // 2
+    others = edges[top:]
+    step = len(others) / (size - top)
+    picked = {int(i * step) for i in range(size - top)}
+    sample = edges[:top] + [e for i, e in enumerate(others) if i in picked]
+    rest = [e for i, e in enumerate(others) if i not in picked]
+    return sample, rest
 
 
 def _literal(edge: Request) -> Cluster:
@@ -188,15 +212,16 @@ def _join_adjacent(regions: list[Region], per_edge: list[dict[int, bytes]],
 
 
 def _assign_rest(rest: list[Request], per_group: list[list[Cluster]], members: list[list[int]],
-                 messages: list[bytes], dist: Sequence[Sequence[float]], params: LearnParams) -> list[Cluster]:
+                 messages: list[bytes], dist: Sequence[Sequence[float]], params: LearnParams) -> list[Request]:
     """Requests beyond the aligned sample go to the nearest macrocluster's representative
     (its medoid) if within W, into the first of its transitions whose pattern fits them
-    (mutating regions of any length); otherwise each is a transition of its own."""
+    (mutating regions of any length). Returns those that fit nowhere."""
     reps = [min(group, key=lambda i: (sum(dist[i][j] for j in group), i)) for group in members]
     heaviest = sorted(range(len(members)), key=lambda g: (-len(members[g]), g))[: params.max_representatives]
     candidates = [messages[reps[g]] for g in heaviest]
     fits = {id(c): _relaxed(c.pattern) for group in per_group for c in group}
-    singles: list[Cluster] = []
+    unplaced: list[Request] = []
+    grown: list[Cluster] = []
     for edge in rest:
         index, distance = align.nearest(edge.request[: params.max_align_bytes], candidates)
         placed = False
@@ -205,12 +230,15 @@ def _assign_rest(rest: list[Request], per_group: list[list[Cluster]], members: l
                 fit = fits[id(cluster)]
                 match = fit.fullmatch(edge.request) if fit is not None else None
                 if match is not None:
-                    _absorb(cluster, edge, match, params)
+                    _absorb(cluster, edge, match)
+                    grown.append(cluster)
                     placed = True
                     break
         if not placed:
-            singles.append(_literal(edge))
-    return singles
+            unplaced.append(edge)
+    for cluster in {id(c): c for c in grown}.values():
+        _resummarise(cluster, params)
+    return unplaced
 
 
 _MAX_RELAXED_GROUPS = 8
@@ -225,7 +253,9 @@ def _relaxed(pattern: list[Region]) -> re.Pattern[bytes] | None:
     return re.compile(text, re.DOTALL)
 
 
-def _absorb(cluster: Cluster, edge: Request, match: re.Match[bytes], params: LearnParams) -> None:
+def _absorb(cluster: Cluster, edge: Request, match: re.Match[bytes]) -> None:
+    """Add a request that fits the cluster's pattern; its regions are summarised again
+    once all requests are placed (`_resummarise`), not per request."""
     vals: dict[int, bytes] = {}
     group = 0
     for r, region in enumerate(cluster.pattern):
@@ -235,9 +265,13 @@ def _absorb(cluster: Cluster, edge: Request, match: re.Match[bytes], params: Lea
         vals[r] = match.group(group)
     cluster.members.append(edge)
     cluster.values.append(vals)
-    for r, v in vals.items():
-        seen = [x[r] for x in cluster.values if r in x]
-        cluster.pattern[r] = region_of(seen, sorted(set(seen)), params)
+
+
+def _resummarise(cluster: Cluster, params: LearnParams) -> None:
+    for r, region in enumerate(cluster.pattern):
+        if not region.fixed:
+            seen = [x[r] for x in cluster.values if r in x]
+            cluster.pattern[r] = region_of(seen, sorted(set(seen)), params)
 
 
 # -- dependencies and merging -------------------------------------------------------------
@@ -272,14 +306,23 @@ def find_links(cluster: Cluster, edges: list[RawEdge], params: LearnParams) -> N
             cluster.links.append(Link(r, where, round(share, 4)))
 
 
-def _descriptors(answer: bytes, value: bytes) -> list[str]:
+def _descriptors(answer: bytes, value: bytes) -> set[str]:
+    """Every way to state where `value` occurs in `answer` (its first few occurrences:
+    "33" is found inside "331 ..." before it is found after "for ")."""
+    found: set[str] = set()
     k = answer.find(value)
-    if k < 0:
-        return []
-    found = [f"start:{k}", f"end:{len(answer) - k - len(value)}"]
-    if k > 0:
-        found.append("after:" + answer[max(0, k - 8) : k].hex())
+    for _ in range(_MAX_OCCURRENCES):
+        if k < 0:
+            break
+        found.add(f"start:{k}")
+        found.add(f"end:{len(answer) - k - len(value)}")
+        if k > 0:
+            found.add("after:" + answer[max(0, k - 8) : k].hex())
+        k = answer.find(value, k + 1)
     return found
+
+
+_MAX_OCCURRENCES = 8
 
 
 def _locate(answer: bytes, value: bytes, where: str) -> int:
