@@ -18,6 +18,7 @@ ALLOWED = {
     "capture": {"errors", "params", "model"},
     "learn": {"errors", "params", "model"},
     "modelfile": {"errors", "model"},
+    "emulate": set(),
     "cli": {"errors", "params", "model", "capture", "learn", "modelfile"},
 }
 

@@ -24,7 +24,7 @@ from scriptgen import __version__
 from scriptgen.errors import ModelFormatError, ModelVersionError
 from scriptgen.model import Label, Link, Model, Part, PortModel, Region, Slot, State, Transition
 
-__all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema"]
+__all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema", "port_doc"]
 
 FORMAT = "scriptgen-model"
 VERSION = 1
@@ -51,7 +51,7 @@ def dumps(model: Model) -> bytes:
         "generator": f"scriptgen {__version__}",
         "params": model.params,
         "sources": model.sources,
-        "ports": [_port_doc(p) for p in sorted(model.ports, key=lambda p: (p.transport, p.port))],
+        "ports": [port_doc(p) for p in sorted(model.ports, key=lambda p: (p.transport, p.port))],
     }
     return (json.dumps(doc, sort_keys=True, indent=1, allow_nan=False) + "\n").encode("ascii")
 
@@ -68,7 +68,8 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _port_doc(p: PortModel) -> dict[str, Any]:
+def port_doc(p: PortModel) -> dict[str, Any]:
+    """One port as its JSON document: what the emulator core (scriptgen.emulate) reads."""
     return {
         "transport": p.transport,
         "port": p.port,

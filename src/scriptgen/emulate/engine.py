@@ -1,0 +1,339 @@
+"""Emulate stage: the sans-I/O emulator core (DESIGN §5; h11's shape).
+
+Standard library only, and nothing outside this package: the honeypot server, the
+exported honeyd script (which embeds this file verbatim) and the replay evaluator all run
+this same code. No sockets, no clocks, no globals: time comes in as `now`.
+
+    machine = Machine(port_doc)            # one per model port, compiled once, shared
+    conn = Emulator(machine, now)          # one per connection
+    conn.receive_data(b"USER x\\r\\n", now)  # b"" = the client closed
+    event = conn.next_event(now)           # Send | Input | Unmatched | Close | NeedData
+
+`port_doc` is one entry of the model file's "ports" list, as JSON (base64 bytes), already
+validated by scriptgen.modelfile (docs/model-format.md).
+
+TCP has no message boundaries. A request is complete when the bytes received match a
+transition and either the pattern ends in fixed bytes that the input ends with (a
+terminator such as "\\r\\n"), or no more bytes arrive within `match_gap` seconds; bytes that
+match nothing are taken as a request after `idle_gap` seconds. A datagram is always one
+request. Among matching transitions the one whose fixed bytes explain most of the input
+wins (then the heavier, then the older). When none matches (docs/emulator.md): the
+transition whose sample request is most similar, if at least `similarity_floor`; else
+silence, or closing where the real server closed more often than not.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "EmulatorParams", "Machine", "Emulator",
+    "Send", "Input", "Unmatched", "Close", "NeedData", "Event",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorParams:
+    """The emulator's knobs. They live here, not in scriptgen.params, because this package
+    must import nothing outside itself (it is embedded in exported honeyd scripts)."""
+
+    match_gap: float = 0.05
+    """Seconds without new bytes after which input that matches a transition is a request."""
+
+    idle_gap: float = 0.5
+    """Seconds without new bytes after which input that matches nothing is a request."""
+
+    similarity_floor: float = 0.6
+    """Unmatched input takes the transition with the most similar sample request, if at
+    least this similar (difflib ratio over the first `compare_bytes` bytes)."""
+
+    compare_bytes: int = 256
+    """Bytes compared when looking for the nearest transition (bounds the cost)."""
+
+    nearest_candidates: int = 64
+    """Transitions (the heaviest) compared when looking for the nearest."""
+
+    max_request_bytes: int = 1 << 20
+    """Input buffered for one request; past this it is taken as a request at once."""
+
+    pace: bool = False
+    """Delay each answer by the real server's median response delay for that state."""
+
+    wildcard_slack: int = 64
+    """An ASCII mutating region matches up to max(4 x longest seen, longest + slack) bytes,
+    and at least one byte where every value seen had one: names and paths vary more than
+    a capture shows. Binary regions keep the lengths seen (fields have sizes)."""
+
+
+# -- events (what the driver must do) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send these bytes (the answer on entering `state`)."""
+
+    data: bytes
+    state: int
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """A request was taken: from `source` by `transition` (None when unmatched) to `state`."""
+
+    data: bytes
+    source: int
+    transition: int | None
+    state: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    """No transition matched `data` in `state`; `fallback` says what was done:
+    "nearest" (took the most similar transition), "silence" or "close"."""
+
+    data: bytes
+    state: int
+    fallback: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection. `reason`: "server" (the real server closed here), "eof"
+    (the client closed), "unmatched" (fallback)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedData:
+    """Nothing to do until more bytes arrive, or until `wake_at` (if not None), when
+    `next_event` must be called again even without input."""
+
+    wake_at: float | None
+
+
+Event = Send | Input | Unmatched | Close | NeedData
+
+
+# -- the compiled model --------------------------------------------------------------------
+
+
+class _Transition:
+    __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample",
+                 "defaults")
+
+    def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
+        self.id: int = doc["id"]
+        self.target: int = doc["target"]
+        self.weight: int = doc["weight"]
+        parts: list[bytes] = []
+        fixed: list[bytes] = []
+        self.groups: dict[int, int] = {}  # region index -> regex group number
+        self.defaults: dict[int, bytes] = {}  # region index -> a value seen (for fallbacks)
+        self.fixed_bytes = 0
+        self.terminator = b""
+        for i, region in enumerate(doc["pattern"]):
+            if "fixed" in region:
+                value = base64.b64decode(region["fixed"])
+                parts.append(re.escape(value))
+                fixed.append(value)
+                self.fixed_bytes += len(value)
+                self.terminator = value
+                continue
+            self.terminator = b""
+            self.groups[i] = len(self.groups) + 1
+            samples = [base64.b64decode(s) for s in region["samples"]]
+            if samples:
+                self.defaults[i] = samples[0]
+            lo, hi = region["min"], region["max"]
+            if region["ascii"]:
+                lo, hi = min(lo, 1), max(hi * 4, hi + params.wildcard_slack)
+                line_free = not any(b"\n" in s or b"\r" in s for s in samples)
+                parts.append(b"([^\r\n]{%d,%d})" % (lo, hi) if line_free else b"(.{%d,%d})" % (lo, hi))
+            else:
+                parts.append(b"(.{%d,%d})" % (lo, hi))
+        self.regex = re.compile(b"".join(parts), re.DOTALL)
+        self.literal = b"".join(fixed) if not self.groups else None  # matched by dict lookup
+        self.sample = base64.b64decode(doc["samples"][0][0]) if doc["samples"] else b""
+
+
+class _State:
+    __slots__ = ("id", "label", "literal", "patterns", "closes_here", "delay", "nearest")
+
+    def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
+        self.id: int = doc["id"]
+        labels = doc["labels"]
+        # The default answer: the most frequent label (the model lists it first).
+        self.label: list[bytes | int] = [
+            base64.b64decode(p["bytes"]) if "bytes" in p else int(p["slot"]) for p in labels[0]["parts"]
+        ] if labels else []
+        outgoing = [transitions[t] for t in doc["transitions"]]
+        self.literal: dict[bytes, _Transition] = {}  # requests matched by a dict lookup
+        self.patterns: list[_Transition] = []
+        for t in outgoing:
+            if t.literal is not None:
+                self.literal.setdefault(t.literal, t)
+            else:
+                self.patterns.append(t)
+        closes = doc["closes"]
+        ended = sum(closes.values())
+        onward = sum(t.weight for t in outgoing)
+        # Close after answering where the real server closed in most sessions that ended
+        # here, and at least as many sessions ended here as went on.
+        self.closes_here = closes.get("server", 0) * 2 > ended and ended >= onward and ended > 0
+        self.delay: float = doc["delay"] or 0.0
+        self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
+
+
+class Machine:
+    """One port of a model, compiled for matching. Immutable; share it between connections."""
+
+    def __init__(self, port_doc: dict[str, Any], params: EmulatorParams | None = None) -> None:
+        self.params = params or EmulatorParams()
+        self.transport: str = port_doc["transport"]
+        self.port: int = port_doc["port"]
+        self.root: int = port_doc["root"]
+        transitions = {t["id"]: _Transition(t, self.params) for t in port_doc["transitions"]}
+        self.states = {s["id"]: _State(s, transitions, self.params) for s in port_doc["states"]}
+        self.transitions = transitions
+
+    @property
+    def datagram(self) -> bool:
+        return self.transport == "udp"
+
+
+# -- one connection --------------------------------------------------------------------------
+
+
+class Emulator:
+    """The emulator for one connection (or one UDP peer)."""
+
+    def __init__(self, machine: Machine, now: float) -> None:
+        self.machine = machine
+        self.params = machine.params
+        self.state = machine.root
+        self.path: list[int] = [machine.root]  # states visited, for the session log
+        self._buffer = bytearray()
+        self._last_data = now
+        self._events: deque[Event] = deque()
+        self._ready_at = now  # pacing: answers are not released before this
+        self._eof = False
+        self._closed = False
+        if not machine.datagram:
+            self._answer(machine.states[machine.root], {}, now)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes from the client (for UDP: one datagram); b"" means the client closed."""
+        if self._closed or self._eof:
+            return
+        if not data:
+            self._eof = True
+            return
+        if self.machine.datagram:
+            self._take(bytes(data), now)
+            return
+        self._buffer += data
+        self._last_data = now
+        if len(self._buffer) >= self.params.max_request_bytes:
+            self._take_buffer(now)
+            return
+        t = self._match(bytes(self._buffer))
+        if t is not None and t[0].terminator and self._buffer.endswith(t[0].terminator):
+            self._take_buffer(now, t)
+
+    def next_event(self, now: float) -> Event:
+        """The next thing to do. NeedData means: wait for bytes or for `wake_at`."""
+        if self._events:
+            head = self._events[0]
+            if isinstance(head, Send) and now < self._ready_at:
+                return NeedData(self._ready_at)
+            return self._events.popleft()
+        if self._closed:
+            return Close("closed")
+        if self._buffer:
+            match = self._match(bytes(self._buffer))
+            deadline = self._last_data + (self.params.match_gap if match else self.params.idle_gap)
+            if now >= deadline or self._eof:
+                self._take_buffer(now, match)
+                return self.next_event(now)
+            return NeedData(deadline)
+        if self._eof:
+            self._closed = True
+            return Close("eof")
+        return NeedData(None)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _take_buffer(self, now: float, match: tuple[_Transition, re.Match[bytes] | None] | None = None) -> None:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._take(data, now, match)
+
+    def _match(self, data: bytes) -> tuple[_Transition, re.Match[bytes] | None] | None:
+        state = self.machine.states[self.state]
+        literal = state.literal.get(data)
+        best: tuple[_Transition, re.Match[bytes] | None] | None = (literal, None) if literal else None
+        best_key = (literal.fixed_bytes, literal.weight, -literal.id) if literal else None
+        for t in state.patterns:
+            m = t.regex.fullmatch(data)
+            if m is None:
+                continue
+            key = (t.fixed_bytes, t.weight, -t.id)
+            if best_key is None or key > best_key:
+                best, best_key = (t, m), key
+        return best
+
+    def _take(self, data: bytes, now: float,
+              match: tuple[_Transition, re.Match[bytes] | None] | None = None) -> None:
+        state = self.machine.states[self.state]
+        if match is None:
+            match = self._match(data)
+        if match is None:
+            t = self._nearest(state, data)
+            if t is None:
+                fallback = "close" if state.closes_here else "silence"
+                self._events.append(Unmatched(data, state.id, fallback))
+                self._events.append(Input(data, state.id, None, state.id))
+                if fallback == "close":
+                    self._closed_after_events("unmatched")
+                return
+            self._events.append(Unmatched(data, state.id, "nearest"))
+            values = dict(t.defaults)
+        else:
+            t, m = match
+            values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
+        self.state = t.target
+        self.path.append(t.target)
+        self._events.append(Input(data, state.id, t.id, t.target))
+        self._answer(self.machine.states[t.target], values, now)
+
+    def _answer(self, state: _State, values: dict[int, bytes], now: float) -> None:
+        answer = b"".join(p if isinstance(p, bytes) else values.get(p, b"") for p in state.label)
+        if self.params.pace:
+            self._ready_at = max(self._ready_at, now + state.delay)
+        if answer:
+            self._events.append(Send(answer, state.id))
+        if state.closes_here:
+            self._closed_after_events("server")
+
+    def _closed_after_events(self, reason: str) -> None:
+        self._events.append(Close(reason))
+        self._closed = True
+
+    def _nearest(self, state: _State, data: bytes) -> _Transition | None:
+        head = data[: self.params.compare_bytes]
+        best, best_score = None, self.params.similarity_floor
+        for t in state.nearest:
+            score = difflib.SequenceMatcher(None, head, t.sample[: self.params.compare_bytes], autojunk=False).ratio()
+            if score >= best_score and (best is None or score > best_score):
+                best, best_score = t, score
+        return best

@@ -1,0 +1,137 @@
+"""The emulator core on models learned from hand-made sessions; every scenario runs twice:
+whole messages, and trickled one byte at a time."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+import scriptgen.emulate
+from scriptgen.emulate import Close, Emulator, EmulatorParams, Machine, NeedData, Send
+from scriptgen.learn import learn
+from scriptgen.model import Sender
+from scriptgen.modelfile import port_doc
+from scriptgen.params import LearnParams
+
+from tests.emulate.script import run
+from tests.learn.sessions import session
+
+BANNER = b"220 ready\r\n"
+
+
+def machine(sessions, params=None, **kw) -> Machine:
+    (port,) = learn(sessions, LearnParams(jobs=1, **kw)).ports
+    return Machine(port_doc(port), params)
+
+
+def ftp():
+    users = [session((b"USER " + n + b"\r\n", b"331 Password required for " + n + b".\r\n"),
+                     (b"PASS secret\r\n", b"230 Logged in.\r\n"), (b"QUIT\r\n", b"221 Bye.\r\n"),
+                     banner=BANNER, closed_by=Sender.SERVER) for n in (b"alice", b"bob", b"carol")]
+    users.append(session((b"SYST\r\n", b"215 UNIX Type: L8\r\n"), (b"QUIT\r\n", b"221 Bye.\r\n"),
+                         banner=BANNER, closed_by=Sender.SERVER))
+    return machine(users)
+
+
+TRICKLE = pytest.mark.parametrize("trickle", [False, True], ids=["whole", "trickled"])
+
+
+@TRICKLE
+def test_banner_then_answers_with_a_dependency_and_close_where_the_server_closed(trickle):
+    t = run(ftp(), [b"USER dave\r\n", b"PASS x\r\n", b"QUIT\r\n"], trickle=trickle)
+    assert t.answers == [BANNER, b"331 Password required for dave.\r\n", b"230 Logged in.\r\n", b"221 Bye.\r\n"]
+    # "PASS x" is not the "PASS secret" of every training session: the nearest transition.
+    assert t.closed == "server" and t.unmatched == ["nearest"]
+
+
+@TRICKLE
+def test_literal_transition_beats_a_wildcard(trickle):
+    t = run(ftp(), [b"SYST\r\n"], trickle=trickle)
+    assert t.answers[1] == b"215 UNIX Type: L8\r\n"
+
+
+@TRICKLE
+def test_unmatched_input_takes_the_nearest_transition_above_the_floor(trickle):
+    t = run(ftp(), [b"SYST foo\r\n"], trickle=trickle)
+    assert t.unmatched == ["nearest"] and t.answers[1] == b"215 UNIX Type: L8\r\n"
+
+
+@TRICKLE
+def test_unmatched_garbage_is_met_with_silence_and_the_state_is_kept(trickle):
+    t = run(ftp(), [b"\x00\x01\x02\xff" * 10, b"SYST\r\n"], trickle=trickle)
+    assert t.unmatched == ["silence"]
+    assert t.answers[1:] == [b"", b"215 UNIX Type: L8\r\n"]
+
+
+def test_request_without_terminator_completes_after_the_match_gap():
+    sessions = [session((b"\x01\x02" + bytes([i]), b"\x81" + bytes([i])), port=9000) for i in range(0, 250, 25)]
+    m = machine(sessions, macro=1.0, micro=1.0)  # one transition ending in a mutating byte
+    conn = Emulator(m, 0.0)
+    assert conn.next_event(0.0) == NeedData(None)  # the client speaks first: no banner
+    conn.receive_data(b"\x01\x02\x03", 1.0)
+    event = conn.next_event(1.0)
+    assert isinstance(event, NeedData) and event.wake_at == pytest.approx(1.0 + m.params.match_gap)
+    conn.receive_data(b"\x04", 1.01)  # a byte more: it matches nothing now, so the wait is longer
+    assert conn.next_event(1.03) == NeedData(pytest.approx(1.01 + m.params.idle_gap))
+    assert conn.next_event(1.01 + m.params.idle_gap).__class__.__name__ in ("Unmatched", "Input")
+
+    conn = Emulator(m, 0.0)
+    conn.receive_data(b"\x01\x02\x03", 1.0)
+    assert conn.next_event(1.0 + m.params.match_gap).__class__.__name__ == "Input"
+    sent = conn.next_event(1.1)
+    assert isinstance(sent, Send) and sent.data[:1] == b"\x81"
+
+
+def test_eof_completes_a_pending_request_then_closes():
+    sessions = [session((b"\x01\x02" + bytes([i]), b"\x81" + bytes([i])), port=9000) for i in range(0, 250, 25)]
+    conn = Emulator(machine(sessions, macro=1.0, micro=1.0), 0.0)
+    conn.receive_data(b"\x01\x02\x07", 1.0)
+    conn.receive_data(b"", 1.0)
+    assert [type(conn.next_event(1.0)).__name__ for _ in range(3)] == ["Input", "Send", "Close"]
+
+
+def test_pacing_holds_answers_for_the_learned_delay():
+    m = machine([session((b"PING\r\n", b"PONG\r\n")) for _ in range(3)], EmulatorParams(pace=True))
+    conn = Emulator(m, 0.0)
+    conn.receive_data(b"PING\r\n", 5.0)
+    assert conn.next_event(5.0).__class__.__name__ == "Input"
+    assert conn.next_event(5.0) == NeedData(5.002)
+    assert isinstance(conn.next_event(5.002), Send)
+
+
+def test_udp_datagrams_are_requests_without_waiting():
+    from scriptgen.model import Transport
+
+    sessions = [session((b"Q" + bytes([i]) * 4, b"A" + bytes([i]) * 4), port=53, transport=Transport.UDP) for i in range(4)]
+    m = machine(sessions, macro=0.0, micro=0.0)
+    conn = Emulator(m, 0.0)
+    conn.receive_data(b"Q\x02\x02\x02\x02", 0.0)
+    assert [type(conn.next_event(0.0)).__name__ for _ in range(2)] == ["Input", "Send"]
+
+
+def test_oversized_input_is_bounded():
+    m = ftp()
+    conn = Emulator(m, 0.0)
+    while not isinstance(conn.next_event(0.0), NeedData):
+        pass
+    for i in range(300):
+        conn.receive_data(b"A" * 4096, 0.0)  # 1.2 MB without a terminator
+    assert len(conn._buffer) < m.params.max_request_bytes  # taken as requests, not hoarded
+
+
+def test_emulate_imports_only_the_standard_library_and_itself():
+    root = Path(scriptgen.emulate.__file__).parent
+    stdlib = set(sys.stdlib_module_names)
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                assert top in stdlib or name.startswith("scriptgen.emulate"), f"{path.name} imports {name}"
