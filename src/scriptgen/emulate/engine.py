@@ -17,9 +17,11 @@ transition and either the pattern ends in fixed bytes that the input ends with (
 terminator such as "\\r\\n"), or no more bytes arrive within `match_gap` seconds; bytes that
 match nothing are taken as a request after `idle_gap` seconds. A datagram is always one
 request. Among matching transitions the one whose fixed bytes explain most of the input
-wins (then the heavier, then the older). When none matches (docs/emulator.md): the
-transition whose sample request is most similar, if at least `similarity_floor`; else
-silence, or closing where the real server closed more often than not.
+wins (then the heavier, then the older). When none matches (docs/emulator.md): a
+transition of another state that matches (the request was learned in another context:
+preferably after the same answer), else the transition of this state whose sample
+request is most similar, if at least `similarity_floor`; else silence, or closing where
+the real server closed more often than not.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class EmulatorParams:
     """Bytes compared when looking for the nearest transition (bounds the cost)."""
 
     nearest_candidates: int = 64
-    """Transitions (the heaviest) compared when looking for the nearest."""
+    """Transitions (the heaviest) of the current state compared when looking for the
+    nearest; four times as many of the whole model are compared when none is close."""
 
     max_request_bytes: int = 1 << 20
     """Input buffered for one request; past this it is taken as a request at once."""
@@ -94,7 +97,8 @@ class Input:
 @dataclass(frozen=True, slots=True)
 class Unmatched:
     """No transition matched `data` in `state`; `fallback` says what was done:
-    "nearest" (took the most similar transition), "silence" or "close"."""
+    "elsewhere" (took a matching transition of another state), "nearest" (took the
+    transition with the most similar sample request), "silence" or "close"."""
 
     data: bytes
     state: int
@@ -201,6 +205,14 @@ class Machine:
         transitions = {t["id"]: _Transition(t, self.params) for t in port_doc["transitions"]}
         self.states = {s["id"]: _State(s, transitions, self.params) for s in port_doc["states"]}
         self.transitions = transitions
+        # For requests the current state does not know: the same request elsewhere.
+        self.sources = {t["id"]: t["source"] for t in port_doc["transitions"]}
+        self.literal: dict[bytes, list[_Transition]] = {}
+        for t in sorted(transitions.values(), key=lambda t: (-t.weight, t.id)):
+            if t.literal is not None:
+                self.literal.setdefault(t.literal, []).append(t)
+        self.patterns = sorted((t for t in transitions.values() if t.literal is None), key=lambda t: (-t.weight, t.id))
+        self.nearest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))[: self.params.nearest_candidates * 4]
 
     @property
     def datagram(self) -> bool:
@@ -298,6 +310,10 @@ class Emulator:
         if match is None:
             match = self._match(data)
         if match is None:
+            match = self._elsewhere(state, data)
+            if match is not None:
+                self._events.append(Unmatched(data, state.id, "elsewhere"))
+        if match is None:
             t = self._nearest(state, data)
             if t is None:
                 fallback = "close" if state.closes_here else "silence"
@@ -329,11 +345,37 @@ class Emulator:
         self._events.append(Close(reason))
         self._closed = True
 
+    def _elsewhere(self, state: _State, data: bytes) -> tuple[_Transition, re.Match[bytes] | None] | None:
+        """A transition of another state that matches: the model learned this request in
+        another context. Preferred: one leaving a state that gave the same answer as the
+        current state (the server was in the same situation), then the most specific."""
+        machine = self.machine
+        found: list[tuple[_Transition, re.Match[bytes] | None]] = [(t, None) for t in machine.literal.get(data, [])]
+        if not found:
+            for t in machine.patterns:
+                m = t.regex.fullmatch(data)
+                if m is not None:
+                    found.append((t, m))
+        if not found:
+            return None
+
+        def rank(item: tuple[_Transition, re.Match[bytes] | None]) -> tuple[bool, int, int, int]:
+            t = item[0]
+            same = machine.states[machine.sources[t.id]].label == state.label
+            return (same, t.fixed_bytes, t.weight, -t.id)
+
+        return max(found, key=rank)
+
     def _nearest(self, state: _State, data: bytes) -> _Transition | None:
-        head = data[: self.params.compare_bytes]
-        best, best_score = None, self.params.similarity_floor
-        for t in state.nearest:
-            score = difflib.SequenceMatcher(None, head, t.sample[: self.params.compare_bytes], autojunk=False).ratio()
-            if score >= best_score and (best is None or score > best_score):
-                best, best_score = t, score
-        return best
+        """The transition whose sample request is most similar to `data` (at least the
+        floor): among this state's first, then among the model's heaviest."""
+        for candidates in (state.nearest, self.machine.nearest):
+            head = data[: self.params.compare_bytes]
+            best, best_score = None, self.params.similarity_floor
+            for t in candidates:
+                score = difflib.SequenceMatcher(None, head, t.sample[: self.params.compare_bytes], autojunk=False).ratio()
+                if score >= best_score and (best is None or score > best_score):
+                    best, best_score = t, score
+            if best is not None:
+                return best
+        return None
