@@ -135,3 +135,11 @@ def test_emulate_imports_only_the_standard_library_and_itself():
             for name in names:
                 top = name.split(".")[0]
                 assert top in stdlib or name.startswith("scriptgen.emulate"), f"{path.name} imports {name}"
+
+
+@TRICKLE
+def test_a_request_learned_in_another_state_is_answered_from_there(trickle):
+    # SYST was only ever sent right after the banner; here it comes after USER/PASS.
+    t = run(ftp(), [b"USER dave\r\n", b"PASS secret\r\n", b"SYST\r\n"], trickle=trickle)
+    assert t.answers[3] == b"215 UNIX Type: L8\r\n"
+    assert t.unmatched == ["elsewhere"]
