@@ -19,7 +19,8 @@ ALLOWED = {
     "learn": {"errors", "params", "model"},
     "modelfile": {"errors", "model"},
     "emulate": set(),
-    "cli": {"errors", "params", "model", "capture", "learn", "modelfile"},
+    "export": set(),
+    "cli": {"errors", "params", "model", "capture", "learn", "modelfile", "export", "emulate"},
 }
 
 

@@ -143,3 +143,14 @@ def test_a_request_learned_in_another_state_is_answered_from_there(trickle):
     t = run(ftp(), [b"USER dave\r\n", b"PASS secret\r\n", b"SYST\r\n"], trickle=trickle)
     assert t.answers[3] == b"215 UNIX Type: L8\r\n"
     assert t.unmatched == ["elsewhere"]
+
+
+def test_pipelined_requests_are_split_and_answered_in_order():
+    t = run(ftp(), [b"USER dave\r\nPASS secret\r\nQUIT\r\n"])
+    assert t.answers == [BANNER, b"331 Password required for dave.\r\n230 Logged in.\r\n221 Bye.\r\n"]
+    assert t.closed == "server"
+
+
+def test_pipelined_unknown_lines_are_cut_at_the_models_terminator():
+    t = run(ftp(), [b"XYZ1\r\nXYZ2\r\nSYST\r\n"])
+    assert t.answers[1] == b"215 UNIX Type: L8\r\n" and t.unmatched == ["silence", "silence"]

@@ -158,16 +158,17 @@ class _Transition:
             if region["ascii"]:
                 lo, hi = min(lo, 1), max(hi * 4, hi + params.wildcard_slack)
                 line_free = not any(b"\n" in s or b"\r" in s for s in samples)
-                parts.append(b"([^\r\n]{%d,%d})" % (lo, hi) if line_free else b"(.{%d,%d})" % (lo, hi))
+                # Lazy: `match` at the front of pipelined input stops at the first terminator.
+                parts.append(b"([^\r\n]{%d,%d}?)" % (lo, hi) if line_free else b"(.{%d,%d}?)" % (lo, hi))
             else:
-                parts.append(b"(.{%d,%d})" % (lo, hi))
+                parts.append(b"(.{%d,%d}?)" % (lo, hi))
         self.regex = re.compile(b"".join(parts), re.DOTALL)
         self.literal = b"".join(fixed) if not self.groups else None  # matched by dict lookup
         self.sample = base64.b64decode(doc["samples"][0][0]) if doc["samples"] else b""
 
 
 class _State:
-    __slots__ = ("id", "label", "literal", "patterns", "closes_here", "delay", "nearest")
+    __slots__ = ("id", "label", "literal", "patterns", "closes_here", "delay", "nearest", "terminators", "framed")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -192,6 +193,24 @@ class _State:
         self.closes_here = closes.get("server", 0) * 2 > ended and ended >= onward and ended > 0
         self.delay: float = doc["delay"] or 0.0
         self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
+        # What every request leaving this state ends with (e.g. CRLF): where to cut input
+        # that matches nothing but holds several requests.
+        self.terminators = [_common_suffix([t.sample for t in outgoing])] if outgoing else []
+        # Transitions that end in fixed bytes can be recognised at the front of pipelined input.
+        self.framed = [t for t in outgoing if t.terminator][:_MAX_FRAMED]
+
+
+_MAX_FRAMED = 256  # transitions tried at the front of pipelined input, per state
+
+
+def _common_suffix(samples: list[bytes]) -> bytes:
+    if not samples or not all(samples):
+        return b""
+    n = 0
+    shortest = min(len(x) for x in samples)
+    while n < shortest and len({x[-1 - n] for x in samples}) == 1:
+        n += 1
+    return samples[0][len(samples[0]) - n :] if n else b""
 
 
 class Machine:
@@ -213,6 +232,7 @@ class Machine:
                 self.literal.setdefault(t.literal, []).append(t)
         self.patterns = sorted((t for t in transitions.values() if t.literal is None), key=lambda t: (-t.weight, t.id))
         self.nearest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))[: self.params.nearest_candidates * 4]
+        self.terminator = _common_suffix([t.sample for t in transitions.values()])  # of every request
 
     @property
     def datagram(self) -> bool:
@@ -255,33 +275,61 @@ class Emulator:
             return
         self._buffer += data
         self._last_data = now
-        if len(self._buffer) >= self.params.max_request_bytes:
-            self._take_buffer(now)
-            return
-        t = self._match(bytes(self._buffer))
-        if t is not None and t[0].terminator and self._buffer.endswith(t[0].terminator):
-            self._take_buffer(now, t)
+        # Take every request that is complete at the front of the buffer (clients may send
+        # several at once); what remains waits for more bytes or for the gap.
+        while self._buffer and not self._closed:
+            if len(self._buffer) >= self.params.max_request_bytes:
+                self._take_buffer(now)
+                return
+            whole = bytes(self._buffer)
+            t = self._match(whole)
+            if t is not None and t[0].terminator and whole.endswith(t[0].terminator):
+                self._take_buffer(now, t)
+                return
+            front = self._front(whole)
+            if front is None:
+                if self.machine.terminator and whole.endswith(self.machine.terminator):
+                    # Every request in the capture ended so (a CRLF, say): this one is
+                    # complete even though it matches nothing. Cut off what came before.
+                    end = self._cut(whole)
+                    del self._buffer[:end]
+                    self._take(whole[:end], now)
+                    continue
+                return
+            end, match = front
+            del self._buffer[:end]
+            self._take(whole[:end], now, match)
 
     def next_event(self, now: float) -> Event:
         """The next thing to do. NeedData means: wait for bytes or for `wake_at`."""
-        if self._events:
-            head = self._events[0]
-            if isinstance(head, Send) and now < self._ready_at:
-                return NeedData(self._ready_at)
-            return self._events.popleft()
-        if self._closed:
-            return Close("closed")
-        if self._buffer:
-            match = self._match(bytes(self._buffer))
-            deadline = self._last_data + (self.params.match_gap if match else self.params.idle_gap)
-            if now >= deadline or self._eof:
-                self._take_buffer(now, match)
-                return self.next_event(now)
-            return NeedData(deadline)
-        if self._eof:
-            self._closed = True
-            return Close("eof")
-        return NeedData(None)
+        while True:
+            if self._events:
+                head = self._events[0]
+                if isinstance(head, Send) and now < self._ready_at:
+                    return NeedData(self._ready_at)
+                return self._events.popleft()
+            if self._closed:
+                return Close("closed")
+            if self._buffer:
+                whole = bytes(self._buffer)
+                match = self._match(whole)
+                deadline = self._last_data + (self.params.match_gap if match else self.params.idle_gap)
+                if now < deadline and not self._eof:
+                    return NeedData(deadline)
+                if match is not None:
+                    self._take_buffer(now, match)
+                    continue
+                # The bytes stopped: a request that matches at the front, else cut at the
+                # first terminator this state knows, else all of it.
+                front = self._front(whole)
+                end = front[0] if front else self._cut(whole)
+                del self._buffer[:end]
+                self._take(whole[:end], now, front[1] if front else None)
+                continue
+            if self._eof:
+                self._closed = True
+                return Close("eof")
+            return NeedData(None)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -289,6 +337,33 @@ class Emulator:
         data = bytes(self._buffer)
         self._buffer.clear()
         self._take(data, now, match)
+
+    def _front(self, data: bytes) -> tuple[int, tuple[_Transition, re.Match[bytes] | None]] | None:
+        """The shortest request at the front of `data` (but not all of it) that matches a
+        transition ending in fixed bytes: a request followed by the next one."""
+        best: tuple[int, tuple[_Transition, re.Match[bytes] | None]] | None = None
+        for t in self.machine.states[self.state].framed:
+            if t.literal is not None:
+                if len(t.literal) < len(data) and data.startswith(t.literal):
+                    end, m = len(t.literal), None
+                else:
+                    continue
+            else:
+                m = t.regex.match(data)
+                if m is None or m.end() >= len(data) or m.end() == 0:
+                    continue
+                end = m.end()
+            if best is None or (end, -t.fixed_bytes, -t.weight, t.id) < (best[0], -best[1][0].fixed_bytes,
+                                                                      -best[1][0].weight, best[1][0].id):
+                best = (end, (t, m))
+        return best
+
+    def _cut(self, data: bytes) -> int:
+        """Where the first request of unmatched input ends: after the first terminator the
+        current state knows (e.g. CRLF), if one occurs before the end; else all of it."""
+        terms = self.machine.states[self.state].terminators + [self.machine.terminator]
+        ends = [data.find(term) + len(term) for term in terms if term and 0 <= data.find(term) < len(data) - len(term)]
+        return min(ends) if ends else len(data)
 
     def _match(self, data: bytes) -> tuple[_Transition, re.Match[bytes] | None] | None:
         state = self.machine.states[self.state]

@@ -1,0 +1,134 @@
+"""Evaluate stage, the driver: sessions + a target -> Report (paper §3.2, DESIGN §6).
+
+    holdout (split.py) -> learn (scriptgen.learn) -> InProcessTarget | TcpTarget (targets.py)
+                       -> replay every held-out session -> score_session (score.py) -> Report
+
+Values in, values out: no files, no printing. Sessions that cannot be replayed from their
+start (their handshake and first messages were not captured: `midstream`) and sessions the
+target cannot play (UDP over TCP, ports the model has no machine for) are counted in
+`Report.skipped`, never scored.
+
+May import: scriptgen.model, scriptgen.params, scriptgen.learn, scriptgen.modelfile,
+scriptgen.emulate, scriptgen.evaluate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from scriptgen.emulate import EmulatorParams, Machine
+from scriptgen.evaluate.config import EvaluateParams
+from scriptgen.evaluate.score import PortReport, SessionScore, score_session
+from scriptgen.evaluate.split import by_port, holdout
+from scriptgen.evaluate.targets import InProcessTarget, Script, Target
+from scriptgen.learn import learn
+from scriptgen.learn.builder import turns
+from scriptgen.model import Model, Session
+from scriptgen.modelfile import port_doc
+from scriptgen.params import LearnParams
+
+__all__ = ["Report", "script", "evaluate", "evaluate_model", "evaluate_holdout"]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Per (target, transport, port), sorted; `skipped` counts sessions not replayed, by
+    reason ("midstream", "transport", "no_model")."""
+
+    ports: tuple[PortReport, ...]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def sessions(self) -> Iterable[SessionScore]:
+        for p in self.ports:
+            yield from p.sessions
+
+
+def script(session: Session) -> tuple[Script, bytes, list[tuple[bytes, bytes]]]:
+    """What a client replaying `session` sends, and the recorded banner and turns."""
+    banner, steps = turns(session)
+    pairs = [(request, answer) for request, answer, _ in steps]
+    return Script(tuple(r for r, _ in pairs), (bool(banner), *(bool(a) for _, a in pairs))), banner, pairs
+
+
+def _replay(key: tuple[str, int], group: Sequence[Session], target: Target, params: EvaluateParams) -> PortReport:
+    recorded = [script(s) for s in group]
+    outcomes = target.run_all([r[0] for r in recorded])
+    scores = tuple(
+        score_session(target=target.name, transport=key[0], port=key[1], client=str(s.client), start=s.start,
+                      banner=banner, turns=pairs, outcome=outcome, params=params)
+        for s, (_, banner, pairs), outcome in zip(group, recorded, outcomes)
+    )
+    return PortReport(target.name, key[0], key[1], scores)
+
+
+def _skip(skipped: dict[str, int], reason: str, n: int = 1) -> None:
+    skipped[reason] = skipped.get(reason, 0) + n
+
+
+def _replayable(sessions: Iterable[Session], skipped: dict[str, int]) -> dict[tuple[str, int], list[Session]]:
+    groups = {}
+    for key, group in by_port(sessions).items():
+        whole = [s for s in group if not s.midstream]
+        if len(whole) < len(group):
+            _skip(skipped, "midstream", len(group) - len(whole))
+        if whole:
+            groups[key] = whole
+    return groups
+
+
+def evaluate(sessions: Iterable[Session], target: Target, params: EvaluateParams | None = None) -> Report:
+    """Replay every session (with data, not midstream) against `target` and score it.
+    Every session goes to the one target, whatever its port: pick the sessions first."""
+    params = params or EvaluateParams()
+    skipped: dict[str, int] = {}
+    reports = []
+    for key, group in _replayable(sessions, skipped).items():
+        if key[0] not in target.transports:
+            _skip(skipped, "transport", len(group))
+            continue
+        reports.append(_replay(key, group, target, params))
+    return Report(tuple(reports), skipped)
+
+
+def evaluate_model(model: Model, sessions: Iterable[Session], params: EvaluateParams | None = None,
+                   emulator: EmulatorParams | None = None) -> Report:
+    """Replay every session in process against the model's machine for its port."""
+    params = params or EvaluateParams()
+    skipped: dict[str, int] = {}
+    reports = []
+    for key, group in _replayable(sessions, skipped).items():
+        port_model = model.port(*key)
+        if port_model is None:
+            _skip(skipped, "no_model", len(group))
+            continue
+        target = InProcessTarget(Machine(port_doc(port_model), emulator), params)
+        reports.append(_replay(key, group, target, params))
+    return Report(tuple(reports), skipped)
+
+
+def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnParams | None = None,
+                     params: EvaluateParams | None = None, emulator: EmulatorParams | None = None, *,
+                     folds: Sequence[int] | None = None) -> tuple[list[Model], Report]:
+    """For each fold (default: only k - 1, every k-th session held out), learn a model on
+    the other sessions and replay the held-out ones in process. Returns the models (one
+    per fold) and one report, the folds' sessions together per port."""
+    learn_params = learn_params or LearnParams()
+    everything = list(sessions)
+    models: list[Model] = []
+    merged: dict[tuple[str, str, int], list[SessionScore]] = {}
+    skipped: dict[str, int] = {}
+    for fold in folds if folds is not None else [k - 1]:
+        train, test = holdout(everything, k, fold)
+        model = learn(train, learn_params)
+        models.append(model)
+        report = evaluate_model(model, test, params, emulator)
+        for p in report.ports:
+            merged.setdefault((p.target, p.transport, p.port), []).extend(p.sessions)
+        for reason, n in report.skipped.items():
+            _skip(skipped, reason, n)
+    ports = tuple(
+        PortReport(t, transport, port, tuple(sorted(scores, key=lambda s: (s.start, s.client))))
+        for (t, transport, port), scores in sorted(merged.items())
+    )
+    return models, Report(ports, skipped)
