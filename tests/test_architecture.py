@@ -20,7 +20,9 @@ ALLOWED = {
     "modelfile": {"errors", "model"},
     "emulate": set(),
     "export": set(),
-    "cli": {"errors", "params", "model", "capture", "learn", "modelfile", "export", "emulate"},
+    "serve": {"errors", "params", "model", "modelfile", "emulate"},
+    "evaluate": {"errors", "params", "model", "capture", "learn", "modelfile", "emulate"},
+    "cli": {"errors", "params", "model", "capture", "learn", "modelfile", "export", "emulate", "serve", "evaluate"},
 }
 
 
