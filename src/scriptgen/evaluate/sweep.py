@@ -164,7 +164,7 @@ def plot(cells: Sequence[Cell], directory: str, title: str) -> list[str]:
     micros = sorted({c.micro for c in cells})
     by = {(c.macro, c.micro): c for c in cells}
     written = []
-    figures = [
+    figures: list[tuple[str, str, str, Callable[[Cell], float]]] = [
         ("states", "Number of states (paper Fig. 5)", "viridis", lambda c: float(c.states)),
         ("similarity", "Mean answer similarity (paper Fig. 6)", "magma", lambda c: c.similarity),
         ("carried", "Share of held-out sessions carried to the end", "magma", lambda c: c.carried),
