@@ -8,6 +8,8 @@
     └── ModelError                 a model file cannot be used (carries path and JSON location)
         ├── ModelVersionError      written by a newer scriptgen, or an unknown format
         └── ModelFormatError       malformed, inconsistent or over a size cap
+    └── ServeError                 the server cannot start (listeners, user, log directory),
+                                   or a session log cannot be read
 
 The library raises these; the CLI maps them to exit codes (docs/cli.md). A truncated
 capture is not raised by the session reader: the sessions read before the damage are
@@ -25,6 +27,7 @@ __all__ = [
     "ModelError",
     "ModelVersionError",
     "ModelFormatError",
+    "ServeError",
 ]
 
 
@@ -70,3 +73,7 @@ class ModelVersionError(ModelError):
 
 class ModelFormatError(ModelError):
     """The file is malformed, inconsistent, or exceeds a size cap."""
+
+
+class ServeError(ScriptgenError):
+    """The server cannot start as asked, or a session log cannot be read."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CaptureParams", "LearnParams"]
+__all__ = ["CaptureParams", "LearnParams", "ServeParams", "LogParams"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +111,74 @@ class LearnParams:
 
     jobs: int = 0
     """Worker processes for learning ports in parallel; 0 = one per core."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeParams:
+    """Limits of the asyncio server (`scriptgen serve --help`). Connections of UDP are the
+    (peer address, listener) pairs seen within `udp_idle_timeout`."""
+
+    idle_timeout: float = 120.0
+    """Seconds without a byte from the client after which a TCP connection is closed
+    (reason `idle`)."""
+
+    udp_idle_timeout: float = 30.0
+    """Seconds without a datagram after which a UDP peer's session ends (reason `idle`)."""
+
+    max_session: float = 600.0
+    """Seconds after which any session is closed, busy or not (reason `max-duration`)."""
+
+    max_buffered: int = 1 << 20
+    """Bytes of answers queued for a client that does not read; beyond, the connection is
+    aborted (reason `max-buffered`). Input is bounded by the engine's `max_request_bytes`,
+    and reading pauses while the client is not reading, so a connection holds at most
+    about these two amounts."""
+
+    max_requests: int = 10_000
+    """Requests taken on one connection; beyond, it is closed (reason `max-requests`):
+    a flood of pipelined requests would otherwise fill the log without end."""
+
+    feed_bytes: int = 8192
+    """Bytes handed to the engine at once. A bigger read is fed in pieces, one per turn of
+    the event loop, with reading from that client paused meanwhile, so that one client's
+    flood delays the others by one piece's work at most. The engine's work per call grows
+    with the bytes it holds (each call re-matches its whole buffer): small pieces bound a
+    flood of pipelined requests, large ones make a flood of unmatched bytes cheaper."""
+
+    max_connections: int = 1000
+    """Open sessions, TCP and UDP, over all listeners. Beyond, a new TCP connection is
+    closed at once and a datagram from a new UDP peer is dropped; both are logged as
+    `scriptgen.session.refused` (at most `refused_log_rate` a second, the rest counted)."""
+
+    refused_log_rate: int = 10
+    """Refusals logged per second; further ones are counted in the next refused event's
+    `suppressed` key and in `scriptgen.server.stop`."""
+
+    grace: float = 5.0
+    """Seconds the open sessions get to finish after SIGTERM/SIGINT, once listening has
+    stopped; the ones still open are then closed (reason `shutdown`)."""
+
+    backlog: int = 1024
+    """listen(2) backlog of each TCP listener."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogParams:
+    """The event log (docs/events.md): JSON lines and SQLite, written by one thread."""
+
+    flush_interval: float = 0.2
+    """Seconds between two writes of the queued events to the sinks."""
+
+    flush_events: int = 500
+    """Queued events that trigger a write before `flush_interval` has passed."""
+
+    max_queued_events: int = 100_000
+    """Events waiting for the writer; beyond (a sink far slower than the attack), new
+    events are dropped and counted (`events_dropped` in `scriptgen.server.stop`)."""
+
+    max_queued_bytes: int = 64 << 20
+    """Payload bytes (logged `data`) waiting for the writer; beyond, as above."""
+
+    data_bytes: int = 64 * 1024
+    """Bytes of one message kept in an event's `data`; `size` always gives the full
+    length, `truncated` says whether `data` was cut."""

@@ -1,0 +1,495 @@
+"""Serve-stage benchmark: sessions/s, latency and memory per idle connection of
+`scriptgen serve`, against a bare asyncio server and a honeyd-style process per connection,
+all in one run on 127.0.0.1.
+
+    .venv/bin/python bench/bench_serve.py                 # ~2 minutes on 2 cores
+    .venv/bin/python bench/bench_serve.py --duration 5 --idle 10000 --check
+
+What it does:
+ 1. Learns a small FTP-like model (banner, USER <name> echoed back, PASS, QUIT where the
+    server closes) and writes it to a temporary directory.
+ 2. Starts each server in its own process (so client and server do not share a core):
+      serve          scriptgen.serve with that model, default limits (connection cap raised
+                     to the idle count), logging to JSON lines and SQLite as in production
+      serve-nolog    the same with no log sink (events made and queued, never written):
+                     what the log costs (not run by default)
+      bare-protocol  asyncio Protocol: a canned banner, then one canned reply per read
+      bare-streams   asyncio.start_server (reader/writer, a task per connection), same replies
+      fork           honeyd's model: a blocking accept loop that fork+execs a Python script
+                     per connection with the socket as stdin/stdout (the script exported by
+                     scriptgen.export when available, else a minimal engine driver);
+                     at most --fork-children alive at once (honeyd has no cap; 1000 Python
+                     processes would need ~10 GB)
+ 3. Drives each with 1, 100 and 1000 concurrent clients (an asyncio Protocol client in
+    this process) for --duration seconds: a session is connect, read the banner, send
+    "USER bench", read the answer, send "QUIT", read the answer, close. Prints sessions/s,
+    p50/p99 session latency, sessions that failed or did not finish in time, and the
+    server's CPU time per session (its own plus its reaped children's): the client shares
+    the machine, so CPU per session is the figure that does not depend on the client.
+ 4. Opens --idle connections to each asyncio server, waits until the server holds them
+    all, and divides the server's RSS growth by their number (RLIMIT_NOFILE is raised to
+    the hard limit in every process).
+ 5. Prints the ratios serve / bare (sessions/s, target >= 0.8) and bytes per idle
+    connection (target <= 8 KiB); --check exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BANNER = b"220 ready\r\n"
+CANNED = b"200 OK\r\n"
+REQUESTS = (b"USER bench\r\n", b"QUIT\r\n")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def write_model(path: Path) -> None:
+    from scriptgen.learn import learn
+    from scriptgen.model import Endpoint, Message, Sender, Session, Transport
+    from scriptgen.modelfile import save
+    from scriptgen.params import LearnParams
+
+    sessions = []
+    for i, name in enumerate([b"alice", b"bob", b"carol", b"dave", b"erin"]):
+        t = 1000.0
+        messages = [Message(Sender.SERVER, BANNER, t)]
+        for request, answer in ((b"USER " + name + b"\r\n", b"331 Password required for " + name + b".\r\n"),
+                                (b"PASS secret\r\n", b"230 Logged in.\r\n"), (b"QUIT\r\n", b"221 Bye.\r\n")):
+            messages += [Message(Sender.CLIENT, request, t + 0.01), Message(Sender.SERVER, answer, t + 0.012)]
+            t += 0.02
+        sessions.append(Session(i + 1, Transport.TCP, Endpoint("10.0.0.1", 40000 + i), Endpoint("10.0.0.2", 21),
+                                1000.0, t, False, messages, "fin", Sender.SERVER))
+    save(learn(sessions, LearnParams(jobs=1)), str(path))
+
+
+# -- the servers (each runs in its own process: bench_serve.py --server KIND) -------------------
+
+
+def run_server(kind: str, model: str, workdir: str, fork_children: int, max_connections: int) -> None:
+    raise_nofile()
+    if kind == "fork":
+        fork_server(model, workdir, fork_children)
+        return
+    servers = {"serve": serve_server, "serve-nolog": serve_server, "bare-protocol": bare_protocol,
+               "bare-streams": bare_streams}
+    asyncio.run(servers[kind](model, workdir, max_connections, kind == "serve-nolog"))
+
+
+def announce(port: int) -> None:
+    print(f"PORT {port}", flush=True)
+
+
+async def serve_server(model: str, workdir: str, max_connections: int, nolog: bool = False) -> None:
+    from scriptgen.modelfile import load, port_doc
+    from scriptgen.serve import EventLog, ServeParams, Server, open_sinks, plan_listeners
+
+    docs = [port_doc(p) for p in load(model).ports]
+    listeners = plan_listeners([(model, docs)], ["127.0.0.1"], {(None, 21): 0})
+    log = EventLog([] if nolog else open_sinks(os.path.join(workdir, "logs")))
+    server = Server(listeners, log, ServeParams(max_connections=max_connections, backlog=4096), sensor="bench")
+    (bound,) = await server.start()
+    server.announce()
+    announce(bound.port)
+    try:
+        await server.run()
+    finally:
+        log.close()
+
+
+class _Canned(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.write(BANNER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(CANNED)  # type: ignore[attr-defined]
+
+
+async def bare_protocol(model: str, workdir: str, max_connections: int, nolog: bool = False) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Canned, "127.0.0.1", 0, backlog=4096)
+    announce(server.sockets[0].getsockname()[1])
+    await asyncio.Event().wait()
+
+
+async def bare_streams(model: str, workdir: str, max_connections: int, nolog: bool = False) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(BANNER)
+        try:
+            while await reader.read(65536):
+                writer.write(CANNED)
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
+    announce(server.sockets[0].getsockname()[1])
+    await asyncio.Event().wait()
+
+
+_FALLBACK_SCRIPT = r'''
+import json, os, select, sys, time
+sys.path.insert(0, SRC)
+from scriptgen.emulate import Close, Emulator, Machine, NeedData, Send
+machine = Machine(json.load(open(MODEL)))
+conn = Emulator(machine, time.monotonic())
+while True:
+    event = conn.next_event(time.monotonic())
+    if isinstance(event, Send):
+        os.write(1, event.data)
+    elif isinstance(event, Close):
+        break
+    elif isinstance(event, NeedData):
+        wait = None if event.wake_at is None else max(0.0, event.wake_at - time.monotonic())
+        if select.select([0], [], [], wait)[0]:
+            conn.receive_data(os.read(0, 65536), time.monotonic())
+'''
+
+
+def fork_script(model: str, workdir: str) -> tuple[str, str]:
+    """The per-connection script, and what it is."""
+    from scriptgen.modelfile import load, port_doc
+
+    (port,) = load(model).ports
+    path = os.path.join(workdir, "service.py")
+    try:
+        from scriptgen.export import honeyd_script
+    except ImportError:
+        doc_path = os.path.join(workdir, "port.json")
+        with open(doc_path, "w") as f:
+            json.dump(port_doc(port), f)
+        text = f"SRC = {str(ROOT / 'src')!r}\nMODEL = {doc_path!r}\n" + _FALLBACK_SCRIPT
+        what = "minimal engine driver"
+    else:
+        text = honeyd_script(port_doc(port))
+        what = "scriptgen export honeyd script"
+    with open(path, "w") as f:
+        f.write(text)
+    return path, what
+
+
+def fork_server(model: str, workdir: str, max_children: int) -> None:
+    script, what = fork_script(model, workdir)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    print(f"FORK {what}", flush=True)
+    announce(listener.getsockname()[1])
+    children: set[subprocess.Popen[bytes]] = set()
+    while True:
+        while len(children) >= max_children:
+            pid, _ = os.wait()  # reaped: its CPU time counts in this process's children's times
+            children = {c for c in children if c.pid != pid}
+        conn, (ip, port) = listener.accept()
+        child = subprocess.Popen([sys.executable, script, ip, str(port), "127.0.0.1", "21"], stdin=conn,
+                                 stdout=conn, stderr=subprocess.DEVNULL, close_fds=True)
+        conn.close()
+        children.add(child)
+        for c in list(children):
+            if c.poll() is not None:
+                children.discard(c)
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+class _Client(asyncio.Protocol):
+    """One session: read an answer (a line), send the next request; close after the last."""
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+        self.step = 0
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.buffer.endswith(b"\n"):
+            return
+        self.buffer = b""
+        assert self.transport is not None
+        if self.step < len(REQUESTS):
+            self.transport.write(REQUESTS[self.step])
+            self.step += 1
+            return
+        self.transport.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"closed after {self.step} answers"))
+
+
+@dataclass
+class Result:
+    server: str
+    clients: int
+    sessions: int = 0
+    failed: int = 0
+    unfinished: int = 0
+    elapsed: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.sessions / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def cpu_per_session(self) -> float:
+        return self.cpu / self.sessions * 1e6 if self.sessions else float("nan")
+
+
+async def drive(port: int, clients: int, duration: float, result: Result) -> None:
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + duration
+    counted_until = stop_at + 2.0  # sessions still running then are unfinished
+
+    rng = random.Random(clients)
+
+    async def worker(k: int) -> None:
+        while loop.time() < stop_at:
+            # A fresh source address of 127/8 per session: ports left in TIME_WAIT by earlier
+            # sessions (and runs) never slow down connect(2)'s search for a free port.
+            local = f"127.{rng.randrange(1, 255)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            started = time.perf_counter()
+            done: asyncio.Future[None] = loop.create_future()
+            transport = None
+            try:
+                async with asyncio.timeout(max(0.1, counted_until - loop.time())):
+                    transport, _ = await loop.create_connection(lambda done=done: _Client(done), "127.0.0.1", port,
+                                                                local_addr=(local, 0))
+                    await done
+            except TimeoutError:
+                result.unfinished += 1
+                if transport is not None:
+                    transport.abort()
+                return
+            except OSError:
+                result.failed += 1
+                if transport is not None:
+                    transport.abort()
+                await asyncio.sleep(0.01)
+                continue
+            result.latencies.append(time.perf_counter() - started)
+            result.sessions += 1
+
+    started = loop.time()
+    await asyncio.gather(*(worker(k) for k in range(clients)))
+    result.elapsed = min(loop.time(), counted_until) - started
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class ServerProcess:
+    def __init__(self, kind: str, model: Path, workdir: Path, args: argparse.Namespace) -> None:
+        self.kind = kind
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--server", kind, "--model", str(model), "--workdir", str(workdir),
+             "--fork-children", str(args.fork_children), "--max-connections", str(args.idle + 2000)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        self.note = ""
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{kind} server did not start")
+            if line.startswith("FORK "):
+                self.note = line[5:].strip()
+            if line.startswith("PORT "):
+                self.port = int(line.split()[1])
+                return
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def load_phase(server: ServerProcess, clients: int, duration: float) -> Result:
+    result = Result(server.kind, clients)
+    before = cpu_seconds(server.proc.pid)
+    asyncio.run(drive(server.port, clients, duration, result))
+    time.sleep(0.3)  # the fork server reaps its last children
+    result.cpu = cpu_seconds(server.proc.pid) - before
+    return result
+
+
+def idle_phase(server: ServerProcess, count: int) -> float:
+    """Bytes of server RSS per idle connection."""
+    time.sleep(0.5)
+    base_fds = open_fds(server.proc.pid)
+    before = rss(server.proc.pid)
+    socks = []
+    try:
+        for i in range(count):
+            s = socket.socket()
+            s.bind((f"127.0.1.{1 + i % 250}", 0))
+            s.connect(("127.0.0.1", server.port))
+            socks.append(s)
+            if i % 500 == 499:
+                time.sleep(0.02)  # let the server accept (backlog)
+        deadline = time.monotonic() + 30
+        while open_fds(server.proc.pid) < base_fds + count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # events of the connects written out, the loop quiet
+        return (rss(server.proc.pid) - before) / count
+    finally:
+        for s in socks:
+            s.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("--levels", default="1,100,1000", help="concurrent clients per phase (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per phase (default: %(default)s)")
+    parser.add_argument("--servers", default="serve,bare-protocol,bare-streams,fork",
+                        help="servers to measure (default: %(default)s)")
+    parser.add_argument("--fork-levels", default="1,100",
+                        help="levels run against the fork server (default: %(default)s; 1000 clients "
+                        "queue behind --fork-children processes for the whole phase)")
+    parser.add_argument("--fork-children", type=int, default=200,
+                        help="processes the fork server runs at once (default: %(default)s)")
+    parser.add_argument("--idle", type=int, default=10_000,
+                        help="idle connections for the memory measurement, 0 to skip (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--server", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--max-connections", type=int, default=20_000, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.server:
+        run_server(args.server, args.model, args.workdir, args.fork_children, args.max_connections)
+        return 0
+
+    hard = raise_nofile()
+    if args.idle and hard < args.idle + 1000:
+        print(f"RLIMIT_NOFILE hard limit {hard}: --idle lowered to {hard - 1000}")
+        args.idle = max(0, hard - 1000)
+    levels = [int(x) for x in args.levels.split(",")]
+    fork_levels = {int(x) for x in args.fork_levels.split(",")}
+    servers = args.servers.split(",")
+    loop_name = "uvloop" if _has_uvloop() else "asyncio"
+    print(f"bench_serve: {os.cpu_count()} cores, Python {sys.version.split()[0]}, event loop {loop_name}, "
+          f"{args.duration:g}s per phase")
+    results: dict[tuple[str, int], Result] = {}
+    idle: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        model = Path(tmp) / "ftp.json"
+        write_model(model)
+        print(f"{'server':<14} {'clients':>7} {'sessions/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6} "
+              f"{'unfinished':>10} {'cpu us/session':>14}")
+        for kind in servers:
+            server = ServerProcess(kind, model, Path(tmp) / kind, args)
+            try:
+                for clients in levels:
+                    if kind == "fork" and clients not in fork_levels:
+                        continue
+                    r = load_phase(server, clients, args.duration)
+                    results[(kind, clients)] = r
+                    print(f"{kind:<14} {clients:>7} {r.rate:>10.0f} {r.pct(0.5):>8.2f} {r.pct(0.99):>8.2f} "
+                          f"{r.failed:>6} {r.unfinished:>10} {r.cpu_per_session:>14.0f}", flush=True)
+                    time.sleep(0.5)
+                if kind == "fork" and server.note:
+                    print(f"  (fork: {server.note}, at most {args.fork_children} processes)")
+                if args.idle and kind != "fork":
+                    idle[kind] = idle_phase(server, args.idle)
+            finally:
+                server.stop()
+    ok = True
+    print()
+    for clients in levels:
+        serve = results.get(("serve", clients))
+        if serve is None:
+            continue
+        for base in ("bare-protocol", "bare-streams", "fork"):
+            other = results.get((base, clients))
+            if other is None or not other.rate:
+                continue
+            ratio = serve.rate / other.rate
+            cpu_ratio = other.cpu_per_session / serve.cpu_per_session
+            target = "  (target >= 0.8)" if base.startswith("bare") else ""
+            print(f"{clients:>5} clients: serve / {base:<13} sessions/s {ratio:#7.3g}, "
+                  f"server CPU per session {1 / cpu_ratio:#6.3g}x{target}")
+            if base == "bare-protocol" and ratio < 0.8:
+                ok = False
+    if idle:
+        print()
+        for kind, per in idle.items():
+            target = "  (target <= 8 KiB)" if kind == "serve" else ""
+            print(f"memory per idle connection ({args.idle} connections): {kind:<13} {per / 1024:5.2f} KiB{target}")
+        if idle.get("serve", 0) > 8 * 1024:
+            ok = False
+    if args.check and not ok:
+        print("FAIL: a target was missed")
+        return 1
+    return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        __import__("uvloop")
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

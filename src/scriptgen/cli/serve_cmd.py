@@ -1,0 +1,177 @@
+"""`scriptgen serve`: model files -> a honeypot listening on their ports (docs/cli.md, docs/events.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+from scriptgen.cli.common import positive, warn
+from scriptgen.emulate import EmulatorParams
+from scriptgen.serve import (
+    EventLog,
+    LogParams,
+    ServeError,
+    ServeParams,
+    Server,
+    open_sinks,
+    plan_listeners,
+)
+from scriptgen.serve.runtime import drop_privileges, raise_file_limit
+from scriptgen.serve.runtime import run as run_loop
+
+__all__ = ["add_parser", "port_mapping", "run"]
+
+_DEFAULTS = ServeParams()
+_LOG_DEFAULTS = LogParams()
+
+
+def port_mapping(text: str) -> tuple[str | None, int, int]:
+    """`[tcp/|udp/]MODEL_PORT:LISTEN_PORT` -> (transport or None, model port, listen port)."""
+    transport: str | None = None
+    spec = text
+    if "/" in spec:
+        transport, spec = spec.split("/", 1)
+        if transport not in ("tcp", "udp"):
+            raise argparse.ArgumentTypeError(f"transport must be tcp or udp: {text!r}")
+    model_port, sep, listen_port = spec.partition(":")
+    try:
+        mp, lp = int(model_port), int(listen_port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected [tcp/|udp/]MODEL_PORT:LISTEN_PORT, e.g. 445:10445: {text!r}") from None
+    if not sep or not 0 <= mp <= 65535 or not 0 <= lp <= 65535:
+        raise argparse.ArgumentTypeError(f"expected [tcp/|udp/]MODEL_PORT:LISTEN_PORT, e.g. 445:10445: {text!r}")
+    return transport, mp, lp
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
+    return value
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run models as a honeypot (TCP and UDP, many ports, one process)",
+        description=(
+            "Listen on every port of every model file and answer clients as the learned "
+            "state machine says (docs/emulator.md). Every session is logged — connect, each "
+            "request and answer, unmatched requests, the path through the states, close — "
+            "to LOG_DIR/events.jsonl (one JSON object per line) and LOG_DIR/events.sqlite "
+            "(docs/events.md). SIGTERM or SIGINT stops listening, lets open sessions finish "
+            "for --grace seconds, and writes the log out."
+        ),
+        epilog=(
+            "examples:\n"
+            "  scriptgen serve ftp.json --port-map 21:2121\n"
+            "  sudo scriptgen serve smb.json ftp.json --bind 0.0.0.0 --user nobody --log-dir /var/log/scriptgen\n"
+            "  scriptgen sessions-log scriptgen-logs/events.sqlite\n"
+            "\n"
+            "Prints one line per listener: listening on tcp 127.0.0.1:2121 (model ftp.json port 21).\n"
+            "Exit codes: 0 stopped by a signal; 2 usage; 3 a model cannot be read, a port cannot be\n"
+            "bound, or the log directory cannot be written (docs/cli.md)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="model files written by `scriptgen learn`")
+    parser.add_argument("--bind", action="append", dest="hosts", metavar="ADDR",
+                        help="address to listen on; repeat for several (default: 127.0.0.1; "
+                        "0.0.0.0 or :: for every interface)")
+    parser.add_argument("--port-map", action="append", type=port_mapping, default=[], metavar="[T/]P:L",
+                        help="listen on port L for the model's port P (both transports, or only T = tcp "
+                        "or udp); L = 0 picks a free port. Repeat for several.")
+    parser.add_argument("--log-dir", default="scriptgen-logs", metavar="DIR",
+                        help="where events.jsonl and events.sqlite are appended (default: %(default)s)")
+    parser.add_argument("--no-json", action="store_true", help="do not write events.jsonl")
+    parser.add_argument("--no-sqlite", action="store_true", help="do not write events.sqlite")
+    parser.add_argument("--sensor", metavar="NAME", help="the `sensor` of every event (default: the host name)")
+    parser.add_argument("--user", metavar="NAME",
+                        help="after binding (low ports need root), become this user (name or uid) "
+                        "and hand it the log files")
+    parser.add_argument("--idle-timeout", type=_seconds, default=_DEFAULTS.idle_timeout, metavar="S",
+                        help="close a TCP connection after S seconds without a byte from the client "
+                        "(default: %(default)s)")
+    parser.add_argument("--udp-idle-timeout", type=_seconds, default=_DEFAULTS.udp_idle_timeout, metavar="S",
+                        help="end a UDP peer's session after S seconds without a datagram (default: %(default)s)")
+    parser.add_argument("--max-session", type=_seconds, default=_DEFAULTS.max_session, metavar="S",
+                        help="close any session after S seconds (default: %(default)s)")
+    parser.add_argument("--max-buffered", type=positive, default=_DEFAULTS.max_buffered, metavar="BYTES",
+                        help="cut off a client that leaves more than this many answer bytes unread "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-requests", type=positive, default=_DEFAULTS.max_requests, metavar="N",
+                        help="close a session after N requests (default: %(default)s)")
+    parser.add_argument("--max-connections", type=positive, default=_DEFAULTS.max_connections, metavar="N",
+                        help="open sessions (TCP and UDP) at once; beyond, new ones are refused and "
+                        "logged (default: %(default)s)")
+    parser.add_argument("--grace", type=_seconds, default=_DEFAULTS.grace, metavar="S",
+                        help="on SIGTERM/SIGINT, seconds open sessions get to finish (default: %(default)s)")
+    parser.add_argument("--log-data-bytes", type=positive, default=_LOG_DEFAULTS.data_bytes, metavar="N",
+                        help="bytes of each message kept in the log; `size` gives the full length "
+                        "(default: %(default)s)")
+    parser.add_argument("--pace", action="store_true",
+                        help="delay each answer by the real server's median response delay")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: jsonschema validation is only needed by the commands that load models.
+    from scriptgen.modelfile import load, port_doc
+
+    params = ServeParams(
+        idle_timeout=args.idle_timeout, udp_idle_timeout=args.udp_idle_timeout, max_session=args.max_session,
+        max_buffered=args.max_buffered, max_requests=args.max_requests, max_connections=args.max_connections,
+        grace=args.grace,
+    )
+    port_map: dict[tuple[str | None, int], int] = {}
+    for transport, model_port, listen_port in args.port_map:
+        port_map[(transport, model_port)] = listen_port
+    models = []
+    for path in args.models:
+        model = load(path)
+        if not model.ports:
+            raise ServeError(f"{path}: the model has no ports (learned from no sessions with data)")
+        models.append((path, [port_doc(p) for p in model.ports]))
+    listeners = plan_listeners(models, args.hosts or ["127.0.0.1"], port_map, EmulatorParams(pace=args.pace))
+    limit = raise_file_limit(params.max_connections + 64)
+    if limit < params.max_connections + 64:
+        warn(f"only {limit} file descriptors allowed (ulimit -n): fewer than --max-connections "
+             f"{params.max_connections} connections can be served")
+    if os.geteuid() == 0 and not args.user:
+        warn("running as root: consider --user NAME to drop privileges once the ports are bound")
+    try:
+        sinks = open_sinks(args.log_dir, json_lines=not args.no_json, sqlite=not args.no_sqlite)
+    except OSError as exc:
+        raise ServeError(f"--log-dir {args.log_dir}: {exc.strerror or exc}") from None
+    log = EventLog(sinks, LogParams(data_bytes=args.log_data_bytes))
+    try:
+        run_loop(_serve(listeners, log, params, args))
+    finally:
+        log.close()
+    return 0
+
+
+async def _serve(listeners: Any, log: EventLog, params: ServeParams, args: argparse.Namespace) -> None:
+    server = Server(listeners, log, params, args.sensor)
+    try:
+        bound = await server.start()
+    except OSError as exc:
+        raise ServeError(f"cannot listen: {exc.strerror or exc}") from None
+    if args.user:
+        paths = [args.log_dir] + [os.path.join(args.log_dir, n) for n in os.listdir(args.log_dir)]
+        drop_privileges(args.user, paths)
+    for b in bound:
+        print(f"listening on {b.describe()}", flush=True)
+    loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]  # asyncio or uvloop
+    warn(f"serving {len(bound)} listener(s) on {loop_name}; logging to {args.log_dir}; SIGTERM or ^C to stop")
+    server.announce()
+    reason = await server.run()
+    warn(f"stopped ({reason}): {server.accepted} sessions, {server.forced} closed at shutdown, "
+         f"{server.refused} refused")
+    sys.stdout.flush()

@@ -1,0 +1,49 @@
+"""Serve stage: the asyncio honeypot and its event log (DESIGN §6, docs/cli.md,
+docs/events.md).
+
+Model ports in (compiled by scriptgen.emulate); sockets served and events logged out:
+
+    listeners = plan_listeners([("ftp.json", model["ports"])], ["127.0.0.1"], {(None, 21): 2121})
+    log = EventLog(open_sinks("scriptgen-logs"))
+    server = Server(listeners, log, ServeParams())
+    bound = await server.start()      # bind (then drop privileges)
+    server.announce()
+    await server.run()                # until SIGTERM/SIGINT; drains, logs the stop
+    log.close()                       # writes what is queued
+
+Imports: scriptgen.emulate, scriptgen.errors, scriptgen (version), the standard library.
+"""
+
+from scriptgen.errors import ServeError
+from scriptgen.serve.events import CATALOGUE, COMMON_KEYS, SESSION_KEYS, EventSpec, check_event
+from scriptgen.serve.log import EventLog, JsonLinesSink, Sink, SqliteSink, open_sinks
+from scriptgen.params import LogParams, ServeParams
+from scriptgen.serve.query import SessionRecord, recent_sessions
+from scriptgen.serve.runtime import drop_privileges, loop_factory, raise_file_limit, run
+from scriptgen.serve.server import Bound, Listener, Server, plan_listeners
+
+__all__ = [
+    "CATALOGUE",
+    "COMMON_KEYS",
+    "SESSION_KEYS",
+    "Bound",
+    "EventLog",
+    "EventSpec",
+    "JsonLinesSink",
+    "Listener",
+    "LogParams",
+    "ServeError",
+    "ServeParams",
+    "Server",
+    "SessionRecord",
+    "Sink",
+    "SqliteSink",
+    "check_event",
+    "drop_privileges",
+    "loop_factory",
+    "open_sinks",
+    "plan_listeners",
+    "raise_file_limit",
+    "recent_sessions",
+    "run",
+]

@@ -1,0 +1,175 @@
+"""Serve stage: the catalogue of log events (docs/events.md, kept in step by a test).
+
+Every event the server writes is a flat JSON object whose `eventid` is one of the dotted
+ids below (Cowrie's convention), with the keys listed for it and nothing else. Keys
+shared with Cowrie keep Cowrie's names and meaning, so the same log pipelines read both:
+`eventid`, `timestamp` (ISO 8601 UTC, microseconds, `Z`), `session`, `src_ip`,
+`src_port`, `dst_ip`, `dst_port`, `sensor`, `message`.
+
+Inputs: nothing (this is data). Output: `CATALOGUE`, `COMMON_KEYS`, `SESSION_KEYS`,
+`timestamp()`, `check_event()`. Imports the standard library only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CATALOGUE", "COMMON_KEYS", "SESSION_KEYS", "EventSpec", "check_event", "timestamp"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """One kind of event: what it means and the keys it carries beyond the common ones."""
+
+    description: str
+    keys: dict[str, str]
+    """key -> meaning, for the keys specific to this event."""
+    session: bool = True
+    """Whether it carries SESSION_KEYS (every `scriptgen.session.*` event does)."""
+
+
+COMMON_KEYS: dict[str, str] = {
+    "eventid": "the dotted event id",
+    "timestamp": "when, ISO 8601 UTC with microseconds: `2025-01-31T12:00:00.123456Z`",
+    "sensor": "the honeypot's name: `--sensor`, else the host name",
+    "message": "one line of human-readable text (not a stable interface)",
+}
+
+SESSION_KEYS: dict[str, str] = {
+    "session": "the session id: 16 hex digits, unique within the log",
+    "transport": "`tcp` or `udp`",
+    "src_ip": "the client's address",
+    "src_port": "the client's port",
+    "dst_ip": "the address the client reached (for UDP, the listening address)",
+    "dst_port": "the port the client reached (after `--port-map`)",
+}
+
+_DATA = {
+    "data": "the bytes, base64 (at most `--log-data-bytes` of them)",
+    "size": "the full length in bytes",
+    "truncated": "true when `data` holds only the first bytes",
+}
+
+CATALOGUE: dict[str, EventSpec] = {
+    "scriptgen.server.start": EventSpec(
+        "The server is listening (logged after binding and dropping privileges).",
+        {
+            "version": "scriptgen's version",
+            "pid": "the process id",
+            "listeners": "list of {transport, ip, port, model, model_port}",
+            "params": "the server limits in force (ServeParams, as an object)",
+        },
+        session=False,
+    ),
+    "scriptgen.server.stop": EventSpec(
+        "The server stopped listening and every session is closed; the last event of a run.",
+        {
+            "reason": "`SIGTERM`, `SIGINT`, or `stopped` (stopped by the embedding program)",
+            "sessions": "sessions accepted during the run",
+            "forced": "sessions still open when the grace period ended (closed with reason `shutdown`)",
+            "refused": "connections and UDP peers refused over the connection cap",
+            "errors": "sessions ended by an internal error",
+            "events_dropped": "events the log dropped because its queue was full",
+        },
+        session=False,
+    ),
+    "scriptgen.server.error": EventSpec(
+        "An error outside any session (e.g. accept(2) failed: out of file descriptors).",
+        {"error": "the exception, as `Type: text`"},
+        session=False,
+    ),
+    "scriptgen.log.error": EventSpec(
+        "One log sink failed to write; written to the other sinks. Logged once per streak "
+        "of failures; the sink is retried with every batch.",
+        {
+            "sink": "`json` or `sqlite`",
+            "error": "the exception, as `Type: text`",
+            "failures": "batches this sink has failed to write so far",
+        },
+        session=False,
+    ),
+    "scriptgen.session.connect": EventSpec(
+        "A client connected (TCP), or a datagram came from a new peer (UDP).",
+        {
+            "state": "the model state the session starts in (the root)",
+            "model": "the model file serving this port",
+            "model_port": "the port in the model (before `--port-map`)",
+        },
+    ),
+    "scriptgen.session.input": EventSpec(
+        "The emulator took a request (a whole message: see docs/emulator.md).",
+        {
+            "state": "the state after the request",
+            "source": "the state the request was received in",
+            "transition": "the transition taken, or null when nothing matched (the state is kept)",
+            **_DATA,
+        },
+    ),
+    "scriptgen.session.output": EventSpec(
+        "The emulator answered.",
+        {"state": "the state whose answer this is", **_DATA},
+    ),
+    "scriptgen.session.unmatched": EventSpec(
+        "No transition of the current state matched a request (Zeek's `weird`: the data "
+        "that improves the next model). Followed by the input event for the same bytes.",
+        {
+            "state": "the state the request was received in",
+            "fallback": "`elsewhere`, `nearest`, `silence` or `close` (docs/emulator.md)",
+            **_DATA,
+        },
+    ),
+    "scriptgen.session.refused": EventSpec(
+        "A connection (or a new UDP peer) was turned away: over `--max-connections`, or "
+        "the server is shutting down. No connect or closed event follows.",
+        {
+            "reason": "`max-connections` or `shutdown`",
+            "suppressed": "refusals not logged since the previous refused event (rate limit)",
+        },
+    ),
+    "scriptgen.session.error": EventSpec(
+        "An internal error in this session; it is closed (reason `error`), the others go on.",
+        {"state": "the state at the time", "error": "the exception, as `Type: text`"},
+    ),
+    "scriptgen.session.closed": EventSpec(
+        "The session ended; exactly one per connect event.",
+        {
+            "state": "the last state",
+            "reason": "`server` (the real server closed there), `eof` (the client closed), "
+            "`unmatched` (fallback close), `reset` (the connection broke), `idle`, "
+            "`max-duration`, `max-buffered`, `max-requests`, `shutdown` or `error`",
+            "path": "the states visited, in order, from the root (list of state ids)",
+            "duration": "seconds from connect to close",
+            "inputs": "requests taken",
+            "unmatched": "requests no transition of their state matched",
+            "bytes_in": "bytes received from the client",
+            "bytes_out": "bytes sent to the client",
+        },
+    ),
+}
+
+
+_second: tuple[int, str] = (-1, "")  # the last second formatted (a cache: one tuple, swapped whole)
+
+
+def timestamp(t: float) -> str:
+    """`t` (seconds since the epoch) as Cowrie writes it: ISO 8601 UTC, microseconds, Z."""
+    global _second
+    seconds = int(t)
+    cached, prefix = _second
+    if cached != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second = (seconds, prefix)
+    return f"{prefix}.{int((t - seconds) * 1_000_000):06d}Z"
+
+
+def check_event(event: dict[str, Any]) -> list[str]:
+    """What is wrong with `event` against the catalogue (empty when it conforms)."""
+    spec = CATALOGUE.get(str(event.get("eventid")))
+    if spec is None:
+        return [f"unknown eventid {event.get('eventid')!r}"]
+    expected = set(COMMON_KEYS) | set(spec.keys) | (set(SESSION_KEYS) if spec.session else set())
+    problems = [f"missing key {k}" for k in sorted(expected - set(event))]
+    problems += [f"unexpected key {k}" for k in sorted(set(event) - expected)]
+    return problems

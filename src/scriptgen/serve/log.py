@@ -1,0 +1,294 @@
+"""Serve stage: the event log. Events (dicts, see events.py) in; JSON lines and SQLite out.
+
+The server's event loop only appends each event to a queue (`EventLog.emit`, a lock and
+a list append). One writer thread takes the queue every `flush_interval` seconds, or as
+soon as `flush_events` are waiting, serialises each event once, and hands the batch to
+every sink: JSON lines (one object per line, flushed after each batch) and SQLite (WAL
+mode, one transaction per batch). Sinks are isolated: one that raises is reported
+(`scriptgen.log.error` on the others, a line on stderr) and retried with the next batch,
+and never stops the others. `close()` writes everything still queued.
+
+Inputs: event dicts. Outputs: files in the log directory (`events.jsonl`,
+`events.sqlite`; the schema is in docs/events.md). Imports the standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from scriptgen.serve.events import timestamp
+from scriptgen.params import LogParams
+
+__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "EventLog", "JsonLinesSink", "Sink", "SqliteSink", "open_sinks"]
+
+JSON_NAME = "events.jsonl"
+SQLITE_NAME = "events.sqlite"
+
+Batch = Sequence[tuple[dict[str, Any], str]]
+"""Events with their JSON text (serialised once, shared by the sinks)."""
+
+
+class Sink(Protocol):
+    """Where events go. `write` may raise: the log isolates sinks from each other."""
+
+    name: str
+
+    def write(self, batch: Batch) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    """One JSON object per line, appended; flushed after every batch."""
+
+    name = "json"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, batch: Batch) -> None:
+        self._file.write("".join(f"{line}\n" for _, line in batch))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    eventid TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    session TEXT,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events (session);
+CREATE TABLE IF NOT EXISTS sessions (
+    session TEXT PRIMARY KEY,
+    transport TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    src_port INTEGER NOT NULL,
+    dst_ip TEXT NOT NULL,
+    dst_port INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    model_port INTEGER NOT NULL,
+    sensor TEXT NOT NULL,
+    start TEXT NOT NULL,
+    end TEXT,
+    duration REAL,
+    inputs INTEGER,
+    unmatched INTEGER,
+    bytes_in INTEGER,
+    bytes_out INTEGER,
+    reason TEXT,
+    path TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start);
+"""
+
+
+class SqliteSink:
+    """Every event in table `events` (its JSON text), plus one row per session in table
+    `sessions`, inserted at connect and completed at close (docs/events.md)."""
+
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # Opened here, so that a bad path fails at start; used by the writer thread only.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def write(self, batch: Batch) -> None:
+        rows = [(e["eventid"], e["timestamp"], e.get("session"), line) for e, line in batch]
+        opened = [
+            (e["session"], e["transport"], e["src_ip"], e["src_port"], e["dst_ip"], e["dst_port"],
+             e["model"], e["model_port"], e["sensor"], e["timestamp"])
+            for e, _ in batch if e["eventid"] == "scriptgen.session.connect"
+        ]
+        closed = [
+            (e["timestamp"], e["duration"], e["inputs"], e["unmatched"], e["bytes_in"], e["bytes_out"],
+             e["reason"], json.dumps(e["path"], separators=(",", ":")), e["session"])
+            for e, _ in batch if e["eventid"] == "scriptgen.session.closed"
+        ]
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO events (eventid, timestamp, session, json) VALUES (?, ?, ?, ?)", rows)
+            if opened:
+                db.executemany(
+                    "INSERT OR REPLACE INTO sessions (session, transport, src_ip, src_port, dst_ip, dst_port, "
+                    "model, model_port, sensor, start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", opened)
+            if closed:
+                db.executemany(
+                    "UPDATE sessions SET end = ?, duration = ?, inputs = ?, unmatched = ?, bytes_in = ?, "
+                    "bytes_out = ?, reason = ?, path = ? WHERE session = ?", closed)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class EventLog:
+    """The queue between the event loop and the sinks, and the thread that drains it."""
+
+    def __init__(self, sinks: Sequence[Sink], params: LogParams | None = None, sensor: str = "") -> None:
+        self.params = params or LogParams()
+        self.sinks = list(sinks)
+        self.sensor = sensor
+        self.dropped = 0
+        self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
+        self._failing: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: list[dict[str, Any]] = []
+        self._markers: list[threading.Event] = []  # flush() callers waiting for a write
+        self._pending_bytes = 0
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="scriptgen-log", daemon=True)
+        self._thread.start()
+
+    def emit(self, event: dict[str, Any], size: int = 0) -> None:
+        """Queue one event; `size` is its payload size (bounds the queue's memory)."""
+        with self._lock:
+            if (len(self._pending) >= self.params.max_queued_events
+                    or self._pending_bytes + size > self.params.max_queued_bytes):
+                self.dropped += 1
+                if self.dropped == 1:
+                    _warn("event log queue full: dropping events (counted in scriptgen.server.stop)")
+                return
+            self._pending.append(event)
+            self._pending_bytes += size
+            if len(self._pending) >= self.params.flush_events:
+                self._wake.set()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Write what is queued now (blocking the caller until written or `timeout`)."""
+        done = threading.Event()
+        with self._lock:
+            self._markers.append(done)
+        self._wake.set()
+        done.wait(timeout)
+
+    def close(self) -> None:
+        """Write everything queued, then close the sinks. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        self._thread.join()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # one sink failing to close must not keep the others open
+                _warn(f"log sink {sink.name}: close failed: {type(exc).__name__}: {exc}")
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            if not self._closing:
+                self._wake.wait(self.params.flush_interval)
+            self._wake.clear()
+            with self._lock:
+                events, self._pending = self._pending, []
+                markers, self._markers = self._markers, []
+                self._pending_bytes = 0
+                closing = self._closing
+            if events:
+                batch = [(e, _serialise(e)) for e in events]
+                for sink in self.sinks:
+                    self._write_to(sink, batch)
+            for marker in markers:
+                marker.set()
+            if closing:
+                with self._lock:
+                    if not self._pending:
+                        return
+
+    def _write_to(self, sink: Sink, batch: Batch) -> None:
+        try:
+            sink.write(batch)
+        except Exception as exc:  # isolation: a failing sink is reported, the others go on
+            self.failures[sink.name] += 1
+            if sink.name in self._failing:
+                return
+            self._failing.add(sink.name)
+            error = f"{type(exc).__name__}: {exc}"
+            _warn(f"log sink {sink.name} failed: {error} (retried with every batch)")
+            event = {
+                "eventid": "scriptgen.log.error", "timestamp": timestamp(time.time()), "sensor": self.sensor,
+                "message": f"log sink {sink.name} failed: {error}", "sink": sink.name, "error": error,
+                "failures": self.failures[sink.name],
+            }
+            report = [(event, json.dumps(event, separators=(",", ":")))]
+            for other in self.sinks:
+                if other is not sink:
+                    try:
+                        other.write(report)
+                    except Exception as exc2:  # both failing: stderr is all that is left
+                        _warn(f"log sink {other.name} failed too: {type(exc2).__name__}: {exc2}")
+            return
+        if sink.name in self._failing:
+            self._failing.discard(sink.name)
+            _warn(f"log sink {sink.name} writes again")
+
+
+def _make_encoder() -> Callable[[dict[str, Any]], str]:
+    """json.dumps(event, separators=(",", ":")), without building an encoder per call: half
+    the cost, and the writer serialises every event (the C encoder, when there is one)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return json.JSONEncoder(separators=(",", ":")).encode
+
+    def default(value: Any) -> Any:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+    chunks = make(None, default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def encode(event: dict[str, Any]) -> str:
+        return "".join(chunks(event, 0))
+
+    return encode
+
+
+_encode = _make_encoder()
+
+
+def _serialise(event: dict[str, Any]) -> str:
+    try:
+        return _encode(event)
+    except (TypeError, ValueError) as exc:  # a bug in an event's making: keep its id and say so
+        _warn(f"event {event.get('eventid')!r} cannot be written as JSON: {exc}")
+        return json.dumps({k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+                           for k, v in event.items()}, separators=(",", ":"))
+
+
+def _warn(message: str) -> None:
+    print(f"scriptgen: {message}", file=sys.stderr, flush=True)
+
+
+def open_sinks(log_dir: str, *, json_lines: bool = True, sqlite: bool = True) -> list[Sink]:
+    """The default sinks in `log_dir` (created if missing)."""
+    os.makedirs(log_dir, exist_ok=True)
+    sinks: list[Sink] = []
+    if json_lines:
+        sinks.append(JsonLinesSink(os.path.join(log_dir, JSON_NAME)))
+    if sqlite:
+        sinks.append(SqliteSink(os.path.join(log_dir, SQLITE_NAME)))
+    return sinks
+

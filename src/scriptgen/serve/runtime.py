@@ -1,0 +1,76 @@
+"""Serve stage: the process around the server — event loop (uvloop when importable),
+file-descriptor limit, privilege drop. Inputs: a coroutine, a user name, paths. Outputs:
+the process state changed. Standard library only (uvloop optional, imported by name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import pwd
+import resource
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from scriptgen.errors import ServeError
+
+__all__ = ["drop_privileges", "loop_factory", "raise_file_limit", "run"]
+
+T = TypeVar("T")
+
+
+def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """uvloop's event loop when it is installed, else asyncio's; and the name of the one used."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None, "asyncio"
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory, "uvloop"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on a new event loop (uvloop when importable)."""
+    factory, _ = loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def raise_file_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `wanted` (up to the hard limit); the new soft
+    limit. Each connection holds one descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def drop_privileges(user: str, paths: Sequence[str] = ()) -> tuple[int, int]:
+    """Become `user` (a name or a numeric uid) for good: hand `paths` (the log files,
+    opened before) to it, drop supplementary groups, then setgid and setuid. Call after
+    binding the listeners. Returns (uid, gid)."""
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise ServeError(f"--user {user}: no such user") from None
+    uid, gid = entry.pw_uid, entry.pw_gid
+    try:
+        for path in paths:
+            if os.path.exists(path):
+                os.chown(path, uid, gid)
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    except PermissionError as exc:
+        raise ServeError(f"--user {user}: cannot switch to uid {uid} ({exc.strerror}); run as root, "
+                         f"or without --user") from None
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return uid, gid
+        raise ServeError(f"--user {user}: root privileges could be regained after dropping them")
+    return uid, gid

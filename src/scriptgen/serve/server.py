@@ -1,0 +1,659 @@
+"""Serve stage: the asyncio honeypot server (DESIGN §6). Model ports in; sockets and
+log events out.
+
+Each listener serves one port of one model (`Listener`: a compiled `Machine` and where to
+listen). Each TCP connection, and each UDP peer, is a session: one `Emulator` driven by
+a short loop (`_Session.pump`): feed what the socket read to `receive_data`, then take
+`next_event` until it says NeedData — write Send data, log Input/Unmatched, close on
+Close — and arm one timer at the earliest of the engine's `wake_at`, the idle deadline and
+the session's end. Asyncio protocols rather than streams: no task, reader and writer per
+connection (half the memory per idle connection, see bench/bench_serve.py), and the
+transport's flow control is the `drain`: while a client does not read its answers,
+reading from it pauses, and past `max_buffered` queued bytes it is cut off.
+
+A failure in one session is caught in that session: it is logged
+(`scriptgen.session.error`), that session is closed, the others go on. `shutdown()`
+stops listening, gives open sessions `grace` seconds, closes the rest, and logs
+`scriptgen.server.stop`; the caller then closes the log, which writes everything queued.
+
+Imports: scriptgen.emulate (the engine), and this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+from scriptgen import __version__
+from scriptgen.emulate import (
+    Close,
+    Emulator,
+    EmulatorParams,
+    Input,
+    Machine,
+    NeedData,
+    Send,
+    Unmatched,
+)
+from scriptgen.errors import ServeError
+from scriptgen.serve.events import timestamp
+from scriptgen.serve.log import EventLog
+from scriptgen.params import ServeParams
+
+__all__ = ["Bound", "Listener", "Server", "plan_listeners"]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Where to listen, and the model port served there."""
+
+    transport: str
+    """`tcp` or `udp` (the model port's)."""
+    host: str
+    port: int
+    """The port to listen on (0: any free port); the model's, unless remapped."""
+    machine: Machine = field(repr=False)
+    model: str
+    """The model file's name, for the log."""
+    model_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """A listener, once bound: the address it really listens on."""
+
+    listener: Listener
+    host: str
+    port: int
+
+    def describe(self) -> str:
+        ln = self.listener
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{ln.transport} {host}:{self.port} (model {ln.model} port {ln.model_port})"
+
+
+def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts: Sequence[str],
+                   port_map: Mapping[tuple[str | None, int], int] | None = None,
+                   emulator: EmulatorParams | None = None) -> list[Listener]:
+    """One listener per (model port, host). `models`: (name, port documents of the model
+    file). `port_map`: (transport or None for both, model port) -> port to listen on.
+    Raises ServeError when two listeners would share a port, or a mapping names a port
+    no model has."""
+    port_map = dict(port_map or {})
+    used: set[tuple[str | None, int]] = set()
+    listeners: list[Listener] = []
+    taken: dict[tuple[str, str, int], str] = {}
+    for name, docs in models:
+        for doc in docs:
+            transport, port = doc["transport"], doc["port"]
+            key: tuple[str | None, int] = (transport, port) if (transport, port) in port_map else (None, port)
+            listen = port_map.get(key, port)
+            if key in port_map:
+                used.add(key)
+            machine = Machine(doc, emulator)
+            for host in hosts:
+                if listen != 0:
+                    other = taken.get((transport, host, listen))
+                    if other is not None:
+                        raise ServeError(f"{transport} {host}:{listen} is wanted by {other} and by {name} "
+                                         f"port {port}: remap one with --port-map")
+                    taken[(transport, host, listen)] = f"{name} port {port}"
+                listeners.append(Listener(transport, host, listen, machine, name, port))
+    unused = sorted(set(port_map) - used, key=lambda k: (k[1], k[0] or ""))
+    if unused:
+        what = ", ".join(f"{t}/{p}" if t else str(p) for t, p in unused)
+        raise ServeError(f"--port-map names ports no model serves: {what}")
+    return listeners
+
+
+class Server:
+    """Every listener of one process, the open sessions, and their limits."""
+
+    def __init__(self, listeners: list[Listener], log: EventLog, params: ServeParams | None = None,
+                 sensor: str | None = None) -> None:
+        self.listeners = listeners
+        self.log = log
+        self.params = params or ServeParams()
+        self.sensor = sensor or socket.gethostname()
+        self.log.sensor = self.sensor
+        self.bound: list[Bound] = []
+        self.sessions: set[_Session] = set()
+        # Statistics for scriptgen.server.stop.
+        self.accepted = 0
+        self.refused = 0
+        self.errors = 0
+        self.forced = 0
+        self._accepting = False
+        self._tcp: list[asyncio.Server] = []
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._none_open = asyncio.Event()  # set while no TCP session is open
+        self._tcp_open = 0
+        self._stop: asyncio.Future[str] | None = None
+        self._prefix = secrets.token_hex(4)  # session ids: this run's prefix + a counter
+        self._count = 0
+        self._refused_window = 0.0
+        self._refused_logged = 0
+        self._suppressed = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> list[Bound]:
+        """Bind every listener (all or none: a failure closes those already bound)."""
+        loop = self._loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_error)
+        self._stop = loop.create_future()
+        self._none_open.set()
+        try:
+            for ln in self.listeners:
+                if ln.transport == "tcp":
+                    srv = await loop.create_server(lambda ln=ln: _TcpSession(self, ln), ln.host, ln.port,  # type: ignore[misc]
+                                                   backlog=self.params.backlog, reuse_address=True)
+                    self._tcp.append(srv)
+                    socks = srv.sockets
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(lambda ln=ln: _UdpEndpoint(self, ln),  # type: ignore[misc]
+                                                                       local_addr=(ln.host, ln.port))
+                    self._udp.append(transport)
+                    socks = (transport.get_extra_info("socket"),)
+                for sock in socks:
+                    host, port = sock.getsockname()[:2]
+                    self.bound.append(Bound(ln, host, port))
+        except BaseException:
+            self._close_listeners()
+            raise
+        self._accepting = True
+        return self.bound
+
+    def announce(self) -> None:
+        """Log scriptgen.server.start (call once listening, and privileges dropped)."""
+        listeners = [{"transport": b.listener.transport, "ip": b.host, "port": b.port,
+                      "model": b.listener.model, "model_port": b.listener.model_port} for b in self.bound]
+        self.log.emit({
+            "eventid": "scriptgen.server.start", "timestamp": timestamp(time.time()), "sensor": self.sensor,
+            "message": "listening on " + ", ".join(b.describe() for b in self.bound),
+            "version": __version__, "pid": os.getpid(), "listeners": listeners, "params": asdict(self.params),
+        })
+
+    async def run(self, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> str:
+        """Serve until one of `signals` (or `stop()`), then `shutdown()`; the reason."""
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.stop, sig.name)
+        try:
+            reason = await self.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        await self.shutdown(reason)
+        return reason
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask `wait()` to return (safe from a signal handler run by the loop)."""
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(reason)
+
+    async def wait(self) -> str:
+        """Until `stop()`; returns its reason."""
+        assert self._stop is not None, "start() first"
+        return await self._stop
+
+    async def shutdown(self, reason: str = "stopped") -> None:
+        """Stop listening, let open sessions finish for `grace` seconds, close the rest,
+        log scriptgen.server.stop. The caller closes the log afterwards."""
+        self.stop(reason)
+        self._accepting = False
+        for srv in self._tcp:
+            srv.close()
+        if self._tcp_open:
+            # Until every TCP session has ended, or the grace period is over; then what is
+            # still open is closed below. UDP sessions have no end of their own (only an
+            # idle timeout): they answer during the grace period and are closed with the rest.
+            waiter = asyncio.ensure_future(self._none_open.wait())
+            await asyncio.wait([waiter], timeout=self.params.grace)
+            waiter.cancel()
+        for session in list(self.sessions):
+            self.forced += 1
+            session.close("shutdown")
+        self._close_listeners()
+        self.log.emit({
+            "eventid": "scriptgen.server.stop", "timestamp": timestamp(time.time()), "sensor": self.sensor,
+            "message": f"stopped ({reason}): {self.accepted} sessions, {self.forced} closed at shutdown",
+            "reason": reason, "sessions": self.accepted, "forced": self.forced, "refused": self.refused,
+            "errors": self.errors, "events_dropped": self.log.dropped,
+        })
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Errors asyncio meets outside any session (accept(2) failing...): logged."""
+        exc = context.get("exception")
+        error = f"{type(exc).__name__}: {exc}" if exc is not None else str(context.get("message"))
+        self.log.emit({"eventid": "scriptgen.server.error", "timestamp": timestamp(time.time()),
+                       "sensor": self.sensor, "message": f"server error: {error}", "error": error})
+        loop.default_exception_handler(context)
+
+    def _close_listeners(self) -> None:
+        for srv in self._tcp:
+            srv.close()
+        for transport in self._udp:
+            transport.close()
+        self._tcp.clear()
+        self._udp.clear()
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def admit(self, session: _Session) -> bool:
+        """Register a new session, or log its refusal and say no."""
+        if self._accepting and len(self.sessions) < self.params.max_connections:
+            self.sessions.add(session)
+            if session.transport_name == "tcp":
+                self._tcp_open += 1
+                self._none_open.clear()
+            self.accepted += 1
+            return True
+        self.refused += 1
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self._refused_window >= 1.0:
+            self._refused_window, self._refused_logged = now, 0
+        if self._refused_logged >= self.params.refused_log_rate:
+            self._suppressed += 1
+            return False
+        self._refused_logged += 1
+        reason = "max-connections" if self._accepting else "shutdown"
+        session.emit("scriptgen.session.refused", f"refused {session.peer()}: {reason}",
+                     reason=reason, suppressed=self._suppressed)
+        self._suppressed = 0
+        return False
+
+    def release(self, session: _Session) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+            if session.transport_name == "tcp":
+                self._tcp_open -= 1
+                if not self._tcp_open:
+                    self._none_open.set()
+
+    def new_id(self) -> str:
+        self._count += 1
+        return f"{self._prefix}{self._count:08x}"
+
+
+class _Session:
+    """One emulated conversation; the transport-specific subclasses send and close."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "conn",
+        "done",
+        "dst_ip",
+        "dst_port",
+        "id",
+        "inputs",
+        "last_data",
+        "listener",
+        "server",
+        "src_ip",
+        "src_port",
+        "started",
+        "started_wall",
+        "timer",
+        "timer_at",
+        "unmatched",
+    )
+
+    transport_name = ""
+
+    def __init__(self, server: Server, listener: Listener) -> None:
+        self.server = server
+        self.listener = listener
+        self.id = ""
+        self.src_ip, self.src_port, self.dst_ip, self.dst_port = "", 0, "", 0
+        self.conn: Emulator | None = None
+        self.started = self.last_data = 0.0
+        self.started_wall = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.inputs = self.unmatched = self.bytes_in = self.bytes_out = 0
+        self.done = False
+
+    # -- the driver loop ---------------------------------------------------------------------
+
+    def begin(self, src: Any, dst: Any) -> bool:
+        """Start the session (log connect, queue the banner); False if refused."""
+        self.id = self.server.new_id()
+        self.src_ip, self.src_port = str(src[0]), int(src[1])
+        self.dst_ip, self.dst_port = str(dst[0]), int(dst[1])
+        if not self.server.admit(self):
+            self.done = True
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+            now = self.started = self.last_data = loop.time()
+            self.started_wall = time.time()
+            self.conn = Emulator(self.listener.machine, now)
+            ln = self.listener
+            self.emit("scriptgen.session.connect",
+                      f"new connection: {self.peer()} -> {self.dst_ip}:{self.dst_port} [session {self.id}]",
+                      state=self.conn.state, model=ln.model, model_port=ln.model_port)
+            self.pump()
+        except Exception as exc:  # per-session isolation (STYLE habit 7)
+            self.fail(exc)
+        return True
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the client (b"": it closed)."""
+        if self.done or self.conn is None:
+            return
+        try:
+            now = asyncio.get_running_loop().time()
+            if data:
+                self.last_data = now
+                self.bytes_in += len(data)
+            self.conn.receive_data(data, now)
+            self.pump()
+        except Exception as exc:  # per-session isolation (STYLE habit 7)
+            self.fail(exc)
+
+    def pump(self) -> None:
+        """Carry out the engine's events until it needs data (or time)."""
+        conn = self.conn
+        assert conn is not None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while not self.done:
+            event = conn.next_event(now)
+            if isinstance(event, NeedData):
+                self._arm(loop, now, event.wake_at)
+                return
+            if isinstance(event, Send):
+                self.bytes_out += len(event.data)
+                self.emit_data("scriptgen.session.output", event.data, f"state {event.state}: answer",
+                               state=event.state)
+                self.send(event.data)
+            elif isinstance(event, Input):
+                self.inputs += 1
+                self.emit_data("scriptgen.session.input", event.data, f"state {event.source} -> {event.state}: input",
+                               state=event.state, source=event.source, transition=event.transition)
+                if self.inputs > self.server.params.max_requests:
+                    self.close("max-requests")
+            elif isinstance(event, Unmatched):
+                self.unmatched += 1
+                self.emit_data("scriptgen.session.unmatched", event.data,
+                               f"state {event.state}: unmatched input ({event.fallback})",
+                               state=event.state, fallback=event.fallback)
+            elif isinstance(event, Close):
+                self.close(event.reason)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, now: float, wake_at: float | None) -> None:
+        params = self.server.params
+        idle = params.udp_idle_timeout if self.transport_name == "udp" else params.idle_timeout
+        at = min(self.last_data + idle, self.started + params.max_session)
+        if wake_at is not None and wake_at < at:
+            at = wake_at
+        # One timer per session, moved only when it must fire earlier: a later deadline
+        # (new bytes pushed the idle deadline back) is found when the timer fires early.
+        if self.timer is not None:
+            if self.timer_at <= at:
+                return
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        try:
+            params = self.server.params
+            now = asyncio.get_running_loop().time()
+            idle = params.udp_idle_timeout if self.transport_name == "udp" else params.idle_timeout
+            if now >= self.started + params.max_session:
+                self.close("max-duration")
+            elif now >= self.last_data + idle:
+                self.close("idle")
+            else:
+                self.pump()
+        except Exception as exc:  # per-session isolation (STYLE habit 7)
+            self.fail(exc)
+
+    def fail(self, exc: Exception) -> None:
+        """An internal error: log it, close this session only."""
+        self.server.errors += 1
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        print(f"scriptgen: session {self.id}: internal error:", file=sys.stderr)
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        try:
+            self.emit("scriptgen.session.error", f"internal error: {error}",
+                      state=self.conn.state if self.conn else None, error=error)
+        finally:
+            self.close("error")
+
+    def close(self, reason: str) -> None:
+        """End the session: close the transport, log `closed` (once)."""
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.server.release(self)
+        try:
+            self.shut(reason)
+        finally:
+            conn = self.conn
+            duration = round(asyncio.get_running_loop().time() - self.started, 6)
+            self.emit("scriptgen.session.closed",
+                      f"closed ({reason}) after {duration:.3f}s, {self.inputs} inputs, {self.unmatched} unmatched",
+                      state=conn.state if conn else None, reason=reason, path=list(conn.path) if conn else [],
+                      duration=duration, inputs=self.inputs, unmatched=self.unmatched,
+                      bytes_in=self.bytes_in, bytes_out=self.bytes_out)
+
+    # -- logging -----------------------------------------------------------------------------
+
+    def peer(self) -> str:
+        return f"[{self.src_ip}]:{self.src_port}" if ":" in self.src_ip else f"{self.src_ip}:{self.src_port}"
+
+    def emit(self, eventid: str, message: str, payload: int = 0, **keys: Any) -> None:
+        event = {
+            "eventid": eventid, "timestamp": timestamp(time.time()), "sensor": self.server.sensor,
+            "message": message, "session": self.id, "transport": self.transport_name,
+            "src_ip": self.src_ip, "src_port": self.src_port, "dst_ip": self.dst_ip, "dst_port": self.dst_port,
+        }
+        event.update(keys)
+        self.server.log.emit(event, payload)
+
+    def emit_data(self, eventid: str, data: bytes, message: str, **keys: Any) -> None:
+        cap = self.server.log.params.data_bytes
+        kept = data[:cap]
+        text = base64.b64encode(kept).decode("ascii")
+        self.emit(eventid, f"{message} {kept[:48]!r}{'...' if len(data) > 48 else ''}", len(text),
+                  data=text, size=len(data), truncated=len(data) > cap, **keys)
+
+    # -- transport-specific ------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def shut(self, reason: str) -> None:
+        raise NotImplementedError
+
+
+class _TcpSession(_Session, asyncio.Protocol):
+    __slots__ = ("backlog", "eof_pending", "feeding", "read_paused", "transport", "write_paused")
+
+    transport_name = "tcp"
+
+    def __init__(self, server: Server, listener: Listener) -> None:
+        super().__init__(server, listener)
+        self.transport: asyncio.Transport | None = None
+        self.backlog: bytearray | None = None  # read but not yet fed (a big read, in pieces)
+        self.feeding = self.eof_pending = self.write_paused = self.read_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        src = transport.get_extra_info("peername") or ("", 0)
+        dst = transport.get_extra_info("sockname") or ("", 0)
+        if not self.begin(src, dst):
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.done:
+            return
+        if not self.backlog and len(data) <= self.server.params.feed_bytes:
+            self.feed(data)
+            return
+        # A big read is fed in pieces, one per turn of the loop, reading paused meanwhile:
+        # one client's flood delays the others by one piece's work at most.
+        if self.backlog is None:
+            self.backlog = bytearray()
+        self.backlog += data
+        self._reading()
+        if not self.feeding:
+            self.feeding = True
+            asyncio.get_running_loop().call_soon(self._feed_piece)
+
+    def _feed_piece(self) -> None:
+        self.feeding = False
+        backlog = self.backlog
+        if backlog is None or self.done:
+            self.backlog = None
+            return
+        n = self.server.params.feed_bytes
+        piece = bytes(backlog[:n])
+        del backlog[:n]
+        self.feed(piece)
+        if backlog and not self.done:
+            self.feeding = True
+            asyncio.get_running_loop().call_soon(self._feed_piece)
+            return
+        self.backlog = None
+        if self.eof_pending:
+            self.feed(b"")
+        elif not self.done:
+            self._reading()
+
+    def eof_received(self) -> bool:
+        if self.backlog:
+            self.eof_pending = True  # after the backlog
+        else:
+            self.feed(b"")
+        return True  # keep the write side open: answers to the last request still go out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done:
+            self.close("reset" if exc is not None else "eof")
+        self.transport = None
+        self.backlog = None
+
+    def pause_writing(self) -> None:
+        # The client is not reading: stop reading its requests until it does (the drain).
+        self.write_paused = True
+        self._reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._reading()
+
+    def _reading(self) -> None:
+        """Read from the client unless its answers are piling up or a backlog is pending."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        pause = self.write_paused or bool(self.backlog)
+        if pause != self.read_paused:
+            self.read_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.server.params.max_buffered:
+            self.close("max-buffered")
+
+    def shut(self, reason: str) -> None:
+        transport = self.transport
+        self.backlog = None
+        if transport is None:
+            return
+        if reason in ("max-buffered", "error", "reset"):
+            transport.abort()
+        else:
+            transport.close()  # sends what is queued, then FIN
+
+
+class _UdpSession(_Session):
+    __slots__ = ("addr", "endpoint")
+
+    transport_name = "udp"
+
+    def __init__(self, endpoint: _UdpEndpoint, addr: Any) -> None:
+        super().__init__(endpoint.server, endpoint.listener)
+        self.endpoint = endpoint
+        self.addr = addr
+
+    def send(self, data: bytes) -> None:
+        transport = self.endpoint.transport
+        if transport is None or transport.is_closing():
+            return
+        queued = getattr(transport, "get_write_buffer_size", None)  # asyncio's has it, untyped
+        if queued is not None and queued() > self.server.params.max_buffered:
+            raise OSError("UDP send buffer full: answer dropped")
+        transport.sendto(data, self.addr)
+
+    def shut(self, reason: str) -> None:
+        if self.endpoint.sessions.get(self.addr) is self:
+            del self.endpoint.sessions[self.addr]
+
+
+class _UdpEndpoint(asyncio.DatagramProtocol):
+    """One UDP listener: its sessions by peer address."""
+
+    def __init__(self, server: Server, listener: Listener) -> None:
+        self.server = server
+        self.listener = listener
+        self.sessions: dict[Any, _UdpSession] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: tuple[str, int] = (listener.host, listener.port)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's selector datagram transport is not a DatagramTransport subclass in 3.11.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.local = transport.get_extra_info("sockname")[:2]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        session = self.sessions.get(addr)
+        if session is None:
+            session = _UdpSession(self, addr)
+            if not session.begin(addr, self.local):
+                return
+            if session.done:  # closed at once (e.g. an error while starting)
+                return
+            self.sessions[addr] = session
+        session.feed(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable) for datagrams already sent: a peer went away. They
+        # name no session reliably; the peer's session ends by its idle timeout.
+        return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for session in list(self.sessions.values()):
+            session.close("shutdown")
+        self.transport = None

@@ -1,0 +1,187 @@
+"""The event log: sinks isolated from each other, batching, nothing queued is lost at
+close, the queue bound, SQLite, the catalogue against docs/events.md, `sessions-log`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from scriptgen.serve import (
+    CATALOGUE,
+    COMMON_KEYS,
+    SESSION_KEYS,
+    EventLog,
+    JsonLinesSink,
+    LogParams,
+    ServeError,
+    SqliteSink,
+    recent_sessions,
+)
+from tests.serve.cli import main as cli_main
+from tests.serve.harness import (
+    BANNER,
+    ServerThread,
+    connect,
+    listener,
+    read_answer,
+    read_events,
+    wait_closed,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "events.md"
+
+
+def event(i: int, eventid: str = "scriptgen.server.error") -> dict:
+    return {"eventid": eventid, "timestamp": "2025-01-01T00:00:00.000000Z", "sensor": "t", "message": str(i),
+            "error": f"e{i}"}
+
+
+class Exploding:
+    name = "boom"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def write(self, batch) -> None:
+        self.calls += 1
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        raise OSError("cannot close either")
+
+
+@pytest.mark.parametrize("failing_first", [True, False])
+def test_one_sink_failing_never_stops_the_other(tmp_path, capsys, failing_first):
+    good = JsonLinesSink(str(tmp_path / "events.jsonl"))
+    bad = Exploding()
+    log = EventLog([bad, good] if failing_first else [good, bad], LogParams(flush_interval=0.01))
+    for i in range(5):
+        log.emit(event(i))
+    log.flush()
+    for i in range(5, 10):
+        log.emit(event(i))
+    log.close()
+    lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["message"] for e in lines if e["eventid"] == "scriptgen.server.error"] == [str(i) for i in range(10)]
+    (report,) = [e for e in lines if e["eventid"] == "scriptgen.log.error"]  # once per streak
+    assert report["sink"] == "boom" and "No space left" in report["error"] and report["failures"] == 1
+    assert log.failures["boom"] == bad.calls >= 2
+    err = capsys.readouterr().err
+    assert "log sink boom failed" in err and "close failed" in err
+
+
+def test_the_sqlite_sink_failing_does_not_stop_json_lines_in_a_running_server(tmp_path):
+    json_sink = JsonLinesSink(str(tmp_path / "events.jsonl"))
+    db = SqliteSink(str(tmp_path / "events.sqlite"))
+    db._db.close()  # every write now raises sqlite3.ProgrammingError
+    with ServerThread([listener("ftp")], tmp_path, sinks=[db, json_sink]) as srv:
+        with connect(srv.addr()) as sock:
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+    ids = [e["eventid"] for e in srv.events()]
+    assert "scriptgen.log.error" in ids and "scriptgen.session.closed" in ids and ids[-1] == "scriptgen.server.stop"
+
+
+def test_batches_and_nothing_queued_is_lost_at_close(tmp_path):
+    sink = JsonLinesSink(str(tmp_path / "events.jsonl"))
+    log = EventLog([sink], LogParams(flush_interval=60.0, flush_events=100))
+    for i in range(250):
+        log.emit(event(i))
+    time.sleep(0.2)
+    written = len((tmp_path / "events.jsonl").read_text().splitlines())
+    assert written in (100, 200, 250) and written >= 200  # two full batches went at once
+    for i in range(250, 1000):
+        log.emit(event(i))
+    log.close()
+    assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 1000
+
+
+def test_a_full_queue_drops_and_counts(tmp_path, capsys):
+    gate = threading.Event()
+
+    class Slow:
+        name = "slow"
+
+        def write(self, batch) -> None:
+            gate.wait(5)
+
+        def close(self) -> None:
+            return None
+
+    log = EventLog([Slow()], LogParams(flush_interval=0.01, max_queued_events=10))
+    log.emit(event(0))
+    time.sleep(0.1)  # the writer now holds event 0, blocked
+    for i in range(1, 30):
+        log.emit(event(i))
+    assert log.dropped == 19
+    gate.set()
+    log.close()
+    assert "dropping events" in capsys.readouterr().err
+
+
+def test_sqlite_is_wal_and_holds_sessions_and_events(tmp_path):
+    with ServerThread([listener("ftp")], tmp_path) as srv:
+        with connect(srv.addr()) as sock:
+            read_answer(sock, expect=len(BANNER))
+            sock.sendall(b"USER dave\r\nQUIT\r\n")
+            assert wait_closed(sock)
+        with connect(srv.addr()) as sock:
+            read_answer(sock, expect=len(BANNER))
+    db = sqlite3.connect(tmp_path / "events.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = db.execute("SELECT json FROM events ORDER BY id").fetchall()
+    assert [json.loads(r[0]) for r in rows] == read_events(tmp_path)
+    sessions = recent_sessions(str(tmp_path / "events.sqlite"))
+    assert len(sessions) == 2
+    first = sessions[1]
+    assert (first.reason, first.inputs, first.path) == ("server", 2, [0, 1, 5])
+    assert first.model == "ftp.json" and first.transport == "tcp" and first.duration is not None
+
+
+def test_docs_list_exactly_the_catalogue():
+    text = DOCS.read_text()
+
+    def keys(section: str) -> set[str]:
+        return set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+
+    common = text.split("## Keys of every event", 1)[1].split("\n## ", 1)[0]
+    session = text.split("## Keys of every session event", 1)[1].split("\n## ", 1)[0]
+    assert keys(common) == set(COMMON_KEYS)
+    assert keys(session) == set(SESSION_KEYS)
+    sections = re.split(r"^### `([a-z_.]+)`\s*$", text.split("## The events", 1)[1], flags=re.M)[1:]
+    documented = dict(zip(sections[::2], sections[1::2]))
+    assert list(documented) == list(CATALOGUE)
+    for eventid, body in documented.items():
+        spec = CATALOGUE[eventid]
+        assert keys(body) == set(spec.keys), eventid
+        assert ("Session keys, and:" in body) == spec.session, eventid
+
+
+def test_sessions_log_command(tmp_path, capsys):
+    with ServerThread([listener("ftp")], tmp_path) as srv:
+        with connect(srv.addr()) as sock:
+            read_answer(sock, expect=len(BANNER))
+            sock.sendall(b"USER dave\r\n")
+            read_answer(sock)
+            sock.sendall(b"\x00\x01garbage\r\n")
+            read_answer(sock, silence=0.8)
+    assert cli_main(["sessions-log", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["start", "duration", "peer", "port", "inputs", "unmatched", "closed", "path"]
+    row = out[1].split()
+    assert row[3].startswith("127.0.0.1:") and row[4] == f"tcp/{srv.addr()[1]}"
+    assert row[5:] == ["2", "1", "eof", "0>1"]
+    assert cli_main(["sessions-log", str(tmp_path / "events.sqlite"), "--json", "--limit", "1"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
+    assert record["path"] == [0, 1] and record["unmatched"] == 1 and record["src_ip"] == "127.0.0.1"
+    assert cli_main(["sessions-log", str(tmp_path / "none.sqlite")]) == 3
+    assert "no such log database" in capsys.readouterr().err
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(ServeError):
+        recent_sessions(str(tmp_path / "junk.sqlite"))

@@ -1,0 +1,142 @@
+"""`scriptgen serve` as a process: startup lines, SIGTERM drain, privilege drop, errors."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.serve.cli import CLI
+from tests.serve.harness import BANNER, connect, read_answer, read_events, wait_closed, write_model
+
+ROOT = Path(__file__).resolve().parents[2]
+LINE = re.compile(r"listening on (tcp|udp) 127\.0\.0\.1:(\d+) \(model (.+) port (\d+)\)")
+
+
+def serve(args: list[str], lines: int = 1) -> tuple[subprocess.Popen[str], list[re.Match[str]]]:
+    """Start `scriptgen serve ARGS`; its startup lines (one per listener), parsed."""
+    proc = subprocess.Popen([*CLI, "serve", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    found = []
+    while len(found) < lines:
+        line = proc.stdout.readline()
+        match = LINE.fullmatch(line.strip())
+        if match is None:
+            proc.kill()
+            raise AssertionError(f"unexpected output {line!r}; stderr: {proc.communicate()[1]}")
+        found.append(match)
+    return proc, found
+
+
+def test_sigterm_drains_accepted_connections_and_flushes_the_log(tmp_path):
+    model = write_model("ftp", tmp_path / "ftp.json")
+    logs = tmp_path / "logs"
+    proc, (line,) = serve([str(model), "--port-map", "21:0", "--log-dir", str(logs), "--grace", "2",
+                           "--sensor", "s1"])
+    assert line.group(1, 3, 4) == ("tcp", str(model), "21")
+    addr = ("127.0.0.1", int(line.group(2)))
+    talker, idler = connect(addr), connect(addr)
+    for sock in (talker, idler):
+        assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+    talker.sendall(b"USER da")  # half a request when the signal comes
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(addr, timeout=2)
+    talker.sendall(b"ve\r\n")
+    assert read_answer(talker)[0] == b"331 Password required for dave.\r\n"
+    talker.sendall(b"QUIT\r\n")
+    assert read_answer(talker) == (b"221 Bye.\r\n", True)
+    started = time.monotonic()
+    assert wait_closed(idler, timeout=5)  # at the end of the grace period
+    assert time.monotonic() - started < 2.5
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "stopped (SIGTERM)" in err
+    events = read_events(logs)
+    closed = {e["src_port"]: e["reason"] for e in events if e["eventid"] == "scriptgen.session.closed"}
+    assert closed == {talker.getsockname()[1]: "server", idler.getsockname()[1]: "shutdown"}
+    stop = events[-1]
+    assert stop["eventid"] == "scriptgen.server.stop" and stop["reason"] == "SIGTERM"
+    assert (stop["sessions"], stop["forced"]) == (2, 1) and stop["sensor"] == "s1"
+    db = sqlite3.connect(logs / "events.sqlite")
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == len(events)
+    assert db.execute("SELECT count(*) FROM sessions WHERE end IS NOT NULL").fetchone()[0] == 2
+    talker.close()
+    idler.close()
+
+
+def test_sigint_with_nothing_open_stops_at_once(tmp_path):
+    model = write_model("udp", tmp_path / "dns.json")
+    proc, (line,) = serve([str(model), "--port-map", "53:0", "--log-dir", str(tmp_path / "logs")])
+    assert line.group(1) == "udp"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.settimeout(2)
+        u.sendto(b"Q\x01\x01\x01\x01", ("127.0.0.1", int(line.group(2))))
+        assert u.recvfrom(100)[0] == b"A\x01\x01\x01\x01"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 0 and time.monotonic() - started < 2
+    closed = [e for e in read_events(tmp_path / "logs") if e["eventid"] == "scriptgen.session.closed"]
+    assert [e["reason"] for e in closed] == ["shutdown"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_user_drops_privileges_after_binding(tmp_path):
+    model = write_model("ftp", tmp_path / "ftp.json")
+    base = Path(tempfile.mkdtemp(prefix="scriptgen-user-", dir="/tmp"))
+    base.chmod(0o755)
+    logs = base / "logs"
+    nobody = pwd.getpwnam("nobody")
+    proc, (line,) = serve([str(model), "--port-map", "21:0", "--log-dir", str(logs), "--user", "nobody"])
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    uids = re.search(r"^Uid:\s+(.*)$", status, re.M).group(1).split()
+    assert set(uids) == {str(nobody.pw_uid)}
+    with connect(("127.0.0.1", int(line.group(2)))) as sock:
+        assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert (logs / "events.jsonl").stat().st_uid == nobody.pw_uid
+    assert read_events(logs)[-1]["eventid"] == "scriptgen.server.stop"
+
+
+def test_errors_are_one_line_and_an_exit_code(tmp_path):
+    model = write_model("ftp", tmp_path / "ftp.json")
+    r = subprocess.run([*CLI, "serve", str(tmp_path / "none.json")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 3 and r.stderr.startswith("scriptgen: error: ")
+    r = subprocess.run([*CLI, "serve", str(model), str(model), "--log-dir", str(tmp_path / "l")], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and "remap one with --port-map" in r.stderr
+    r = subprocess.run([*CLI, "serve", str(model), "--port-map", "21-2121"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "MODEL_PORT:LISTEN_PORT" in r.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([*CLI, "serve", str(model), "--port-map", f"21:{port}", "--log-dir", str(tmp_path / "l")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 3 and "cannot listen" in r.stderr, r.stderr
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([*CLI, "serve", "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for option in ("--bind", "--port-map", "--log-dir", "--user", "--idle-timeout", "--max-session",
+                   "--max-buffered", "--max-connections", "--grace", "--sensor", "MODEL", "Exit codes"):
+        assert option in out
+    out = subprocess.run([*CLI, "sessions-log", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    for option in ("--limit", "--json", "DB"):
+        assert option in out

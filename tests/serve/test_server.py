@@ -1,0 +1,260 @@
+"""The server over real sockets: answers, limits, isolation of failures, the log."""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import time
+
+import pytest
+
+from scriptgen.emulate import Machine
+from scriptgen.modelfile import port_doc
+from scriptgen.serve import (
+    CATALOGUE,
+    Listener,
+    LogParams,
+    ServeError,
+    ServeParams,
+    check_event,
+    plan_listeners,
+)
+from tests.learn.sessions import session
+from tests.serve.harness import (
+    BANNER,
+    ServerThread,
+    _learn,
+    connect,
+    listener,
+    machine,
+    read_answer,
+    wait_closed,
+    wait_until,
+)
+
+
+def by_session(events):
+    sessions: dict[str, list] = {}
+    for e in events:
+        if "session" in e:
+            sessions.setdefault(e["session"], []).append(e)
+    return sessions
+
+
+def test_banner_dependency_close_and_what_the_log_says(tmp_path):
+    with ServerThread([listener("ftp")], tmp_path) as srv:
+        with connect(srv.addr()) as sock:
+            assert read_answer(sock, expect=len(BANNER)) == (BANNER, False)
+            sock.sendall(b"USER dave\r\n")
+            assert read_answer(sock)[0] == b"331 Password required for dave.\r\n"
+            sock.sendall(b"PASS x\r\n")
+            assert read_answer(sock)[0] == b"230 Logged in.\r\n"
+            sock.sendall(b"QUIT\r\n")
+            assert read_answer(sock) == (b"221 Bye.\r\n", True)
+            port = sock.getsockname()[1]
+    events = srv.events()
+    assert [e["eventid"] for e in events][0] == "scriptgen.server.start"
+    assert events[-1]["eventid"] == "scriptgen.server.stop"
+    for e in events:
+        assert check_event(e) == [], e
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", e["timestamp"])
+        assert e["sensor"] == "test"
+    (s,) = by_session(events).values()
+    assert [e["eventid"].rsplit(".", 1)[1] for e in s] == [
+        "connect", "output", "input", "output", "unmatched", "input", "output", "input", "output", "closed"]
+    assert re.fullmatch(r"[0-9a-f]{16}", s[0]["session"])
+    assert (s[0]["src_ip"], s[0]["src_port"], s[0]["dst_port"]) == ("127.0.0.1", port, srv.addr()[1])
+    assert s[0]["model"] == "ftp.json" and s[0]["model_port"] == 21
+    assert s[2]["data"] == "VVNFUiBkYXZlDQo=" and s[2]["size"] == 11 and s[2]["truncated"] is False
+    assert s[4]["fallback"] == "nearest"
+    closed = s[-1]
+    assert closed["reason"] == "server" and closed["path"] == [0, 1, 3, 5]
+    assert (closed["inputs"], closed["unmatched"], closed["bytes_in"]) == (3, 1, 25)
+    assert closed["bytes_out"] == len(BANNER) + 33 + 16 + 10 and 0 < closed["duration"] < 10
+
+
+def test_every_event_id_the_code_writes_is_catalogued():
+    from pathlib import Path
+
+    import scriptgen.serve.log
+    import scriptgen.serve.server
+
+    written = set()
+    for module in (scriptgen.serve.server, scriptgen.serve.log):
+        written |= set(re.findall(r'"(scriptgen\.[a-z]+\.[a-z_]+)"', Path(module.__file__).read_text()))
+    assert written == set(CATALOGUE)
+
+
+def test_many_models_and_ports_in_one_process(tmp_path):
+    ftp = machine("ftp")
+    listeners = [listener("ftp"), Listener("tcp", "127.0.0.1", 0, ftp, "ftp2.json", 21),
+                 listener("binary"), listener("udp")]
+    with ServerThread(listeners, tmp_path) as srv:
+        for name in ("ftp", "ftp2"):
+            with connect(srv.addr(name)) as sock:
+                assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+                sock.sendall(b"SYST\r\n")
+                assert read_answer(sock, expect=19)[0] == b"215 UNIX Type: L8\r\n"
+        with connect(srv.addr("binary")) as sock:
+            sock.sendall(b"\x01\x02\x07")
+            assert read_answer(sock, expect=2)[0] == b"\x81\x00"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.settimeout(2)
+            u.sendto(b"Q\x01\x01\x01\x01", srv.addr("udp"))
+            assert u.recvfrom(100)[0] == b"A\x01\x01\x01\x01"
+    ports = {e["dst_port"] for e in srv.events() if e["eventid"] == "scriptgen.session.connect"}
+    assert len(ports) == 4
+
+
+def test_plan_listeners_remaps_and_refuses_conflicts():
+    ftp = port_doc(_learn([session((b"A\r\n", b"B\r\n"), port=21)]).ports[0])
+    udp = {**ftp, "transport": "udp"}
+    plan = plan_listeners([("a.json", [ftp, udp])], ["127.0.0.1", "::1"], {(None, 21): 2121, ("udp", 21): 5353})
+    assert sorted((ln.transport, ln.host, ln.port, ln.model_port) for ln in plan) == [
+        ("tcp", "127.0.0.1", 2121, 21), ("tcp", "::1", 2121, 21),
+        ("udp", "127.0.0.1", 5353, 21), ("udp", "::1", 5353, 21)]
+    with pytest.raises(ServeError, match="remap one with --port-map"):
+        plan_listeners([("a.json", [ftp]), ("b.json", [ftp])], ["127.0.0.1"])
+    assert len(plan_listeners([("a.json", [ftp]), ("b.json", [ftp])], ["127.0.0.1"], {(None, 21): 0})) == 2
+    with pytest.raises(ServeError, match="no model serves: 80"):
+        plan_listeners([("a.json", [ftp])], ["127.0.0.1"], {(None, 80): 8080})
+
+
+def test_connection_cap_refuses_and_logs_then_admits_again(tmp_path):
+    with ServerThread([listener("ftp")], tmp_path, ServeParams(max_connections=3)) as srv:
+        held = [connect(srv.addr()) for _ in range(3)]
+        for sock in held:
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+        with connect(srv.addr()) as extra:
+            assert wait_closed(extra)
+        held.pop().close()
+        assert wait_until(lambda: srv.open_sessions() == 2)
+        with connect(srv.addr()) as again:
+            assert read_answer(again, expect=len(BANNER))[0] == BANNER
+        for sock in held:
+            sock.close()
+    events = srv.events()
+    (refused,) = [e for e in events if e["eventid"] == "scriptgen.session.refused"]
+    assert refused["reason"] == "max-connections" and refused["suppressed"] == 0
+    assert events[-1]["refused"] == 1
+    assert not [e for e in events if e["eventid"] == "scriptgen.session.connect" and e["session"] == refused["session"]]
+
+
+def test_idle_timeout_and_max_session(tmp_path):
+    with ServerThread([listener("ftp")], tmp_path, ServeParams(idle_timeout=0.3, max_session=1.0)) as srv:
+        with connect(srv.addr()) as idle:
+            started = time.monotonic()
+            assert wait_closed(idle, timeout=3)
+            assert 0.25 < time.monotonic() - started < 1.0
+        with connect(srv.addr()) as busy:
+            started = time.monotonic()
+            while not wait_closed(busy, timeout=0.1):  # a byte every 0.1 s keeps it from idling
+                busy.sendall(b"x")
+                assert time.monotonic() - started < 3
+            assert 0.9 < time.monotonic() - started < 2.0
+    reasons = [e["reason"] for e in srv.events() if e["eventid"] == "scriptgen.session.closed"]
+    assert reasons == ["idle", "max-duration"]
+
+
+def test_a_client_that_does_not_read_is_cut_off(tmp_path):
+    big = b"X" * 65536
+    m = Machine(port_doc(_learn([session((b"GET\r\n", big), banner=b"hi\r\n") for _ in range(3)]).ports[0]))
+    ln = Listener("tcp", "127.0.0.1", 0, m, "big.json", 21)
+    with ServerThread([ln], tmp_path, ServeParams(max_buffered=256 * 1024), log_params=LogParams(data_bytes=16)) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(srv.addr("big"))
+        sock.sendall(b"GET\r\n" * 400)  # 26 MB of answers, never read (the kernel holds a few MB)
+        with connect(srv.addr("big")) as other:  # meanwhile, the others are served
+            assert read_answer(other, expect=4)[0] == b"hi\r\n"
+        assert wait_until(lambda: srv.open_sessions() == 0)
+        sock.close()
+    (closed,) = [e for e in srv.events() if e["eventid"] == "scriptgen.session.closed" and e["reason"] != "eof"]
+    assert closed["reason"] == "max-buffered"
+
+
+def test_max_requests(tmp_path):
+    with ServerThread([listener("ftp")], tmp_path, ServeParams(max_requests=5)) as srv, \
+            connect(srv.addr()) as sock:
+        sock.sendall(b"SYST\r\n" * 8)
+        assert wait_closed(sock)
+    (closed,) = [e for e in srv.events() if e["eventid"] == "scriptgen.session.closed"]
+    assert closed["reason"] == "max-requests" and closed["inputs"] == 6
+
+
+def test_half_close_still_gets_the_answer_and_reset_is_logged(tmp_path):
+    with ServerThread([listener("ftp")], tmp_path) as srv:
+        with connect(srv.addr()) as sock:
+            read_answer(sock, expect=len(BANNER))
+            sock.sendall(b"USER eve\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            assert read_answer(sock) == (b"331 Password required for eve.\r\n", True)
+        sock = connect(srv.addr())
+        read_answer(sock, expect=len(BANNER))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+        assert wait_until(lambda: srv.open_sessions() == 0)
+    reasons = [e["reason"] for e in srv.events() if e["eventid"] == "scriptgen.session.closed"]
+    assert reasons[0] == "eof" and reasons[1] in ("reset", "eof")
+
+
+def test_a_failing_session_is_closed_and_logged_and_the_others_go_on(tmp_path, capsys):
+    broken = machine("ftp")
+    target = broken.states[broken.root].literal[b"SYST\r\n"].target
+    del broken.states[target]  # entering that state raises inside the engine
+    ln = Listener("tcp", "127.0.0.1", 0, broken, "ftp.json", 21)
+    with ServerThread([ln], tmp_path) as srv:
+        with connect(srv.addr()) as good, connect(srv.addr()) as bad:
+            read_answer(good, expect=len(BANNER))
+            read_answer(bad, expect=len(BANNER))
+            good.sendall(b"USER a\r\n")
+            bad.sendall(b"SYST\r\n")
+            assert wait_closed(bad)
+            assert read_answer(good)[0] == b"331 Password required for a.\r\n"
+            good.sendall(b"PASS secret\r\n")
+            assert read_answer(good)[0] == b"230 Logged in.\r\n"
+        with connect(srv.addr()) as later:
+            assert read_answer(later, expect=len(BANNER))[0] == BANNER
+    events = srv.events()
+    (error,) = [e for e in events if e["eventid"] == "scriptgen.session.error"]
+    assert error["error"].startswith("KeyError")
+    closed = {e["session"]: e["reason"] for e in events if e["eventid"] == "scriptgen.session.closed"}
+    assert closed[error["session"]] == "error" and sorted(closed.values()) == ["eof", "eof", "error"]
+    assert events[-1]["errors"] == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_udp_peers_are_sessions_each(tmp_path):
+    with ServerThread([listener("udp")], tmp_path, ServeParams(udp_idle_timeout=0.3)) as srv:
+        peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        for i, u in enumerate(peers):
+            u.settimeout(2)
+            u.sendto(b"Q" + bytes([i]) * 4, srv.addr("udp"))
+            assert u.recvfrom(100)[0] == b"A" + bytes([i]) * 4
+        assert srv.open_sessions() == 3
+        assert wait_until(lambda: srv.open_sessions() == 0, timeout=3)
+        for u in peers:
+            u.close()
+    closed = [e for e in srv.events() if e["eventid"] == "scriptgen.session.closed"]
+    assert len(closed) == 3 and {e["reason"] for e in closed} == {"idle"}
+    assert all(e["transport"] == "udp" and e["path"][0] == 0 and len(e["path"]) == 2 for e in closed)
+
+
+def test_udp_peers_over_the_cap_are_refused(tmp_path):
+    with ServerThread([listener("udp")], tmp_path, ServeParams(max_connections=1)) as srv:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+            first.settimeout(2)
+            second.settimeout(0.3)
+            first.sendto(b"Q\x01\x01\x01\x01", srv.addr("udp"))
+            assert first.recvfrom(100)[0] == b"A\x01\x01\x01\x01"
+            second.sendto(b"Q\x01\x01\x01\x01", srv.addr("udp"))
+            with pytest.raises(TimeoutError):
+                second.recvfrom(100)
+            first.sendto(b"Q\x02\x02\x02\x02", srv.addr("udp"))  # the admitted peer is still served
+            assert first.recvfrom(100)[0] == b"A\x02\x02\x02\x02"
+    events = srv.events()
+    (refused,) = [e for e in events if e["eventid"] == "scriptgen.session.refused"]
+    assert refused["transport"] == "udp" and refused["reason"] == "max-connections"
+    assert len([e for e in events if e["eventid"] == "scriptgen.session.connect"]) == 1
