@@ -167,8 +167,12 @@ class _Transition:
         self.sample = base64.b64decode(doc["samples"][0][0]) if doc["samples"] else b""
 
 
+_Match = tuple[_Transition, "re.Match[bytes] | None"]
+
+
 class _State:
-    __slots__ = ("id", "label", "literal", "patterns", "closes_here", "delay", "nearest", "terminators", "framed")
+    __slots__ = ("id", "label", "literal", "patterns", "closes_here", "delay", "nearest", "terminators", "framed",
+                 "longest_literal", "watch", "longest_terminator")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -198,6 +202,10 @@ class _State:
         self.terminators = [_common_suffix([t.sample for t in outgoing])] if outgoing else []
         # Transitions that end in fixed bytes can be recognised at the front of pipelined input.
         self.framed = [t for t in outgoing if t.terminator][:_MAX_FRAMED]
+        self.longest_literal = max((len(k) for k in self.literal), default=0)
+        # Byte strings whose arrival may complete a request here (set by Machine).
+        self.watch: list[bytes] = []
+        self.longest_terminator = 0
 
 
 _MAX_FRAMED = 256  # transitions tried at the front of pipelined input, per state
@@ -233,6 +241,10 @@ class Machine:
         self.patterns = sorted((t for t in transitions.values() if t.literal is None), key=lambda t: (-t.weight, t.id))
         self.nearest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))[: self.params.nearest_candidates * 4]
         self.terminator = _common_suffix([t.sample for t in transitions.values()])  # of every request
+        for state in self.states.values():
+            watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
+            state.watch = sorted(watch)
+            state.longest_terminator = max((len(x) for x in watch), default=0)
 
     @property
     def datagram(self) -> bool:
@@ -256,6 +268,8 @@ class Emulator:
         self._ready_at = now  # pacing: answers are not released before this
         self._eof = False
         self._closed = False
+        self._version = 0  # bumped whenever the buffer changes
+        self._cached: tuple[int, _Match | None] = (-1, None)
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
 
@@ -275,30 +289,44 @@ class Emulator:
             return
         self._buffer += data
         self._last_data = now
+        self._version += 1
+        if len(self._buffer) >= self.params.max_request_bytes:
+            self._take_front(now, len(self._buffer), None)
+            return
+        # Matching is only worth trying when the new bytes bring a terminator: without one
+        # nothing can complete (a flood of garbage costs a substring search, not regexes).
+        state = self.machine.states[self.state]
+        tail = bytes(self._buffer[-(len(data) + state.longest_terminator) :])
+        if not any(term in tail for term in state.watch):
+            return
         # Take every request that is complete at the front of the buffer (clients may send
-        # several at once); what remains waits for more bytes or for the gap.
-        while self._buffer and not self._closed:
-            if len(self._buffer) >= self.params.max_request_bytes:
-                self._take_buffer(now)
-                return
-            whole = bytes(self._buffer)
-            t = self._match(whole)
+        # several at once); what remains waits for more bytes or for the gap. One snapshot,
+        # walked by offset: pipelined input is not copied once per request.
+        whole = bytes(self._buffer)
+        pos = 0
+        while pos < len(whole) and not self._closed:
+            t = self._match(whole, pos)
             if t is not None and t[0].terminator and whole.endswith(t[0].terminator):
-                self._take_buffer(now, t)
-                return
-            front = self._front(whole)
-            if front is None:
-                if self.machine.terminator and whole.endswith(self.machine.terminator):
-                    # Every request in the capture ended so (a CRLF, say): this one is
-                    # complete even though it matches nothing. Cut off what came before.
-                    end = self._cut(whole)
-                    del self._buffer[:end]
-                    self._take(whole[:end], now)
-                    continue
-                return
-            end, match = front
-            del self._buffer[:end]
-            self._take(whole[:end], now, match)
+                self._take(whole[pos:], now, t)
+                pos = len(whole)
+                break
+            front = self._front(whole, pos)
+            if front is not None:
+                end, match = front
+                self._take(whole[pos:end], now, match)
+                pos = end
+                continue
+            if self.machine.terminator and whole.endswith(self.machine.terminator):
+                # Every request in the capture ended so (a CRLF, say): this one is
+                # complete even though it matches nothing. Cut off what came before.
+                end = self._cut(whole, pos)
+                self._take(whole[pos:end], now, None)
+                pos = end
+                continue
+            break
+        if pos:
+            del self._buffer[:pos]
+            self._version += 1
 
     def next_event(self, now: float) -> Event:
         """The next thing to do. NeedData means: wait for bytes or for `wake_at`."""
@@ -311,20 +339,23 @@ class Emulator:
             if self._closed:
                 return Close("closed")
             if self._buffer:
-                whole = bytes(self._buffer)
-                match = self._match(whole)
+                if self._cached[0] != self._version:  # match once per change of the buffer
+                    self._cached = (self._version, self._match(bytes(self._buffer), 0))
+                match = self._cached[1]
                 deadline = self._last_data + (self.params.match_gap if match else self.params.idle_gap)
                 if now < deadline and not self._eof:
                     return NeedData(deadline)
                 if match is not None:
-                    self._take_buffer(now, match)
+                    self._take_front(now, len(self._buffer), match)
                     continue
                 # The bytes stopped: a request that matches at the front, else cut at the
                 # first terminator this state knows, else all of it.
-                front = self._front(whole)
-                end = front[0] if front else self._cut(whole)
-                del self._buffer[:end]
-                self._take(whole[:end], now, front[1] if front else None)
+                whole = bytes(self._buffer)
+                front = self._front(whole, 0)
+                if front is not None:
+                    self._take_front(now, front[0], front[1])
+                else:
+                    self._take_front(now, self._cut(whole, 0), None)
                 continue
             if self._eof:
                 self._closed = True
@@ -333,45 +364,53 @@ class Emulator:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _take_buffer(self, now: float, match: tuple[_Transition, re.Match[bytes] | None] | None = None) -> None:
-        data = bytes(self._buffer)
-        self._buffer.clear()
+    def _take_front(self, now: float, end: int, match: _Match | None) -> None:
+        data = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        self._version += 1
         self._take(data, now, match)
 
-    def _front(self, data: bytes) -> tuple[int, tuple[_Transition, re.Match[bytes] | None]] | None:
-        """The shortest request at the front of `data` (but not all of it) that matches a
-        transition ending in fixed bytes: a request followed by the next one."""
-        best: tuple[int, tuple[_Transition, re.Match[bytes] | None]] | None = None
+    def _front(self, data: bytes, pos: int) -> tuple[int, _Match] | None:
+        """The shortest request at data[pos:] (but not all of it) that matches a transition
+        ending in fixed bytes: a request followed by the next one. Returns its end."""
+        best: tuple[int, _Match] | None = None
+        best_key: tuple[int, int, int, int] | None = None
         for t in self.machine.states[self.state].framed:
+            m: re.Match[bytes] | None = None
             if t.literal is not None:
-                if len(t.literal) < len(data) and data.startswith(t.literal):
-                    end, m = len(t.literal), None
-                else:
+                if pos + len(t.literal) >= len(data) or not data.startswith(t.literal, pos):
                     continue
+                end = pos + len(t.literal)
             else:
-                m = t.regex.match(data)
-                if m is None or m.end() >= len(data) or m.end() == 0:
+                m = t.regex.match(data, pos)
+                if m is None or m.end() >= len(data) or m.end() == pos:
                     continue
                 end = m.end()
-            if best is None or (end, -t.fixed_bytes, -t.weight, t.id) < (best[0], -best[1][0].fixed_bytes,
-                                                                      -best[1][0].weight, best[1][0].id):
-                best = (end, (t, m))
+            key = (end, -t.fixed_bytes, -t.weight, t.id)
+            if best_key is None or key < best_key:
+                best, best_key = (end, (t, m)), key
         return best
 
-    def _cut(self, data: bytes) -> int:
-        """Where the first request of unmatched input ends: after the first terminator the
-        current state knows (e.g. CRLF), if one occurs before the end; else all of it."""
-        terms = self.machine.states[self.state].terminators + [self.machine.terminator]
-        ends = [data.find(term) + len(term) for term in terms if term and 0 <= data.find(term) < len(data) - len(term)]
-        return min(ends) if ends else len(data)
+    def _cut(self, data: bytes, pos: int) -> int:
+        """Where the first request of unmatched input at data[pos:] ends: after the first
+        terminator the current state knows (e.g. CRLF), if one occurs before the end;
+        else at the end."""
+        terms = sorted({t for t in self.machine.states[self.state].terminators + [self.machine.terminator] if t}, key=len)
+        best = len(data)
+        for term in terms:  # each search stops where the best cut so far is: no rescans
+            at = data.find(term, pos, best)
+            if at >= 0 and at + len(term) < best:
+                best = at + len(term)
+        return best
 
-    def _match(self, data: bytes) -> tuple[_Transition, re.Match[bytes] | None] | None:
+    def _match(self, data: bytes, pos: int) -> _Match | None:
+        """The best transition of the current state matching all of data[pos:]."""
         state = self.machine.states[self.state]
-        literal = state.literal.get(data)
-        best: tuple[_Transition, re.Match[bytes] | None] | None = (literal, None) if literal else None
+        literal = state.literal.get(data[pos:]) if len(data) - pos <= state.longest_literal else None
+        best: _Match | None = (literal, None) if literal else None
         best_key = (literal.fixed_bytes, literal.weight, -literal.id) if literal else None
         for t in state.patterns:
-            m = t.regex.fullmatch(data)
+            m = t.regex.fullmatch(data, pos)
             if m is None:
                 continue
             key = (t.fixed_bytes, t.weight, -t.id)
@@ -380,10 +419,10 @@ class Emulator:
         return best
 
     def _take(self, data: bytes, now: float,
-              match: tuple[_Transition, re.Match[bytes] | None] | None = None) -> None:
+              match: _Match | None = None) -> None:
         state = self.machine.states[self.state]
         if match is None:
-            match = self._match(data)
+            match = self._match(data, 0)
         if match is None:
             match = self._elsewhere(state, data)
             if match is not None:
@@ -420,7 +459,7 @@ class Emulator:
         self._events.append(Close(reason))
         self._closed = True
 
-    def _elsewhere(self, state: _State, data: bytes) -> tuple[_Transition, re.Match[bytes] | None] | None:
+    def _elsewhere(self, state: _State, data: bytes) -> _Match | None:
         """A transition of another state that matches: the model learned this request in
         another context. Preferred: one leaving a state that gave the same answer as the
         current state (the server was in the same situation), then the most specific."""
