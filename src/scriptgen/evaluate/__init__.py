@@ -10,16 +10,45 @@ carried to the end. docs/evaluate.md describes the measures and the client's pac
 
 from scriptgen.evaluate.config import EvaluateParams
 from scriptgen.evaluate.run import Report, evaluate, evaluate_holdout, evaluate_model, script
-from scriptgen.evaluate.score import FAILURES, AnswerScore, PortReport, SessionScore, score_session, similarity
+from scriptgen.evaluate.score import (
+    FAILURES,
+    AnswerScore,
+    PortReport,
+    SessionScore,
+    score_session,
+    similarity,
+)
 from scriptgen.evaluate.split import by_port, holdout
 from scriptgen.evaluate.targets import (
-    InProcessTarget, Outcome, Script, Target, TargetError, TcpTarget, parse_address,
+    InProcessTarget,
+    Outcome,
+    Script,
+    Target,
+    TargetError,
+    TcpTarget,
+    parse_address,
 )
 
 __all__ = [
+    "FAILURES",
+    "AnswerScore",
     "EvaluateParams",
-    "Report", "evaluate", "evaluate_holdout", "evaluate_model", "script",
-    "FAILURES", "AnswerScore", "PortReport", "SessionScore", "score_session", "similarity",
-    "by_port", "holdout",
-    "InProcessTarget", "Outcome", "Script", "Target", "TargetError", "TcpTarget", "parse_address",
+    "InProcessTarget",
+    "Outcome",
+    "PortReport",
+    "Report",
+    "Script",
+    "SessionScore",
+    "Target",
+    "TargetError",
+    "TcpTarget",
+    "by_port",
+    "evaluate",
+    "evaluate_holdout",
+    "evaluate_model",
+    "holdout",
+    "parse_address",
+    "score_session",
+    "script",
+    "similarity",
 ]

@@ -28,7 +28,7 @@ from scriptgen.model import Model, Session
 from scriptgen.modelfile import port_doc
 from scriptgen.params import LearnParams
 
-__all__ = ["Report", "script", "evaluate", "evaluate_model", "evaluate_holdout"]
+__all__ = ["Report", "evaluate", "evaluate_holdout", "evaluate_model", "script"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from scriptgen.evaluate.config import EvaluateParams
 from scriptgen.evaluate.targets import Outcome
 from scriptgen.learn.align import distance
 
-__all__ = ["similarity", "AnswerScore", "SessionScore", "PortReport", "score_session", "FAILURES"]
+__all__ = ["FAILURES", "AnswerScore", "PortReport", "SessionScore", "score_session", "similarity"]
 
 FAILURES = ("error", "closed", "silent", "different")
 """Why a session was not carried, at its first failing answer: the replay failed (`error`),

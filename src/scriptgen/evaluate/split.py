@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from scriptgen.model import Session
 
-__all__ = ["holdout", "by_port"]
+__all__ = ["by_port", "holdout"]
 
 
 def by_port(sessions: Iterable[Session]) -> dict[tuple[str, int], list[Session]]:

@@ -15,6 +15,10 @@ Both follow the same client behaviour, so an emulator gives the same answers thr
 either: read the banner, then for each request send it and read until the server has
 been quiet for `quiet` seconds or closed. Before the first byte of an answer the client
 waits up to `wait` seconds where the real server answered, `quiet` where it stayed silent.
+Where the recorded client spoke before the server had said anything (no banner: HTTP, or
+an impatient client on a protocol with a banner), the replaying client sends its first
+request at once too, and a banner, if any comes, is read as part of the first answer,
+as it was in the recording.
 
 May import: the standard library, scriptgen.emulate, scriptgen.errors.
 """
@@ -32,7 +36,7 @@ from scriptgen.emulate import Close, Emulator, Input, Machine, NeedData, Send, U
 from scriptgen.errors import ScriptgenError
 from scriptgen.evaluate.config import EvaluateParams
 
-__all__ = ["Script", "Outcome", "Target", "InProcessTarget", "TcpTarget", "TargetError", "parse_address"]
+__all__ = ["InProcessTarget", "Outcome", "Script", "Target", "TargetError", "TcpTarget", "parse_address"]
 
 
 class TargetError(ScriptgenError):
@@ -57,7 +61,8 @@ class Script:
 class Outcome:
     """What a target did with a script.
 
-    `answers[0]` is the banner, `answers[i]` the answer to request i; there are fewer than
+    `answers[0]` is the banner (b"" when the script does not wait for one: a server that
+    sends one then has it in `answers[1]`), `answers[i]` the answer to request i; fewer than
     len(requests) + 1 when the server closed before the client had sent everything (the
     requests after the close were never sent). `closed`: the server closed the connection
     (at any point, also after the last answer). `fallbacks[i - 1]`, in process only, is the
@@ -125,7 +130,9 @@ class InProcessTarget:
     def run(self, script: Script) -> Outcome:
         now = 0.0
         conn = Emulator(self.machine, now)
-        answer, closed, now, _ = self._collect(conn, now, script.expect[0])
+        answer, closed = b"", False
+        if script.expect[0] or not script.requests:
+            answer, closed, now, _ = self._collect(conn, now, script.expect[0])
         answers, fallbacks = [answer], []
         for request, expect in zip(script.requests, script.expect[1:]):
             if closed:
@@ -247,7 +254,9 @@ class TcpTarget:
         except TimeoutError:
             raise ConnectionError(f"connect timed out after {self.params.connect_timeout:g}s") from None
         try:
-            answer, closed = await self._collect(reader, script.expect[0])
+            answer, closed = b"", False
+            if script.expect[0] or not script.requests:
+                answer, closed = await self._collect(reader, script.expect[0])
             answers.append(answer)
             for request, expect in zip(script.requests, script.expect[1:]):
                 if closed:
