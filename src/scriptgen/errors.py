@@ -8,6 +8,7 @@
     └── ModelError                 a model file cannot be used (carries path and JSON location)
         ├── ModelVersionError      written by a newer scriptgen, or an unknown format
         └── ModelFormatError       malformed, inconsistent or over a size cap
+    ├── TargetError                an evaluation target cannot be used (address, reachability)
     └── ServeError                 the server cannot start (listeners, user, log directory),
                                    or a session log cannot be read
 
@@ -28,6 +29,7 @@ __all__ = [
     "ModelVersionError",
     "ModelFormatError",
     "ServeError",
+    "TargetError",
 ]
 
 
@@ -77,3 +79,8 @@ class ModelFormatError(ModelError):
 
 class ServeError(ScriptgenError):
     """The server cannot start as asked, or a session log cannot be read."""
+
+
+class TargetError(ScriptgenError):
+    """A target cannot be used: a malformed address, nothing reachable there, or sessions
+    it cannot replay (UDP over the TCP target)."""

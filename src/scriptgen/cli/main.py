@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from scriptgen import __version__
-from scriptgen.cli import export_cmd, learn_cmd, log_cmd, serve_cmd, sessions_cmd, show_cmd, sweep_cmd
+from scriptgen.cli import evaluate_cmd, export_cmd, learn_cmd, log_cmd, serve_cmd, sessions_cmd, show_cmd, sweep_cmd
 from scriptgen.errors import ScriptgenError
 
 __all__ = ["main", "EXIT_OK", "EXIT_USAGE", "EXIT_INPUT", "EXIT_DAMAGED"]
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     sessions_cmd.add_parser(commands)
     learn_cmd.add_parser(commands)
+    evaluate_cmd.add_parser(commands)
     show_cmd.add_parser(commands)
     serve_cmd.add_parser(commands)
     log_cmd.add_parser(commands)

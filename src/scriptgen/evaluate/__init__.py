@@ -8,7 +8,7 @@ the recorded one: alignment similarity in [0, 1], exact share, and the share of 
 carried to the end. docs/evaluate.md describes the measures and the client's pacing.
 """
 
-from scriptgen.evaluate.config import EvaluateParams
+from scriptgen.params import EvaluateParams
 from scriptgen.evaluate.run import Report, evaluate, evaluate_holdout, evaluate_model, script
 from scriptgen.evaluate.score import (
     FAILURES,

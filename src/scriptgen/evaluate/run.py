@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scriptgen.emulate import EmulatorParams, Machine
-from scriptgen.evaluate.config import EvaluateParams
+from scriptgen.params import EvaluateParams
 from scriptgen.evaluate.score import PortReport, SessionScore, score_session
 from scriptgen.evaluate.split import by_port, holdout
 from scriptgen.evaluate.targets import InProcessTarget, Script, Target

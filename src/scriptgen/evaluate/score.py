@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scriptgen.evaluate.config import EvaluateParams
+from scriptgen.params import EvaluateParams
 from scriptgen.evaluate.targets import Outcome
 from scriptgen.learn.align import distance
 

@@ -33,15 +33,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from scriptgen.emulate import Close, Emulator, Input, Machine, NeedData, Send, Unmatched
-from scriptgen.errors import ScriptgenError
-from scriptgen.evaluate.config import EvaluateParams
+from scriptgen.errors import TargetError
+from scriptgen.params import EvaluateParams
 
 __all__ = ["InProcessTarget", "Outcome", "Script", "Target", "TargetError", "TcpTarget", "parse_address"]
-
-
-class TargetError(ScriptgenError):
-    """A target cannot be used: a malformed address, nothing reachable there, or sessions
-    it cannot replay (UDP over the TCP target)."""
 
 
 @dataclass(frozen=True, slots=True)
