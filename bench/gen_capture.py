@@ -186,7 +186,9 @@ def generate(path: str, packets: int, seed: int = 1, concurrent: int = 5000) -> 
     buf = bytearray(_PCAP_FILE)
     with open(path, "wb") as f:
         for _ in range(packets):
-            usec += 1 + int(rand() * 40)  # ~20 us between packets: ~50k packets/s
+            usec += 1 + int(rand() * 800)  # ~400 us between packets: ~2.5k packets/s, so that
+            # even 100k packets (40 s) outlast the UDP and fragment timeouts: both captures
+            # measure the steady state, not a warm-up
             if usec >= 1_000_000:
                 sec += 1
                 usec -= 1_000_000

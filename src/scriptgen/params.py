@@ -41,9 +41,10 @@ class CaptureParams:
     udp_idle_timeout: float = 10.0
     """Seconds of capture time without a datagram after which a UDP session ends."""
 
-    closed_flow_memory: int = 65_536
-    """Recently closed TCP 4-tuples remembered so that their trailing ACKs and
-    retransmitted FINs are not mistaken for new midstream sessions."""
+    closed_flow_memory: int = 4096
+    """Recently closed TCP connections remembered (for at most `tcp_idle_timeout`) so that
+    data retransmitted after their close is not mistaken for a new midstream session.
+    (Bare ACKs and FINs never open a session, so they need no memory.)"""
 
     max_fragment_groups: int = 1024
     """IP datagrams being reassembled from fragments at once; the oldest is dropped beyond."""

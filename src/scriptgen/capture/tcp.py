@@ -15,8 +15,9 @@ The policy (docs/capture.md has the full text and the reasons):
   after an idle timeout, on eviction (flow cap) or at the end of the capture.
 - A segment starting more than `tcp_max_window` beyond the next expected byte is a bogus
   sequence number: dropped and counted, never buffered.
-- Recently closed 4-tuples are remembered, so trailing ACKs and FINs do not start new
-  sessions; only a SYN reopens them.
+- A segment without payload or SYN never opens a session (trailing ACKs and FINs, RSTs
+  answering scans). Recently closed 4-tuples are remembered, so that data retransmitted
+  after the close does not start a midstream session; only a SYN reopens them.
 
 Messages: the longest run of bytes in one direction, in the order the bytes became
 contiguous. Which side is the server is decided by the SYN, else by `_server_side`.
@@ -114,7 +115,7 @@ class TcpReassembler:
         self.finished: list[Session] = []
         self._flows: dict[bytes, tuple[_Flow, int]] = {}  # both directions' keys
         self._active: dict[int, _Flow] = {}  # by index, in creation order
-        self._closed: dict[bytes, float] = {}  # recently closed keys -> close time
+        self._closed: dict[bytes, float] = {}  # recently closed flows (their key) -> close time
         self._known_servers: set[int] = set()
         self._next_index = 0
         self._last_sweep = 0.0
@@ -128,15 +129,16 @@ class TcpReassembler:
                 payload: bytes, length: int) -> None:
         entry = self._flows.get(key)
         if entry is None:
-            if key in self._closed:
+            if not length and not flags & _SYN:
+                # A bare ACK, FIN or RST opens nothing: the tail of a closed connection, or
+                # of one whose data was never captured (a RST answering a scan).
+                return
+            tomb = key if key in self._closed else reverse_key(key)
+            if tomb in self._closed:
                 if not flags & _SYN or flags & _ACK:
-                    if length:  # trailing ACKs and FINs are normal; data is not
-                        self.after_close += 1
+                    self.after_close += 1  # data on a closed 4-tuple, without a new SYN
                     return
-                del self._closed[key]
-                self._closed.pop(reverse_key(key), None)
-            if flags & _RST and not length:
-                return  # a lone RST (e.g. answering a scan) carries no session
+                del self._closed[tomb]
             flow, side = self._open(ts, key, flags, seq, ack), 0
         else:
             flow, side = entry
@@ -305,8 +307,7 @@ class TcpReassembler:
         del self._active[flow.index]
         if tombstone:
             self._closed[flow.key] = flow.last
-            self._closed[reverse] = flow.last
-            while len(self._closed) > 2 * self.params.closed_flow_memory:
+            while len(self._closed) > self.params.closed_flow_memory:
                 del self._closed[next(iter(self._closed))]
         self.finished.append(self._session(flow, close))
 

@@ -38,7 +38,6 @@ class UdpSessions:
         self._active: dict[int, _UdpFlow] = {}
         self._servers: set[int] = set()
         self._next_index = 0
-        self._last_sweep = 0.0
         self.evicted = 0
 
     def datagram(self, ts: float, key: bytes, payload: bytes, length: int) -> None:
@@ -50,12 +49,14 @@ class UdpSessions:
             flow, side = self._open(ts, key), 0
         else:
             flow, side = entry
+            # Keep _active ordered by last activity, so that idle sessions are at its front.
+            del self._active[flow.index]
+            self._active[flow.index] = flow
         flow.last = ts
         sender = Sender.SERVER if side == flow.server_side else Sender.CLIENT
         gaps = (Gap(len(payload), length - len(payload)),) if len(payload) < length else ()
         flow.messages.append(Message(sender, payload, ts, gaps))
-        if ts - self._last_sweep > self.params.udp_idle_timeout or len(self._active) > self.params.max_flows:
-            self._sweep(ts)
+        self._expire(ts)
 
     def _open(self, ts: float, key: bytes) -> _UdpFlow:
         src, dst = endpoints(key)
@@ -85,15 +86,18 @@ class UdpSessions:
             start=flow.start, end=flow.last, midstream=False, messages=flow.messages, close=close,
         ))
 
-    def _sweep(self, now: float) -> None:
-        self._last_sweep = now
+    def _expire(self, now: float) -> None:
+        """End the sessions idle for longer than the timeout (the front of _active), and
+        above the flow cap the least recently active tenth."""
         limit = now - self.params.udp_idle_timeout
-        for flow in [f for f in self._active.values() if f.last < limit]:
-            self._finish(flow, "timeout")
+        while self._active:
+            oldest = next(iter(self._active.values()))
+            if oldest.last >= limit:
+                break
+            self._finish(oldest, "timeout")
         excess = len(self._active) - self.params.max_flows
         if excess > 0:
-            victims = sorted(self._active.values(), key=lambda f: (f.last, f.index))
-            for flow in victims[: max(excess, self.params.max_flows // 10)]:
+            for flow in list(self._active.values())[: max(excess, self.params.max_flows // 10)]:
                 self.evicted += 1
                 self._finish(flow, "evicted")
 
