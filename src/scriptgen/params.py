@@ -101,6 +101,12 @@ class LearnParams:
     """A fixed region shorter than this between two mutating regions is a coincidence of
     the alignment, not protocol structure: it is absorbed into the mutating region."""
 
+    answer_split: float = 0.25
+    """(ours) Requests of one microcluster whose answers differ by more than this alignment
+    distance (their own parameter values blanked out) become separate transitions, so that
+    a parameter deciding the answer is not made a wildcard. A refinement of
+    microclustering: off at w = 1 as microclustering is. 1 turns it off."""
+
     random_distinct: float = 0.5
     """A mutating region is random when at least this share of its values are distinct."""
 

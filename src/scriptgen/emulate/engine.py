@@ -128,7 +128,7 @@ Event = Send | Input | Unmatched | Close | NeedData
 
 
 class _Transition:
-    __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample",
+    __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample", "requests",
                  "defaults")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
@@ -164,7 +164,8 @@ class _Transition:
                 parts.append(b"(.{%d,%d}?)" % (lo, hi))
         self.regex = re.compile(b"".join(parts), re.DOTALL)
         self.literal = b"".join(fixed) if not self.groups else None  # matched by dict lookup
-        self.sample = base64.b64decode(doc["samples"][0][0]) if doc["samples"] else b""
+        self.requests = [base64.b64decode(pair[0]) for pair in doc["samples"]]  # seen on this edge
+        self.sample = self.requests[0] if self.requests else b""
 
 
 _Match = tuple[_Transition, "re.Match[bytes] | None"]
@@ -199,7 +200,7 @@ class _State:
         self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
         # What every request leaving this state ends with (e.g. CRLF): where to cut input
         # that matches nothing but holds several requests.
-        self.terminators = [_common_suffix([t.sample for t in outgoing])] if outgoing else []
+        self.terminators = [_delimiter([r for t in outgoing for r in t.requests])] if outgoing else []
         # Transitions that end in fixed bytes can be recognised at the front of pipelined input.
         self.framed = [t for t in outgoing if t.terminator][:_MAX_FRAMED]
         self.longest_literal = max((len(k) for k in self.literal), default=0)
@@ -209,6 +210,16 @@ class _State:
 
 
 _MAX_FRAMED = 256  # transitions tried at the front of pipelined input, per state
+
+
+def _delimiter(requests: list[bytes]) -> bytes:
+    """What every request ends with and none holds elsewhere (a CRLF of a line protocol):
+    the bytes that can delimit requests. Nothing for protocols whose requests contain their
+    final bytes inside too (RESP's CRLFs, SMB's NULs): cutting there would shred requests."""
+    suffix = _common_suffix(requests)
+    while suffix and any(r.find(suffix) != len(r) - len(suffix) for r in requests):
+        suffix = suffix[1:]  # a shorter one may still occur only at the end ("X\r\n" -> "\r\n")
+    return suffix
 
 
 def _common_suffix(samples: list[bytes]) -> bytes:
@@ -240,7 +251,7 @@ class Machine:
                 self.literal.setdefault(t.literal, []).append(t)
         self.patterns = sorted((t for t in transitions.values() if t.literal is None), key=lambda t: (-t.weight, t.id))
         self.nearest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))[: self.params.nearest_candidates * 4]
-        self.terminator = _common_suffix([t.sample for t in transitions.values()])  # of every request
+        self.terminator = _delimiter([r for t in transitions.values() for r in t.requests])  # of every request
         for state in self.states.values():
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
             state.watch = sorted(watch)
