@@ -133,3 +133,15 @@ def test_requests_beyond_the_aligned_sample_join_the_nearest_cluster():
     assert [(k.where, k.support) for k in t.links] == [("start:30", 1.0)]
     assert regex(t.pattern).fullmatch(b"USER name77\r\n") is not None
     assert len(port.states[t.target].labels) == 1 and port.states[t.target].default.count == 40
+
+
+def test_a_parameter_that_decides_the_answer_stays_a_transition_of_its_own():
+    pages = {b"/index.html": b"200 OK page", b"/about.html": b"200 OK about", b"/admin/": b"401 Unauthorized, go away",
+             b"/secret/": b"401 Unauthorized, go away", b"/missing": b"404 Not Found here", b"/gone": b"404 Not Found here"}
+    sessions = [session((b"GET " + path + b" HTTP/1.0\r\n\r\n", answer), port=80) for path, answer in pages.items()]
+    with_split = only_port(sessions, macro=1.0, micro=0.9)
+    without = only_port(sessions, macro=1.0, micro=0.9, answer_split=1.0)
+    assert len(without.states[0].transitions) == 1  # one wildcard path: one answer for all
+    answers = sorted(with_split.states[with_split.transitions[t].target].default.render()
+                     for t in with_split.states[0].transitions)
+    assert answers == [b"200 OK about", b"200 OK page", b"401 Unauthorized, go away", b"404 Not Found here"]
