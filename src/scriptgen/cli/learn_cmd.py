@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scriptgen.capture import CaptureStats, read_sessions
 from scriptgen.cli.common import port, positive, unit_interval, warn
 from scriptgen.model import PortModel
+
+if TYPE_CHECKING:
+    from scriptgen.learn.builder import RawTree
 from scriptgen.params import CaptureParams, LearnParams
 
 __all__ = ["add_parser"]
@@ -84,11 +87,22 @@ def run(args: argparse.Namespace) -> int:
     sessions = [s for s in sessions if (s.transport.value, s.server_port) in keep]
     warn(f"read {len(sessions)} sessions on {len(keep)} port(s) in {time.monotonic() - started:.1f}s; learning...")
 
+    tty = sys.stderr.isatty()
+
     def progress(port_model: PortModel) -> None:
         st = port_model.stats
-        warn(f"learned {port_model.transport}/{port_model.port}: {st['states']} states")
+        if tty:
+            print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
+        warn(f"learned {port_model.transport}/{port_model.port}: {st['raw_states']} raw -> {st['states']} states")
 
-    model = learn(sessions, params, sources=list(args.captures), progress=progress)
+    def level_progress(tree: RawTree, done: int) -> None:
+        if tty:  # a bar of simplified states against the raw tree's (merging ends it early)
+            width = 30
+            filled = min(width, width * done // max(1, tree.states))
+            print(f"\rlearning {tree.transport}/{tree.port} [{'#' * filled}{'.' * (width - filled)}] "
+                  f"{done} states", end="", file=sys.stderr, flush=True)
+
+    model = learn(sessions, params, sources=list(args.captures), progress=progress, level_progress=level_progress)
     save(model, args.output)
     out = sys.stdout
     rows = [["port", "sessions", "raw states", "states", "transitions", "links", "cut"]]

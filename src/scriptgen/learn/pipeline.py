@@ -15,24 +15,32 @@ from scriptgen.params import LearnParams
 __all__ = ["learn", "learn_trees"]
 
 Progress = Callable[[PortModel], None]
+LevelProgress = Callable[[RawTree, int], None]
 
 
 def learn(sessions: Iterable[Session], params: LearnParams | None = None, *,
-          sources: Iterable[str] = (), progress: Progress | None = None) -> Model:
-    """Learn one state machine per (transport, server port) of `sessions`."""
+          sources: Iterable[str] = (), progress: Progress | None = None,
+          level_progress: LevelProgress | None = None) -> Model:
+    """Learn one state machine per (transport, server port) of `sessions`. `progress` is
+    called as each port is done; `level_progress` as each level of a port's tree is."""
     params = params or LearnParams()
-    return learn_trees(list(build(sessions, params)), params, sources=sources, progress=progress)
+    return learn_trees(list(build(sessions, params)), params, sources=sources, progress=progress,
+                       level_progress=level_progress)
 
 
 def learn_trees(trees: list[RawTree], params: LearnParams, *, sources: Iterable[str] = (),
-                progress: Progress | None = None) -> Model:
+                progress: Progress | None = None, level_progress: LevelProgress | None = None) -> Model:
     jobs = params.jobs or os.cpu_count() or 1
     ports: list[PortModel] = []
     pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
     try:
         for tree in trees:
             # Parallel over the states of each level of the tree (learn/simplify.py).
-            ports.append(simplify(tree, params, pool.map) if pool else simplify(tree, params))
+            def on_level(done: int, tree: RawTree = tree) -> None:
+                if level_progress:
+                    level_progress(tree, done)
+
+            ports.append(simplify(tree, params, pool.map if pool else map, on_level))
             if progress:
                 progress(ports[-1])
     finally:

@@ -58,7 +58,8 @@ class Cluster:
 Mapper = Callable[..., Iterable[list[Cluster]]]
 
 
-def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map) -> PortModel:
+def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
+             progress: Callable[[int], None] | None = None) -> PortModel:
     """Simplify breadth-first, a level of the tree at a time. The clustering of a level's
     states is independent: `mapper` (a process pool's `map`) may run it in parallel; the
     merging that follows is done here, in order, so the result does not depend on it."""
@@ -96,6 +97,8 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map) -> PortMo
                 delay=round(statistics.median(node.delays), 6) if node.delays else None,
             )
         level = following
+        if progress:
+            progress(len(states))  # states simplified so far
     stats = {
         "sessions": tree.sessions, "raw_states": tree.states, "states": len(states),
         "transitions": len(transitions), "links": links,
