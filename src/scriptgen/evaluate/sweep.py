@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
+from scriptgen import __version__
 from scriptgen.errors import ScriptgenError
 from scriptgen.evaluate.run import evaluate_holdout
 from scriptgen.model import Session
@@ -64,7 +65,9 @@ def grid(spec: str) -> list[float]:
 
 
 def fingerprint(sessions: Sequence[Session], k: int) -> str:
-    h = hashlib.sha256(f"holdout={k}".encode())
+    # The release and the learning defaults too: cells computed by another version of the
+    # algorithm are not results of this one.
+    h = hashlib.sha256(f"holdout={k}|{__version__}|{LearnParams()!r}".encode())
     for s in sessions:
         h.update(f"{s.transport.value}|{s.client}|{s.server}|{s.start}|".encode())
         for m in s.messages:
