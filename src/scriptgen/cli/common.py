@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from typing import TextIO
 
-__all__ = ["port", "unit_interval", "positive", "warn"]
+from scriptgen.errors import CaptureTruncatedError
+
+__all__ = ["port", "unit_interval", "positive", "holdout", "warn", "write_table", "report_damage"]
 
 
 def port(text: str) -> int:
@@ -40,3 +44,25 @@ def positive(text: str) -> int:
 
 def warn(message: str) -> None:
     print(f"scriptgen: {message}", file=sys.stderr, flush=True)
+
+
+def holdout(text: str) -> int:
+    value = positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (one session in K is held out): {value}")
+    return value
+
+
+def write_table(rows: Sequence[Sequence[str]], out: TextIO, left: int = 1) -> None:
+    """Aligned columns: the first `left` to the left (names), the rest to the right (numbers)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                  + "\n")
+
+
+def report_damage(damage: Sequence[CaptureTruncatedError]) -> int:
+    """One line per damaged capture on stderr; the exit code (4 if any, docs/cli.md)."""
+    for error in damage:
+        print(f"scriptgen: error: {error}", file=sys.stderr)
+    return 4 if damage else 0

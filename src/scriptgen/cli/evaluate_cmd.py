@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import port, positive, unit_interval, warn
+from scriptgen.cli.common import holdout, port, positive, report_damage, unit_interval, warn, write_table
 from scriptgen.model import Model, Session
 from scriptgen.params import CaptureParams, LearnParams
 
@@ -88,7 +88,7 @@ def add_parser(commands: Any) -> None:
                         help="an optional model file, then pcap/pcapng files read as one capture")
     parser.add_argument("--port", "-p", type=port, action="append", dest="ports", metavar="P",
                         help="replay only sessions whose server port is P (repeat for several)")
-    parser.add_argument("--holdout", type=_holdout, metavar="K",
+    parser.add_argument("--holdout", type=holdout, metavar="K",
                         help="learn on all sessions but every K-th and evaluate on those (K >= 2); "
                         "no MODEL then")
     parser.add_argument("--all-folds", action="store_true",
@@ -123,13 +123,6 @@ def add_parser(commands: Any) -> None:
                         help="similarity every answer needs for a session to count as carried "
                         "(default: %(default)s)")
     parser.set_defaults(run=run)
-
-
-def _holdout(text: str) -> int:
-    value = positive(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 (one session in K is held out): {value}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -253,9 +246,7 @@ def run(args: argparse.Namespace) -> int:
     notes = _skipped(report.skipped, bool(address))
     if notes:
         warn("skipped: " + ", ".join(notes))
-    for damage in stats.damage:
-        print(f"scriptgen: error: {damage}", file=sys.stderr)
-    return 4 if stats.damage else 0
+    return report_damage(stats.damage)
 
 
 def _pick_port(sessions: list[Session], model: Model | None, ports: list[int] | None) -> int | str:
@@ -333,9 +324,7 @@ def _print_table(report: Report, out: TextIO) -> None:
         rows.append([p.target, f"{p.transport}/{p.port}", str(len(p.sessions)), str(p.answers),
                      f"{p.similarity:.3f}", f"{p.exact:.3f}",
                      f"{p.carried_share:.3f} ({p.carried}/{len(p.sessions)})"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out.writelines("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-                  + "\n" for r in rows)
+    write_table(rows, out, left=2)
     if not report.ports:
         out.write("(no session replayed)\n")
     for p in report.ports:

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import port, positive, unit_interval, warn
+from scriptgen.cli.common import port, positive, report_damage, unit_interval, warn, write_table
 from scriptgen.model import PortModel
 
 if TYPE_CHECKING:
@@ -111,12 +111,8 @@ def run(args: argparse.Namespace) -> int:
         cut = st["cut_fanout"] + st["cut_states"]
         rows.append([f"{p.transport}/{p.port}", str(st["sessions"]), str(st["raw_states"]), str(st["states"]),
                      str(st["transitions"]), str(st["links"]), str(cut)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        out.write("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + "\n")
+    write_table(rows, out)
     if not model.ports:
         out.write("(no sessions with data: the model is empty)\n")
     out.write(f"wrote {args.output} (W={params.macro}, w={params.micro}) in {time.monotonic() - started:.1f}s\n")
-    for damage in stats.damage:
-        print(f"scriptgen: error: {damage}", file=sys.stderr)
-    return 4 if stats.damage else 0
+    return report_damage(stats.damage)

@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any, TextIO
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import port
+from scriptgen.cli.common import port, report_damage, write_table
 from scriptgen.model import Session
 from scriptgen.params import CaptureParams
 
@@ -90,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
     else:
         _print_table(list(sessions), stats, out)
-    for damage in stats.damage:
-        print(f"scriptgen: error: {damage}", file=sys.stderr)
-    return 4 if stats.damage else 0
+    return report_damage(stats.damage)
 
 
 def session_json(session: Session) -> dict[str, Any]:
@@ -134,11 +132,9 @@ def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO) -> N
         row["bogus seq"] += s.anomalies.get("bogus_seq", 0)
     columns = ["sessions", "messages", "client bytes", "server bytes", "midstream", "gaps", "dropped", "bogus seq"]
     table = [["transport", "port", *columns]]
-    for (transport, port), row in sorted(rows.items()):
-        table.append([transport, str(port), *(str(row[c]) for c in columns)])
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        out.write("  ".join(c.ljust(w) if i < 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() + "\n")
+    for (transport, server_port), row in sorted(rows.items()):
+        table.append([transport, str(server_port), *(str(row[c]) for c in columns)])
+    write_table(table, out)
     if not rows:
         out.write("(no TCP or UDP sessions)\n")
     links = ", ".join(

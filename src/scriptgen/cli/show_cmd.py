@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from scriptgen.cli.common import port, warn
-from scriptgen.model import Label, PortModel, Region, Slot
+from scriptgen.model import Label, PortModel, Region
 
 __all__ = ["add_parser", "pattern_text", "label_text"]
 

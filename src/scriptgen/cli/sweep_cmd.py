@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from scriptgen.cli.common import port, positive, warn
+from scriptgen.cli.common import holdout, port, report_damage, warn
 
 __all__ = ["add_parser"]
 
@@ -39,7 +39,7 @@ def add_parser(commands: Any) -> None:
                         help="values of W (default: %(default)s, 11 values)")
     parser.add_argument("--micro", "-w", default="0:1:0.1", metavar="START:STOP:STEP",
                         help="values of w (default: %(default)s)")
-    parser.add_argument("--holdout", "-k", type=positive, default=5, metavar="K",
+    parser.add_argument("--holdout", "-k", type=holdout, default=5, metavar="K",
                         help="hold out every K-th session for evaluation (default: %(default)s)")
     parser.add_argument("--port", "-p", type=port, action="append", dest="ports", metavar="P",
                         help="only this server port (repeatable)")
@@ -52,9 +52,6 @@ def run(args: argparse.Namespace) -> int:
     from scriptgen.capture import CaptureStats, read_sessions
     from scriptgen.evaluate.sweep import grid, plot, sweep
 
-    if args.holdout < 2:
-        warn("error: --holdout must be at least 2 (every K-th session is held out)")
-        return 2
     macros, micros = grid(args.macro), grid(args.micro)
     stats = CaptureStats()
     sessions = [s for s in read_sessions(args.captures, ports=args.ports, stats=stats) if s.messages]
@@ -88,6 +85,4 @@ def run(args: argparse.Namespace) -> int:
         title = ", ".join(os.path.basename(c) for c in args.captures)[:80]
         for path in plot(cells, args.output, title):
             warn(f"wrote {path}")
-    for damage in stats.damage:
-        print(f"scriptgen: error: {damage}", file=sys.stderr)
-    return 4 if stats.damage else 0
+    return report_damage(stats.damage)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from scriptgen.learn import align
 from scriptgen.learn.builder import RawEdge, RawNode, RawTree, label_list
 from scriptgen.learn.regions import make_regions, microclusters, region_of, values
-from scriptgen.model import Label, Link, Part, PortModel, Region, Slot, State, Transition
+from scriptgen.model import Link, Part, PortModel, Region, Slot, State, Transition
 from scriptgen.params import LearnParams
 
 __all__ = ["simplify", "cluster_requests", "Cluster", "Request"]
