@@ -71,7 +71,7 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
     while level:
         following: list[tuple[RawNode, int]] = []
         edges_of = [sorted(node.edges.values(), key=lambda e: (-e.weight, e.request)) for node, _ in level]
-        requests = [[Request(e.request, e.weight, i, _answer(e, params)) for i, e in enumerate(edges)]
+        requests = [[Request(e.request, e.weight, i, _answer(e)) for i, e in enumerate(edges)]
                     for edges in edges_of]
         heavy = [i for i, r in enumerate(requests) if len(r) >= _PARALLEL_MIN]
         found: dict[int, list[Cluster]] = dict(zip(heavy, mapper(cluster_requests, [requests[i] for i in heavy],
@@ -175,47 +175,50 @@ def _region_analysis(edges: list[Request], params: LearnParams) -> list[Cluster]
     weights = [e.weight for e in edges]
     result = []
     for group in microclusters(rows, weights, params):
-        for part in _by_answer(group, edges, rows, tails, params):
-            result.append(_cluster([edges[i] for i in part], [rows[i] for i in part], [tails[i] for i in part], params))
+        cluster = _cluster([edges[i] for i in group], [rows[i] for i in group], [tails[i] for i in group], params)
+        parts = _by_answer(cluster, params)
+        if len(parts) == 1:
+            result.append(cluster)
+            continue
+        for part in parts:
+            members = [group[k] for k in part]
+            result.append(_cluster([edges[i] for i in members], [rows[i] for i in members],
+                                   [tails[i] for i in members], params))
     return result
 
 
-def _by_answer(group: list[int], edges: list[Request], rows: list[list[int]], tails: list[bytes],
-               params: LearnParams) -> list[list[int]]:
+def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
     """(ours) Split a microcluster whose requests got different answers: a parameter that
     decides the answer (a path -> 200 or 404, a share name, a password) must not become a
     wildcard answered by whichever answer was most frequent. Answers are compared with each
     request's own parameter values blanked out (an echoed name is not a difference), by
-    alignment distance, so that a date or a counter in the answer does not split."""
-    if len(group) < 2 or params.answer_split >= 1.0 or params.micro >= 1.0:
-        return [group]  # w = 1 turns microclustering off, this refinement of it included
-    cluster = _cluster([edges[i] for i in group], [rows[i] for i in group], [tails[i] for i in group], params)
-    normalised = []
-    for member, vals in zip(cluster.members, cluster.values):
+    alignment distance, so that a date or a counter in the answer does not split.
+    Returns the groups as positions among the cluster's members."""
+    if len(cluster.members) < 2 or params.answer_split >= 1.0 or params.micro >= 1.0:
+        return [list(range(len(cluster.members)))]  # w = 1 turns microclustering off, this included
+    parts: list[tuple[bytes, list[int]]] = []  # (representative answer, member positions)
+    for k, (member, vals) in enumerate(zip(cluster.members, cluster.values)):
         answer = member.answer
         for value in sorted(vals.values(), key=len, reverse=True):
             if len(value) >= params.link_min_length:
                 answer = answer.replace(value, b"\x00")
-        normalised.append(answer)
-    parts: list[tuple[bytes, list[int]]] = []  # (representative answer, members)
-    for i, answer in zip(group, normalised):
-        for representative, members in parts:
+        for representative, positions in parts:
             if align.distance(representative, answer) <= params.answer_split:
-                members.append(i)
+                positions.append(k)
                 break
         else:
             if len(parts) >= _MAX_ANSWER_GROUPS:
-                parts[-1][1].append(i)
+                parts[-1][1].append(k)
             else:
-                parts.append((answer, [i]))
-    return [members for _, members in parts]
+                parts.append((answer, [k]))
+    return [positions for _, positions in parts]
 
 
 _MAX_ANSWER_GROUPS = 32  # answers told apart per microcluster (bounds the comparisons)
 _ANSWER_BYTES = 256  # of an answer compared
 
 
-def _answer(edge: RawEdge, params: LearnParams) -> bytes:
+def _answer(edge: RawEdge) -> bytes:
     counts: Counter[bytes] = Counter()
     for target in edge.targets:
         for parts, count in target.labels.items():
