@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import scriptgen.emulate
-from scriptgen.emulate import Close, Emulator, EmulatorParams, Machine, NeedData, Send
+from scriptgen.emulate import Emulator, EmulatorParams, Machine, NeedData, Send
 from scriptgen.learn import learn
 from scriptgen.model import Sender
 from scriptgen.modelfile import port_doc
@@ -27,13 +27,17 @@ def machine(sessions, params=None, **kw) -> Machine:
     return Machine(port_doc(port), params)
 
 
-def ftp():
+def ftp_sessions():
     users = [session((b"USER " + n + b"\r\n", b"331 Password required for " + n + b".\r\n"),
                      (b"PASS secret\r\n", b"230 Logged in.\r\n"), (b"QUIT\r\n", b"221 Bye.\r\n"),
                      banner=BANNER, closed_by=Sender.SERVER) for n in (b"alice", b"bob", b"carol")]
     users.append(session((b"SYST\r\n", b"215 UNIX Type: L8\r\n"), (b"QUIT\r\n", b"221 Bye.\r\n"),
                          banner=BANNER, closed_by=Sender.SERVER))
-    return machine(users)
+    return users
+
+
+def ftp():
+    return machine(ftp_sessions())
 
 
 TRICKLE = pytest.mark.parametrize("trickle", [False, True], ids=["whole", "trickled"])

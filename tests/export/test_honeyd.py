@@ -16,22 +16,13 @@ import pytest
 
 from scriptgen.export import honeyd_script
 from scriptgen.learn import learn
-from scriptgen.model import Sender, Transport
+from scriptgen.model import Transport
 from scriptgen.modelfile import port_doc
 from scriptgen.params import LearnParams
 
 from tests.emulate.script import run
-from tests.emulate.test_engine import BANNER, machine
+from tests.emulate.test_engine import BANNER, ftp_sessions, machine
 from tests.learn.sessions import session
-
-
-def _ftp_sessions():
-    users = [session((b"USER " + n + b"\r\n", b"331 Password required for " + n + b".\r\n"),
-                     (b"PASS secret\r\n", b"230 Logged in.\r\n"), (b"QUIT\r\n", b"221 Bye.\r\n"),
-                     banner=BANNER, closed_by=Sender.SERVER) for n in (b"alice", b"bob", b"carol")]
-    users.append(session((b"SYST\r\n", b"215 UNIX Type: L8\r\n"), (b"QUIT\r\n", b"221 Bye.\r\n"),
-                         banner=BANNER, closed_by=Sender.SERVER))
-    return users
 
 
 HOSTILE = [b'"""; import os; os.system("id")', b"'''\\\x00\xff\xfe\"\\n\r\n", b"\x00" * 8, bytes(range(256))]
@@ -90,7 +81,7 @@ CASES = [
 
 @pytest.mark.parametrize("requests", CASES, ids=["user", "syst", "fallbacks"])
 def test_tcp_script_answers_like_the_engine(tmp_path, requests):
-    script, m = _script(tmp_path, _ftp_sessions())
+    script, m = _script(tmp_path, ftp_sessions())
     answers, log = _run_tcp(script, requests)
     expected = run(m, requests)
     assert answers[: len(expected.answers)] == expected.answers
@@ -136,7 +127,7 @@ def test_hostile_capture_bytes_stay_data(tmp_path):
 def test_cli_export_prints_the_honeyd_conf_line(tmp_path):
     from scriptgen.modelfile import save
 
-    model = learn(_ftp_sessions(), LearnParams(jobs=1))
+    model = learn(ftp_sessions(), LearnParams(jobs=1))
     path = tmp_path / "m.json"
     save(model, str(path))
     out = tmp_path / "svc.py"
