@@ -1,0 +1,64 @@
+"""Issue 6: capture real tools against a real server, learn, put the emulator in the
+server's place, run the tools again and compare what they print (tests/e2e/harness.py).
+
+The assertions check that the harness worked and hold the identical share per protocol at
+a floor just below today's measurement, so a regression fails; the issue's target (80 %
+overall, every protocol above 50 %) is reported, not asserted, until it holds.
+docs/e2e.md keeps the latest figures."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import run_protocol
+from tests.e2e.protocols import PROTOCOLS
+from tests.e2e.report import ProtocolReport
+
+# Share of test tool runs the emulator answers identically; measured figure in comments.
+FLOORS = {
+    "ftp": 0.3,  # measured 3/9
+    "redis": 0.5,  # measured 5/10
+}
+
+
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def swapped(request: pytest.FixtureRequest, e2e_root: Path,
+            e2e_reports: list[ProtocolReport]) -> ProtocolReport:
+    protocol = PROTOCOLS[request.param]
+    missing = [b for b in protocol.binaries if shutil.which(b) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (tools/test.sh installs them as root)"
+        e2e_reports.append(ProtocolReport(protocol.name, skipped=reason))
+        pytest.skip(f"{protocol.name}: {reason}")
+    work = e2e_root / protocol.name
+    work.mkdir()
+    report = run_protocol(protocol, work)
+    e2e_reports.append(report)
+    return report
+
+
+def test_real_server_answers_every_tool(swapped: ProtocolReport) -> None:
+    # A reference run that timed out means the harness, not the emulator, is broken.
+    assert swapped.runs
+    assert all(r.real_returncode not in (124, 137) for r in swapped.runs), swapped.runs
+
+
+def test_capture_holds_sessions_on_every_port(swapped: ProtocolReport) -> None:
+    assert swapped.capture_sessions
+    assert all(n > 0 for n in swapped.capture_sessions.values()), swapped.capture_sessions
+
+
+def test_nmap_names_the_same_service_on_every_port(swapped: ProtocolReport) -> None:
+    assert swapped.nmap_real, "nmap -sV found no port on the real server"
+    for port, name in swapped.nmap_real.items():
+        assert name.startswith("open"), (port, name)
+        assert swapped.nmap_emulator.get(port) == name, (port, name, swapped.nmap_emulator)
+
+
+def test_identical_share_holds_its_floor(swapped: ProtocolReport) -> None:
+    floor = FLOORS[swapped.protocol]
+    assert swapped.identical_share >= floor, (
+        f"{swapped.protocol}: {swapped.identical}/{len(swapped.runs)} identical, floor {floor}")
