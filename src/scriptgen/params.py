@@ -116,6 +116,14 @@ class LearnParams:
     link_min_length: int = 2
     """Values shorter than this are not searched for in answers (coincidences)."""
 
+    rules: tuple[str, ...] = ("lengths", "counters", "tokens", "clocks", "framing")
+    """(ours) The answer-field and framing rules to look for (docs/algorithm.md, "Answer
+    fields"): lengths, counters, tokens (values the server chose per connection, made
+    fresh), clocks (the current time) and framing (requests that carry their length)."""
+
+    max_answer_samples: int = 32
+    """Answers kept per state to find answer fields in."""
+
     jobs: int = 0
     """Worker processes for learning ports in parallel; 0 = one per core."""
 

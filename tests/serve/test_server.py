@@ -98,7 +98,7 @@ def test_many_models_and_ports_in_one_process(tmp_path):
                 assert read_answer(sock, expect=19)[0] == b"215 UNIX Type: L8\r\n"
         with connect(srv.addr("binary")) as sock:
             sock.sendall(b"\x01\x02\x07")
-            assert read_answer(sock, expect=2)[0] == b"\x81\x00"
+            assert read_answer(sock, expect=2)[0] == b"\x81\x07"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.settimeout(2)
             u.sendto(b"Q\x01\x01\x01\x01", srv.addr("udp"))

@@ -27,8 +27,9 @@ def add_parser(commands: Any) -> None:
         description=(
             "Reassemble the sessions of the captures, build the tree of requests and answers "
             "per server port, simplify it with PI alignment and Region Analysis (thresholds W "
-            "and w), find dependency links (values the server echoes), and write the model file. "
-            "docs/algorithm.md describes the algorithm."
+            "and w), find dependency links (values the server echoes) and answer fields (lengths, "
+            "counters, tokens the server chose per connection, the time), and write the model "
+            "file. docs/algorithm.md describes the algorithm."
         ),
         epilog=(
             "examples:\n"
@@ -37,7 +38,9 @@ def add_parser(commands: Any) -> None:
             "\n"
             "Small W keeps requests apart (detailed model); large W groups them and lets w decide:\n"
             "a region value at least w of a cluster's requests share stays its own transition.\n"
-            "Try `scriptgen sweep` to choose them. Exit codes: docs/cli.md."
+            "Try `scriptgen sweep` to choose them. `--no-rule clocks` (say) keeps the capture's\n"
+            "bytes where the current time would go; `scriptgen show` lists the fields found.\n"
+            "Exit codes: docs/cli.md."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -58,6 +61,9 @@ def add_parser(commands: Any) -> None:
                         help="states of the raw tree per port (default: %(default)s)")
     parser.add_argument("--min-sessions", type=positive, default=1, metavar="N",
                         help="skip ports with fewer sessions carrying data (default: %(default)s)")
+    parser.add_argument("--no-rule", action="append", default=[], choices=_DEFAULTS.rules, metavar="RULE",
+                        help="do not look for this kind of answer field or framing (repeat for several): "
+                        + ", ".join(_DEFAULTS.rules) + " (default: all are looked for)")
     parser.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
                         help="worker processes (default: one per core)")
     parser.set_defaults(run=run)
@@ -70,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from scriptgen.modelfile import save
 
     params = LearnParams(macro=args.macro, micro=args.micro, max_fanout=args.max_fanout,
-                         max_states=args.max_states, jobs=max(0, args.jobs))
+                         max_states=args.max_states, jobs=max(0, args.jobs),
+                         rules=tuple(r for r in _DEFAULTS.rules if r not in args.no_rule))
     stats = CaptureStats()
     started = time.monotonic()
     sessions = []

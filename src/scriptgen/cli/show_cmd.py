@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from scriptgen.cli.common import port, warn
-from scriptgen.model import Label, PortModel, Region
+from scriptgen.model import Clock, Count, Label, Part, PortModel, Region, Slot, Token
 
 __all__ = ["add_parser", "pattern_text", "label_text"]
 
@@ -70,6 +70,8 @@ def pattern_text(pattern: tuple[Region, ...]) -> str:
     for i, r in enumerate(pattern):
         if r.value is not None:
             out.append(_escape(r.value))
+        elif r.token is not None:
+            out.append(f"<${i}:token {r.token}>")
         else:
             size = str(r.min_len) if r.min_len == r.max_len else f"{r.min_len}-{r.max_len}"
             out.append(f"<{'$' + str(i) + ':' if r.random else ''}{size}{'' if r.ascii else ' bin'}>")
@@ -79,7 +81,24 @@ def pattern_text(pattern: tuple[Region, ...]) -> str:
 def label_text(label: Label | None) -> str:
     if label is None:
         return "(silence)"
-    return "".join(_escape(p) if isinstance(p, bytes) else f"${p.region}" for p in label.parts) or "(silence)"
+    return "".join(part_text(p) for p in label.parts) or "(silence)"
+
+
+def part_text(p: Part) -> str:
+    """An answer part as `show` prints it: bytes escaped, fields in braces."""
+    if isinstance(p, bytes):
+        return _escape(p)
+    if isinstance(p, Slot):
+        cut = "" if (p.start, p.stop) == (0, None) else f"[{p.start}:{'' if p.stop is None else p.stop}]"
+        return f"${p.region}{cut}"
+    if isinstance(p, Token):
+        return f"{{token {p.token}}}"
+    if isinstance(p, Clock):
+        return f"{{time {p.encoding}{f' {p.offset:+g}s' if p.offset else ''}}}"
+    if isinstance(p, Count):
+        at = f"[{p.at}]" if p.at else ""
+        return f"{{${p.region}{at} {p.encoding} {p.delta:+d}}}"
+    return f"{{length {p.scope} {p.encoding}{f' {p.adjust:+d}' if p.adjust else ''}}}"
 
 
 def _escape(data: bytes, limit: int = _PREVIEW) -> str:
@@ -92,6 +111,18 @@ def _text(p: PortModel, limit: int, out: Any) -> None:
     out.write(f"{p.transport}/{p.port}: {st.get('sessions', 0)} sessions, raw {st.get('raw_states', 0)} states -> "
               f"{len(p.states)} states, {len(p.transitions)} transitions, "
               f"{sum(len(t.links) for t in p.transitions.values())} links\n")
+    fields = [type(x).__name__ for s in p.states.values() for lb in s.labels[:1] for x in lb.parts
+              if not isinstance(x, bytes | Slot)]
+    if fields or p.framing:
+        counted = ", ".join(f"{fields.count(k)} {k.lower()}" for k in ("Token", "Clock", "Count", "Length") if k in fields)
+        out.write(f"  answer fields: {counted or 'none'}")
+        for i, k in enumerate(p.tokens):
+            out.write(f"; token {i}: {k.length} bytes of {k.charset}")
+        if p.framing:
+            f = p.framing
+            out.write(f"; requests framed: length {f.encoding} at byte {f.offset}"
+                      f"{f' plus {f.adjust}' if f.adjust else ''}")
+        out.write("\n")
     shown = 0
     for sid in sorted(p.states):
         if shown >= limit:

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import base64
 import difflib
+import random
 import re
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +72,8 @@ class EmulatorParams:
     wildcard_slack: int = 64
     """An ASCII mutating region matches up to max(4 x longest seen, longest + slack) bytes,
     and at least one byte where every value seen had one: names and paths vary more than
-    a capture shows. Binary regions keep the lengths seen (fields have sizes)."""
+    a capture shows. A binary region seen with one length keeps it (a field with a size);
+    one seen with several may be as much longer as an ASCII one."""
 
 
 # -- events (what the driver must do) ------------------------------------------------------
@@ -155,12 +158,16 @@ class _Transition:
             if samples:
                 self.defaults[i] = samples[0]
             lo, hi = region["min"], region["max"]
-            if region["ascii"]:
+            if "token" in region:  # a server token the client repeats: its exact length
+                parts.append(b"(.{%d})" % lo)
+            elif region["ascii"]:
                 lo, hi = min(lo, 1), max(hi * 4, hi + params.wildcard_slack)
                 line_free = not any(b"\n" in s or b"\r" in s for s in samples)
                 # Lazy: `match` at the front of pipelined input stops at the first terminator.
                 parts.append(b"([^\r\n]{%d,%d}?)" % (lo, hi) if line_free else b"(.{%d,%d}?)" % (lo, hi))
             else:
+                if lo != hi:  # variable-length data (not a field with a size): may be shorter or longer
+                    lo, hi = min(lo, 1), max(hi * 4, hi + params.wildcard_slack)
                 parts.append(b"(.{%d,%d}?)" % (lo, hi))
         self.regex = re.compile(b"".join(parts), re.DOTALL)
         self.literal = b"".join(fixed) if not self.groups else None  # matched by dict lookup
@@ -179,9 +186,7 @@ class _State:
         self.id: int = doc["id"]
         labels = doc["labels"]
         # The default answer: the most frequent label (the model lists it first).
-        self.label: list[bytes | int] = [
-            base64.b64decode(p["bytes"]) if "bytes" in p else int(p["slot"]) for p in labels[0]["parts"]
-        ] if labels else []
+        self.label: list[_Part] = [_part(p) for p in labels[0]["parts"]] if labels else []
         outgoing = [transitions[t] for t in doc["transitions"]]
         self.literal: dict[bytes, _Transition] = {}  # requests matched by a dict lookup
         self.patterns: list[_Transition] = []
@@ -210,6 +215,77 @@ class _State:
 
 
 _MAX_FRAMED = 256  # transitions tried at the front of pipelined input, per state
+
+# An answer template's part: bytes; an int (the request's value of that region); or a
+# field computed when the answer is sent: ("slot", region, start, stop), ("token", id), ("clock", encoding, offset, zone),
+# ("count", region, encoding, delta), ("length", scope, encoding, adjust).
+_Part = bytes | int | tuple[Any, ...]
+
+
+def _part(doc: dict[str, Any]) -> _Part:
+    if "bytes" in doc:
+        return base64.b64decode(doc["bytes"])
+    if "slot" in doc:
+        if "from" in doc or "to" in doc:  # some of the value's bytes
+            return ("slot", int(doc["slot"]), int(doc.get("from", 0)), doc.get("to"))
+        return int(doc["slot"])
+    if "token" in doc:
+        return ("token", int(doc["token"]))
+    if "clock" in doc:
+        return ("clock", doc["clock"], float(doc["offset"]), int(doc["zone"]))
+    if "count" in doc:
+        return ("count", int(doc["count"]), doc["encoding"], int(doc["delta"]), int(doc["at"]))
+    return ("length", doc["length"], doc["encoding"], int(doc["adjust"]))
+
+
+_WIDTHS = {"u8": 1, "u16be": 2, "u16le": 2, "u24be": 3, "u32be": 4, "u32le": 4}
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_FILETIME_EPOCH = 11644473600  # seconds from 1601-01-01 to 1970-01-01
+_CHARSETS = {
+    "digits": b"0123456789", "hex": b"0123456789abcdef", "HEX": b"0123456789ABCDEF",
+    "alnum": b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    "text": bytes(range(33, 127)), "bytes": bytes(range(256)),
+}
+
+
+def encode_int(value: int, encoding: str) -> bytes:
+    """`value` as an integer field (wrapped to the field's width; never negative)."""
+    if encoding == "dec":
+        return str(max(value, 0)).encode()
+    width = _WIDTHS[encoding]
+    return (value % (1 << (8 * width))).to_bytes(width, "little" if encoding.endswith("le") else "big")
+
+
+def decode_int(data: bytes, encoding: str) -> int | None:
+    if encoding == "dec":
+        return int(data) if data.isdigit() and len(data) <= 12 else None
+    if len(data) != _WIDTHS[encoding]:
+        return None
+    return int.from_bytes(data, "little" if encoding.endswith("le") else "big")
+
+
+def _int_at(value: bytes, at: int, encoding: str) -> int | None:
+    """The integer at byte `at` of `value` (negative: from the end)."""
+    if encoding == "dec":
+        return decode_int(value, encoding)
+    start = at if at >= 0 else len(value) + at
+    return decode_int(value[start : start + _WIDTHS[encoding]], encoding) if start >= 0 else None
+
+
+def encode_clock(t: float, encoding: str, zone: int = 0) -> bytes:
+    """Unix time `t` as a time field (see scriptgen.model.CLOCK_ENCODINGS)."""
+    if encoding == "filetime":
+        return int((t + _FILETIME_EPOCH) * 10_000_000).to_bytes(8, "little")
+    if encoding in ("u32be", "u32le"):
+        return encode_int(int(t), encoding)
+    tm = time.gmtime(t + zone * 60)
+    text = f"{_DAYS[tm.tm_wday]}, {tm.tm_mday:02d} {_MONTHS[tm.tm_mon - 1]} {tm.tm_year} " \
+           f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} "
+    if encoding == "http-date":
+        return (text + "GMT").encode()
+    sign = "-" if zone < 0 else "+"
+    return (text + f"{sign}{abs(zone) // 60:02d}{abs(zone) % 60:02d}").encode()
 
 
 def _delimiter(requests: list[bytes]) -> bytes:
@@ -240,6 +316,11 @@ class Machine:
         self.transport: str = port_doc["transport"]
         self.port: int = port_doc["port"]
         self.root: int = port_doc["root"]
+        self.tokens: list[tuple[int, bytes]] = [(k["length"], _CHARSETS[k["charset"]]) for k in port_doc.get("tokens", [])]
+        framing = port_doc.get("framing")
+        # (offset, encoding, width, adjust): requests carry their length (docs/emulator.md)
+        self.framing: tuple[int, str, int, int] | None = None if not framing else (
+            framing["offset"], framing["encoding"], _WIDTHS[framing["encoding"]], framing["adjust"])
         transitions = {t["id"]: _Transition(t, self.params) for t in port_doc["transitions"]}
         self.states = {s["id"]: _State(s, transitions, self.params) for s in port_doc["states"]}
         self.transitions = transitions
@@ -268,9 +349,15 @@ class Machine:
 class Emulator:
     """The emulator for one connection (or one UDP peer)."""
 
-    def __init__(self, machine: Machine, now: float) -> None:
+    def __init__(self, machine: Machine, now: float, *, wall: float | None = None, seed: int | None = None) -> None:
+        """`now`: the driver's clock (any monotonic seconds); `wall`: the Unix time at `now`
+        (for clock fields; default `now`); `seed`: for the tokens made fresh (default: the
+        operating system's randomness)."""
         self.machine = machine
         self.params = machine.params
+        self._epoch = (wall if wall is not None else now) - now
+        self._rng = random.Random(seed) if seed is not None else random.SystemRandom()
+        self._tokens: dict[int, bytes] = {}
         self.state = machine.root
         self.path: list[int] = [machine.root]  # states visited, for the session log
         self._buffer = bytearray()
@@ -303,6 +390,8 @@ class Emulator:
         self._version += 1
         if len(self._buffer) >= self.params.max_request_bytes:
             self._take_front(now, len(self._buffer), None)
+            return
+        if self.machine.framing is not None and self._take_framed(now):
             return
         # Matching is only worth trying when the new bytes bring a terminator: without one
         # nothing can complete (a flood of garbage costs a substring search, not regexes).
@@ -353,6 +442,10 @@ class Emulator:
                 if self._cached[0] != self._version:  # match once per change of the buffer
                     self._cached = (self._version, self._match(bytes(self._buffer), 0))
                 match = self._cached[1]
+                if match and self.machine.framing is not None:
+                    end = self._frame_end(bytes(self._buffer), 0)
+                    if end is not None and end > len(self._buffer):
+                        match = None  # its length field says more is coming: wait longer
                 deadline = self._last_data + (self.params.match_gap if match else self.params.idle_gap)
                 if now < deadline and not self._eof:
                     return NeedData(deadline)
@@ -380,6 +473,38 @@ class Emulator:
         del self._buffer[:end]
         self._version += 1
         self._take(data, now, match)
+
+    def _frame_end(self, data: bytes, pos: int) -> int | None:
+        """Where the request at data[pos:] ends by its length field (maybe past the end of
+        `data`: not all here yet); None when its header does not hold a plausible length."""
+        assert self.machine.framing is not None
+        offset, encoding, width, adjust = self.machine.framing
+        if len(data) - pos < offset + width:
+            return pos + offset + width  # the header itself is not all here
+        n = (decode_int(data[pos + offset : pos + offset + width], encoding) or 0) + adjust
+        if n < offset + width or n > self.params.max_request_bytes:
+            return None
+        return pos + n
+
+    def _take_framed(self, now: float) -> bool:
+        """Take every whole request the length field delimits. False when the front of the
+        input is not framed (the usual delimiting applies)."""
+        whole = bytes(self._buffer)
+        pos = 0
+        framed = True
+        while pos < len(whole) and not self._closed:
+            end = self._frame_end(whole, pos)
+            if end is None:
+                framed = False
+                break
+            if end > len(whole):
+                break
+            self._take(whole[pos:end], now)
+            pos = end
+        if pos:
+            del self._buffer[:pos]
+            self._version += 1
+        return framed
 
     def _front(self, data: bytes, pos: int) -> tuple[int, _Match] | None:
         """The shortest request at data[pos:] (but not all of it) that matches a transition
@@ -458,13 +583,61 @@ class Emulator:
         self._answer(self.machine.states[t.target], values, now)
 
     def _answer(self, state: _State, values: dict[int, bytes], now: float) -> None:
-        answer = b"".join(p if isinstance(p, bytes) else values.get(p, b"") for p in state.label)
+        answer = self._render(state.label, values, now)
         if self.params.pace:
             self._ready_at = max(self._ready_at, now + state.delay)
         if answer:
             self._events.append(Send(answer, state.id))
         if state.closes_here:
             self._closed_after_events("server")
+
+    def _render(self, label: list[_Part], values: dict[int, bytes], now: float) -> bytes:
+        """The answer: bytes as learned, slots filled from the request, fields computed."""
+        pieces: list[bytes] = []
+        lengths: list[int] = []  # positions of length fields, filled in last
+        for part in label:
+            if isinstance(part, bytes):
+                pieces.append(part)
+            elif isinstance(part, int):
+                pieces.append(values.get(part, b""))
+            elif part[0] == "slot":
+                pieces.append(values.get(part[1], b"")[part[2] : part[3]])
+            elif part[0] == "token":
+                pieces.append(self._token(part[1]))
+            elif part[0] == "clock":
+                pieces.append(encode_clock(now + self._epoch + part[2], part[1], part[3]))
+            elif part[0] == "count":
+                _, region, encoding, delta, at = part
+                pieces.append(encode_int((_int_at(values.get(region, b""), at, encoding) or 0) + delta, encoding))
+            else:
+                lengths.append(len(pieces))
+                pieces.append(encode_int(0, part[2]))
+        for _ in range(3):  # ASCII lengths change width as they change value: settle
+            changed = False
+            for i in lengths:
+                _, scope, encoding, adjust = label[i]  # type: ignore[misc]
+                assert isinstance(encoding, str) and isinstance(adjust, int)
+                if scope == "all":
+                    n = sum(len(p) for p in pieces)
+                elif scope == "rest":
+                    n = sum(len(p) for p in pieces[i + 1 :])
+                else:
+                    n = len(pieces[i + 1]) if i + 1 < len(pieces) else 0
+                value = encode_int(n + adjust, encoding)
+                if value != pieces[i]:
+                    pieces[i], changed = value, True
+            if not changed:
+                break
+        return b"".join(pieces)
+
+    def _token(self, token: int) -> bytes:
+        """This connection's value of a token: made once, then repeated."""
+        value = self._tokens.get(token)
+        if value is None:
+            length, chars = self.machine.tokens[token]
+            value = bytes(self._rng.choice(chars) for _ in range(length))
+            self._tokens[token] = value
+        return value
 
     def _closed_after_events(self, reason: str) -> None:
         self._events.append(Close(reason))

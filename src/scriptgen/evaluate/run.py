@@ -48,7 +48,8 @@ def script(session: Session) -> tuple[Script, bytes, list[tuple[bytes, bytes]]]:
     """What a client replaying `session` sends, and the recorded banner and turns."""
     banner, steps = turns(session)
     pairs = [(request, answer) for request, answer, _ in steps]
-    return Script(tuple(r for r, _ in pairs), (bool(banner), *(bool(a) for _, a in pairs))), banner, pairs
+    script = Script(tuple(r for r, _ in pairs), (bool(banner), *(bool(a) for _, a in pairs)), session.start)
+    return script, banner, pairs
 
 
 def _replay(key: tuple[str, int], group: Sequence[Session], target: Target, params: EvaluateParams) -> PortReport:

@@ -46,6 +46,7 @@ class Script:
 
     requests: tuple[bytes, ...]
     expect: tuple[bool, ...]
+    start: float = 0.0  # when the recorded session began (Unix time): the replay's clock
 
     def __post_init__(self) -> None:
         if len(self.expect) != len(self.requests) + 1:
@@ -124,7 +125,8 @@ class InProcessTarget:
 
     def run(self, script: Script) -> Outcome:
         now = 0.0
-        conn = Emulator(self.machine, now)
+        # The emulator's clock reads the recorded session's time: time fields can match.
+        conn = Emulator(self.machine, now, wall=script.start)
         answer, closed = b"", False
         if script.expect[0] or not script.requests:
             answer, closed, now, _ = self._collect(conn, now, script.expect[0])

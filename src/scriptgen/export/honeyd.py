@@ -78,7 +78,7 @@ def main(argv):
     peer = " ".join(argv[1:5]) if len(argv) >= 5 else "?"
     machine = Machine(_json.loads(__import__("base64").b64decode(MODEL)))
     started = _time.monotonic()
-    conn = Emulator(machine, started)
+    conn = Emulator(machine, started, wall=_time.time())
     dgram = _datagram_socket() if machine.datagram else None
     _log(peer, f"connect transport={machine.transport} port={machine.port}")
     last_input = started

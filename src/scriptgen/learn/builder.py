@@ -18,10 +18,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from scriptgen.learn.fields import AnswerSample
 from scriptgen.model import Label, Part, Sender, Session
 from scriptgen.params import LearnParams
 
-__all__ = ["RawEdge", "RawNode", "RawTree", "build", "turns", "label_list"]
+__all__ = ["RawEdge", "RawNode", "RawTree", "build", "turns", "answer_times", "label_list"]
 
 
 @dataclass(eq=False)
@@ -42,6 +43,7 @@ class RawNode:
     edges: dict[bytes, RawEdge] = field(default_factory=dict)
     closes: Counter[str] = field(default_factory=Counter)
     delays: list[float] = field(default_factory=list)
+    answers: list[AnswerSample] = field(default_factory=list)  # for answer fields (fields.py)
 
     def size(self) -> int:
         """States in this subtree, this one included (iterative: trees can be deep)."""
@@ -84,6 +86,22 @@ def turns(session: Session) -> tuple[bytes, list[tuple[bytes, bytes, float]]]:
     return bytes(banner), [(r, bytes(a), max(d, 0.0)) for r, a, d in result]
 
 
+def answer_times(session: Session) -> tuple[float, list[float]]:
+    """The capture time of the banner and of each turn's answer (as `turns` cuts them):
+    when its first byte was seen, or the request's time when there was no answer."""
+    banner_time = session.messages[0].timestamp if session.messages else 0.0
+    times: list[float] = []
+    answered = True
+    for message in session.messages:
+        if message.sender is Sender.CLIENT:
+            times.append(message.timestamp)
+            answered = False
+        elif times and not answered:
+            times[-1] = message.timestamp
+            answered = True
+    return banner_time, times
+
+
 def build(sessions: Iterable[Session], params: LearnParams) -> Iterator[RawTree]:
     """One raw tree per (transport, server port), sorted by transport and port.
 
@@ -103,10 +121,14 @@ def build(sessions: Iterable[Session], params: LearnParams) -> Iterator[RawTree]
 
 def _add(tree: RawTree, session: Session, params: LearnParams) -> None:
     banner, steps = turns(session)
+    banner_time, times = answer_times(session)
+    number = tree.sessions
     tree.sessions += 1
     node = tree.root
     node.labels[(banner,) if banner else ()] += 1
-    for request, answer, delay in steps:
+    if len(node.answers) < params.max_answer_samples:
+        node.answers.append(AnswerSample(number, banner_time, banner))
+    for (request, answer, delay), at in zip(steps, times):
         edge = node.edges.get(request)
         if edge is None:
             if len(node.edges) >= params.max_fanout:
@@ -122,6 +144,8 @@ def _add(tree: RawTree, session: Session, params: LearnParams) -> None:
             edge.samples.append((request, answer))
         node = edge.targets[0]
         node.labels[(answer,) if answer else ()] += 1
+        if len(node.answers) < params.max_answer_samples:
+            node.answers.append(AnswerSample(number, at, answer))
         if len(node.delays) < params.max_delays:
             node.delays.append(delay)
     node.closes[session.closed_by.value if session.closed_by else "none"] += 1
@@ -136,4 +160,4 @@ def label_list(labels: Counter[tuple[Part, ...]]) -> tuple[Label, ...]:
 
 
 def _sort_key(parts: tuple[Part, ...]) -> tuple[tuple[int, bytes], ...]:
-    return tuple((0, p) if isinstance(p, bytes) else (1, str(p.region).encode()) for p in parts)
+    return tuple((0, p) if isinstance(p, bytes) else (1, repr(p).encode()) for p in parts)

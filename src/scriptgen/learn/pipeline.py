@@ -46,5 +46,6 @@ def learn_trees(trees: list[RawTree], params: LearnParams, *, sources: Iterable[
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    recorded = {k: v for k, v in dataclasses.asdict(params).items() if k != "jobs"}
+    # As the model file holds them (JSON has lists, not tuples): a model compares equal loaded.
+    recorded = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items() if k != "jobs"}
     return Model(ports, recorded, list(sources))

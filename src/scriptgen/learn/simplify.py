@@ -15,6 +15,7 @@ Top-down from the root, breadth first, for each state:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 from collections import Counter
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from scriptgen.learn import align
 from scriptgen.learn.builder import RawEdge, RawNode, RawTree, label_list
 from scriptgen.learn.regions import make_regions, microclusters, region_of, values
-from scriptgen.model import Link, Part, PortModel, Region, Slot, State, Transition
+from scriptgen.learn.fields import Tokens, find_framing, generalise, tokenise_pattern
+from scriptgen.model import Count, Label, Link, Part, PortModel, Region, Slot, State, Transition
 from scriptgen.params import LearnParams
 
 __all__ = ["simplify", "cluster_requests", "Cluster", "Request"]
@@ -65,18 +67,24 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
     merging that follows is done here, in order, so the result does not depend on it."""
     states: dict[int, State] = {}
     transitions: dict[int, Transition] = {}
-    level: list[tuple[RawNode, int]] = [(tree.root, 0)]
+    tokens = Tokens()
+    level: list[tuple[RawNode, int, tuple[Region, ...]]] = [(tree.root, 0, ())]
     next_state = 1
     links = 0
+    requests_seen: list[bytes] = []  # for the framing rule
     while level:
-        following: list[tuple[RawNode, int]] = []
-        edges_of = [sorted(node.edges.values(), key=lambda e: (-e.weight, e.request)) for node, _ in level]
+        following: list[tuple[RawNode, int, tuple[Region, ...]]] = []
+        edges_of = [sorted(node.edges.values(), key=lambda e: (-e.weight, e.request)) for node, _, _ in level]
         requests = [[Request(e.request, e.weight, i, _answer(e)) for i, e in enumerate(edges)]
                     for edges in edges_of]
         heavy = [i for i, r in enumerate(requests) if len(r) >= _PARALLEL_MIN]
         found: dict[int, list[Cluster]] = dict(zip(heavy, mapper(cluster_requests, [requests[i] for i in heavy],
                                                                  [params] * len(heavy))))
-        for i, ((node, sid), edges) in enumerate(zip(level, edges_of)):
+        for i, ((node, sid, way_in), edges) in enumerate(zip(level, edges_of)):
+            labels = label_list(node.labels)
+            if labels and params.rules:
+                default = generalise(labels[0].parts, node.answers, way_in, tokens, params.rules)
+                labels = (Label(default, labels[0].count), *labels[1:])
             clusters = found[i] if i in found else cluster_requests(requests[i], params)
             out: list[int] = []
             for cluster in clusters:
@@ -89,22 +97,51 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
                     weight=cluster.weight, links=tuple(cluster.links), samples=_samples(members, params),
                 )
                 out.append(tid)
-                following.append((_merge(cluster, members, params), next_state))
+                following.append((_merge(cluster, members, params), next_state, tuple(cluster.pattern)))
                 next_state += 1
+            if len(requests_seen) < _FRAMING_SAMPLE:
+                requests_seen.extend(e.request for e in edges[: _FRAMING_SAMPLE - len(requests_seen)])
             states[sid] = State(
-                id=sid, labels=label_list(node.labels), transitions=tuple(out),
+                id=sid, labels=labels, transitions=tuple(out),
                 closes=dict(sorted(node.closes.items())),
                 delay=round(statistics.median(node.delays), 6) if node.delays else None,
             )
         level = following
         if progress:
             progress(len(states))  # states simplified so far
+    if "tokens" in params.rules:
+        _tokenise(states, transitions, tokens)
+    framing = find_framing(requests_seen) if "framing" in params.rules and tree.transport == "tcp" else None
     stats = {
         "sessions": tree.sessions, "raw_states": tree.states, "states": len(states),
         "transitions": len(transitions), "links": links,
         "cut_fanout": tree.cut["fanout"], "cut_states": tree.cut["states"],
     }
-    return PortModel(tree.transport, tree.port, 0, states, transitions, stats)
+    return PortModel(tree.transport, tree.port, 0, states, transitions, stats, tokens.specs, framing)
+
+
+_FRAMING_SAMPLE = 5000  # requests the framing rule is tested on
+
+
+def _tokenise(states: dict[int, State], transitions: dict[int, Transition], tokens: Tokens) -> None:
+    """Cut the tokens' capture values out of the requests' fixed regions, and move the
+    region numbers the links and the target states' templates use accordingly."""
+    for t in transitions.values():
+        pattern, moved = tokenise_pattern(t.pattern, tokens)
+        if len(pattern) == len(t.pattern):
+            continue
+        t.pattern = pattern
+        t.links = tuple(Link(moved[k.region], k.where, k.support) for k in t.links)
+        target = states[t.target]
+        target.labels = tuple(Label(tuple(_moved(p, moved) for p in lb.parts), lb.count) for lb in target.labels)
+
+
+def _moved(part: Part, moved: dict[int, int]) -> Part:
+    if isinstance(part, Slot):
+        return Slot(moved[part.region], part.start, part.stop)
+    if isinstance(part, Count):
+        return Count(moved[part.region], part.encoding, part.delta, part.at)
+    return part
 
 
 # -- clustering ---------------------------------------------------------------------------
@@ -196,12 +233,15 @@ def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
     Returns the groups as positions among the cluster's members."""
     if len(cluster.members) < 2 or params.answer_split >= 1.0 or params.micro >= 1.0:
         return [list(range(len(cluster.members)))]  # w = 1 turns microclustering off, this included
-    parts: list[tuple[bytes, list[int]]] = []  # (representative answer, member positions)
-    for k, (member, vals) in enumerate(zip(cluster.members, cluster.values)):
+    answers = []
+    for member, vals in zip(cluster.members, cluster.values):
         answer = member.answer
         for value in sorted(vals.values(), key=len, reverse=True):
             if len(value) >= params.link_min_length:
                 answer = answer.replace(value, b"\x00")
+        answers.append(answer)
+    parts: list[tuple[bytes, list[int]]] = []  # (representative answer, member positions)
+    for k, answer in enumerate(_without_nonces(answers)):
         for representative, positions in parts:
             if align.distance(representative, answer) <= params.answer_split:
                 positions.append(k)
@@ -212,6 +252,25 @@ def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
             else:
                 parts.append((answer, [k]))
     return [positions for _, positions in parts]
+
+
+def _without_nonces(answers: list[bytes]) -> list[bytes]:
+    """Answers with their nonce columns blanked: among answers of one length, a column
+    that takes a different value in most of them (a session id, a challenge) is no
+    decision of the server's and must not split requests apart."""
+    by_length: dict[int, list[int]] = {}
+    for k, answer in enumerate(answers):
+        by_length.setdefault(len(answer), []).append(k)
+    out = list(answers)
+    for group in by_length.values():
+        if len(group) < 3:
+            continue
+        columns = zip(*(answers[k] for k in group))
+        nonce = [len(set(column)) * 2 > len(group) for column in columns]
+        if any(nonce):
+            for k in group:
+                out[k] = bytes(0 if n else c for c, n in zip(answers[k], nonce))
+    return out
 
 
 _MAX_ANSWER_GROUPS = 32  # answers told apart per microcluster (bounds the comparisons)
@@ -422,6 +481,9 @@ def _merge(cluster: Cluster, edges: list[RawEdge], params: LearnParams) -> RawNo
         for target in edge.targets:
             for parts, count in target.labels.items():
                 merged.labels[_template(parts, vals, cluster.links)] += count
+            room = params.max_answer_samples - len(merged.answers)
+            if room > 0:
+                merged.answers.extend(dataclasses.replace(a, values=vals) for a in target.answers[:room])
             merged.closes.update(target.closes)
             room = params.max_delays - len(merged.delays)
             if room > 0:

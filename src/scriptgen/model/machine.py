@@ -5,14 +5,25 @@
 A state is labelled with the answers the server gave on entering it (templates with
 counts: the most frequent is the default). A transition matches a client request by its
 pattern; a `Slot` in an answer template is filled with the value the request carried in
-one of the pattern's mutating regions (a dependency link, paper §2.4.3).
+one of the pattern's mutating regions (a dependency link, paper §2.4.3). The other
+fields of a template (ours, docs/algorithm.md "Answer fields") are computed when the
+answer is sent: a `Token` the server chose for this connection, the current time
+(`Clock`), a request value plus a constant (`Count`) and a length (`Length`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Region", "Slot", "Part", "Label", "Link", "Transition", "State", "PortModel", "Model"]
+__all__ = ["Region", "Slot", "Token", "Clock", "Count", "Length", "Part", "Label", "Link", "Transition", "State",
+           "TokenSpec", "Framing", "PortModel", "Model", "INT_ENCODINGS", "CLOCK_ENCODINGS"]
+
+INT_ENCODINGS = ("u8", "u16be", "u16le", "u24be", "u32be", "u32le", "dec")
+"""How an integer field is written: unsigned, big or little endian, or ASCII decimal."""
+
+CLOCK_ENCODINGS = ("u32be", "u32le", "filetime", "http-date", "rfc5322")
+"""How a time field is written: Unix seconds (u32), Windows FILETIME (u64 little endian,
+100 ns since 1601), `Sun, 06 Nov 1994 08:49:37 GMT`, `Sun, 6 Nov 1994 08:49:37 +0000`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,7 @@ class Region:
     ascii: bool = True
     random: bool = False
     samples: tuple[bytes, ...] = ()
+    token: int | None = None  # a server token the client repeats: any value of its length
 
     @property
     def fixed(self) -> bool:
@@ -42,12 +54,60 @@ class Region:
 
 @dataclass(frozen=True, slots=True, order=True)
 class Slot:
-    """In an answer template: the value the request carried in mutating region `region`."""
+    """In an answer template: the value the request carried in mutating region `region`
+    (its bytes [start:stop], as a Python slice: negative counts from the end, stop None
+    is the end; a region may hold several fields of the request)."""
 
     region: int
+    start: int = 0
+    stop: int | None = None
+
+    def of(self, value: bytes) -> bytes:
+        return value[self.start : self.stop]
 
 
-Part = bytes | Slot
+@dataclass(frozen=True, slots=True, order=True)
+class Token:
+    """A value the server chose per connection (a session id, a nonce): made fresh, with
+    the length and byte class of `PortModel.tokens[token]`, the first time a connection
+    needs it, and repeated wherever the model uses the same token after that."""
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The current time in `encoding` (CLOCK_ENCODINGS), `offset` seconds ahead of the
+    capture's clock as the real server was; `zone` minutes east of UTC (rfc5322)."""
+
+    encoding: str
+    offset: float = 0.0
+    zone: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """The integer the request carried in mutating region `region` (at byte `at` of its
+    value; negative: from its end), plus `delta`, both written in `encoding`
+    (INT_ENCODINGS): a sequence number answered with the next."""
+
+    region: int
+    encoding: str
+    delta: int
+    at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Length:
+    """A length in `encoding` (INT_ENCODINGS): of the whole answer (`scope` "all"), of
+    what follows this field ("rest") or of the part right after it ("next"), plus `adjust`."""
+
+    encoding: str
+    scope: str
+    adjust: int
+
+
+Part = bytes | Slot | Token | Clock | Count | Length
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +120,8 @@ class Label:
     def render(self, values: dict[int, bytes] | None = None) -> bytes:
         """The answer, slots filled from `values` (region index -> bytes)."""
         values = values or {}
-        return b"".join(p if isinstance(p, bytes) else values.get(p.region, b"") for p in self.parts)
+        return b"".join(p if isinstance(p, bytes) else p.of(values.get(p.region, b"")) if isinstance(p, Slot) else b""
+                        for p in self.parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +159,26 @@ class State:
         return self.labels[0] if self.labels else None
 
 
+@dataclass(frozen=True, slots=True)
+class TokenSpec:
+    """What a fresh token looks like: its length and byte class ("digits", "hex", "HEX",
+    "alnum", "text" or "bytes"), and a few values of the capture (for show)."""
+
+    length: int
+    charset: str
+    samples: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """Requests carry their own length: an integer in `encoding` at `offset` equals the
+    request's length minus `adjust`. Delimits requests without waiting for a gap."""
+
+    offset: int
+    encoding: str
+    adjust: int
+
+
 @dataclass(slots=True)
 class PortModel:
     transport: str
@@ -106,6 +187,8 @@ class PortModel:
     states: dict[int, State]
     transitions: dict[int, Transition]
     stats: dict[str, int] = field(default_factory=dict)
+    tokens: list[TokenSpec] = field(default_factory=list)
+    framing: Framing | None = None
 
 
 @dataclass(slots=True)

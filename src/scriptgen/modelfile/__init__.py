@@ -22,15 +22,31 @@ import jsonschema  # type: ignore[import-untyped]
 
 from scriptgen import __version__
 from scriptgen.errors import ModelFormatError, ModelVersionError
-from scriptgen.model import Label, Link, Model, Part, PortModel, Region, Slot, State, Transition
+from scriptgen.model import (
+    Clock, Count, Framing, Label, Length, Link, Model, Part, PortModel, Region, Slot, State, Token, TokenSpec, Transition,
+)
 
 __all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema", "port_doc"]
 
 FORMAT = "scriptgen-model"
-VERSION = 1
+VERSION = 2
 MAX_MODEL_BYTES = 256 * 1024 * 1024
+
+
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added answer fields, tokens and request framing (issue 7): a version 1
+    model has none of them, and was learned with no such rules."""
+    for port in doc.get("ports", []) if isinstance(doc.get("ports"), list) else []:
+        if isinstance(port, dict):
+            port.setdefault("tokens", [])
+            port.setdefault("framing", None)
+    if isinstance(doc.get("params"), dict):
+        doc["params"].setdefault("rules", [])
+    return doc
+
+
 # version -> function turning a document of that version into the next version's.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 _validator: jsonschema.protocols.Validator | None = None
 
@@ -75,6 +91,9 @@ def port_doc(p: PortModel) -> dict[str, Any]:
         "port": p.port,
         "root": p.root,
         "stats": dict(sorted(p.stats.items())),
+        "tokens": [{"length": k.length, "charset": k.charset, "samples": [_b64(v) for v in k.samples]} for k in p.tokens],
+        "framing": None if p.framing is None else {
+            "offset": p.framing.offset, "encoding": p.framing.encoding, "adjust": p.framing.adjust},
         "states": [
             {
                 "id": s.id,
@@ -101,14 +120,32 @@ def port_doc(p: PortModel) -> dict[str, Any]:
 
 
 def _part_doc(part: Part) -> dict[str, Any]:
-    return {"bytes": _b64(part)} if isinstance(part, bytes) else {"slot": part.region}
+    if isinstance(part, bytes):
+        return {"bytes": _b64(part)}
+    if isinstance(part, Slot):
+        doc: dict[str, Any] = {"slot": part.region}
+        if part.start:
+            doc["from"] = part.start
+        if part.stop is not None:
+            doc["to"] = part.stop
+        return doc
+    if isinstance(part, Token):
+        return {"token": part.token}
+    if isinstance(part, Clock):
+        return {"clock": part.encoding, "offset": part.offset, "zone": part.zone}
+    if isinstance(part, Count):
+        return {"count": part.region, "encoding": part.encoding, "delta": part.delta, "at": part.at}
+    return {"length": part.scope, "encoding": part.encoding, "adjust": part.adjust}
 
 
 def _region_doc(r: Region) -> dict[str, Any]:
     if r.value is not None:
         return {"fixed": _b64(r.value)}
-    return {"min": r.min_len, "max": r.max_len, "ascii": r.ascii, "random": r.random,
-            "samples": [_b64(s) for s in r.samples]}
+    doc = {"min": r.min_len, "max": r.max_len, "ascii": r.ascii, "random": r.random,
+           "samples": [_b64(s) for s in r.samples]}
+    if r.token is not None:
+        doc["token"] = r.token
+    return doc
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -181,6 +218,10 @@ def _port(doc: dict[str, Any], where: str, path: str) -> PortModel:
     n_states, n_trans = len(doc["states"]), len(doc["transitions"])
     if doc["root"] >= n_states:
         raise ModelFormatError(path, f"{where}.root", f"no state {doc['root']}")
+    tokens = [TokenSpec(k["length"], k["charset"], tuple(_bytes(v, f"{where}.tokens[{i}]", path) for v in k["samples"]))
+              for i, k in enumerate(doc["tokens"])]
+    f = doc["framing"]
+    framing = None if f is None else Framing(f["offset"], f["encoding"], f["adjust"])
     transitions: dict[int, Transition] = {}
     incoming: dict[int, Transition] = {}
     for i, t in enumerate(doc["transitions"]):
@@ -189,7 +230,7 @@ def _port(doc: dict[str, Any], where: str, path: str) -> PortModel:
             raise ModelFormatError(path, f"{at}.id", f"must be {i} (ids are list positions)")
         if t["source"] >= n_states or t["target"] >= n_states:
             raise ModelFormatError(path, at, "source or target names a state that does not exist")
-        pattern = tuple(_region(r, f"{at}.pattern[{j}]", path) for j, r in enumerate(t["pattern"]))
+        pattern = tuple(_region(r, f"{at}.pattern[{j}]", path, len(tokens)) for j, r in enumerate(t["pattern"]))
         links = []
         for j, k in enumerate(t["links"]):
             if k["region"] >= len(pattern) or pattern[k["region"]].fixed:
@@ -217,23 +258,39 @@ def _port(doc: dict[str, Any], where: str, path: str) -> PortModel:
         for j, lb in enumerate(s["labels"]):
             parts: list[Part] = []
             for k, part in enumerate(lb["parts"]):
-                if "bytes" in part:
-                    parts.append(_bytes(part["bytes"], f"{at}.labels[{j}].parts[{k}]", path))
-                    continue
-                region = part["slot"]
-                if way_in is None or region >= len(way_in.pattern) or way_in.pattern[region].fixed:
-                    raise ModelFormatError(path, f"{at}.labels[{j}].parts[{k}]",
-                                           "slot must name a mutating region of the transition into this state")
-                parts.append(Slot(region))
+                parts.append(_label_part(part, f"{at}.labels[{j}].parts[{k}]", path, way_in, len(tokens)))
+            if parts and isinstance(parts[-1], Length) and parts[-1].scope == "next":
+                raise ModelFormatError(path, f"{at}.labels[{j}]", "a length of the next part must have a next part")
             labels.append(Label(tuple(parts), lb["count"]))
         states[i] = State(i, tuple(labels), tuple(s["transitions"]), dict(s["closes"]), s["delay"])
-    return PortModel(doc["transport"], doc["port"], doc["root"], states, transitions, dict(doc["stats"]))
+    return PortModel(doc["transport"], doc["port"], doc["root"], states, transitions, dict(doc["stats"]),
+                     tokens, framing)
 
 
-def _region(doc: dict[str, Any], where: str, path: str) -> Region:
+def _label_part(part: dict[str, Any], where: str, path: str, way_in: Transition | None, n_tokens: int) -> Part:
+    if "bytes" in part:
+        return _bytes(part["bytes"], where, path)
+    if "token" in part:
+        if part["token"] >= n_tokens:
+            raise ModelFormatError(path, where, f"no token {part['token']}")
+        return Token(part["token"])
+    if "clock" in part:
+        return Clock(part["clock"], float(part["offset"]), part["zone"])
+    if "length" in part:
+        return Length(part["encoding"], part["length"], part["adjust"])
+    region = part["slot"] if "slot" in part else part["count"]
+    if way_in is None or region >= len(way_in.pattern) or way_in.pattern[region].fixed:
+        raise ModelFormatError(path, where, "slot must name a mutating region of the transition into this state")
+    return Slot(region, part.get("from", 0), part.get("to")) if "slot" in part else Count(region, part["encoding"], part["delta"], part["at"])
+
+
+def _region(doc: dict[str, Any], where: str, path: str, n_tokens: int) -> Region:
     if "fixed" in doc:
         return Region.literal(_bytes(doc["fixed"], where, path))
     if doc["min"] > doc["max"]:
         raise ModelFormatError(path, where, "min is larger than max")
+    token = doc.get("token")
+    if token is not None and (token >= n_tokens or doc["min"] != doc["max"]):
+        raise ModelFormatError(path, where, "a token region must name a token and have one length")
     samples = tuple(_bytes(s, f"{where}.samples", path) for s in doc["samples"])
-    return Region(None, doc["min"], doc["max"], doc["ascii"], doc["random"], samples)
+    return Region(None, doc["min"], doc["max"], doc["ascii"], doc["random"], samples, token)

@@ -341,7 +341,7 @@ class _Session:
             loop = asyncio.get_running_loop()
             now = self.started = self.last_data = loop.time()
             self.started_wall = time.time()
-            self.conn = Emulator(self.listener.machine, now)
+            self.conn = Emulator(self.listener.machine, now, wall=self.started_wall)
             ln = self.listener
             self.emit("scriptgen.session.connect",
                       f"new connection: {self.peer()} -> {self.dst_ip}:{self.dst_port} [session {self.id}]",
