@@ -21,6 +21,7 @@ constant (a length-prefixed protocol) delimits requests without waiting for a ga
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import statistics
 import string
@@ -47,7 +48,7 @@ class AnswerSample:
 
 MIN_TOKEN_SAMPLES = 3  # sessions needed to call bytes "different in every session"
 MIN_TOKEN_LENGTH = 4  # shorter distinct values are too likely to be counters or chance
-MIN_SEARCHED_LENGTH = 6  # token values looked for inside other messages are at least this long
+MIN_SEARCHED_BITS = 32  # token values looked for inside other messages carry at least this much chance
 MAX_TOKEN_VALUES = 64  # values of a token kept to recognise it again
 CLOCK_SLACK = 2.0  # seconds a clock field may wander from the capture's clock between samples
 CLOCK_RANGE = 86400.0 * 366  # a server clock further off than this is not tracking time
@@ -74,9 +75,11 @@ class Tokens:
         return tid
 
     def searched(self) -> re.Pattern[bytes] | None:
-        """One regex finding every long token value (longest first)."""
+        """One regex finding every token value unlikely to occur by chance: of at least
+        MIN_SEARCHED_BITS (4 random bytes, 8 hex digits), longest first."""
         if self._searched is None:
-            long = sorted((v for v in self.owner if len(v) >= MIN_SEARCHED_LENGTH), key=lambda v: (-len(v), v))
+            bits = {i: math.log2(len(_CHARSET_BYTES[k.charset])) * k.length for i, k in enumerate(self.specs)}
+            long = sorted((v for v, i in self.owner.items() if bits[i] >= MIN_SEARCHED_BITS), key=lambda v: (-len(v), v))
             if not long:
                 return None
             self._searched = re.compile(b"|".join(re.escape(v) for v in long))
@@ -101,13 +104,11 @@ def charset(values: Iterable[bytes]) -> str:
     return "bytes"
 
 
-_CHARSETS = [
-    ("digits", frozenset(string.digits.encode())),
-    ("hex", frozenset(b"0123456789abcdef")),
-    ("HEX", frozenset(b"0123456789ABCDEF")),
-    ("alnum", frozenset((string.ascii_letters + string.digits).encode())),
-    ("text", frozenset(bytes(range(33, 127)))),
-]
+_CHARSET_BYTES = {
+    "digits": string.digits.encode(), "hex": b"0123456789abcdef", "HEX": b"0123456789ABCDEF",
+    "alnum": (string.ascii_letters + string.digits).encode(), "text": bytes(range(33, 127)), "bytes": bytes(range(256)),
+}
+_CHARSETS = [(name, frozenset(chars)) for name, chars in _CHARSET_BYTES.items() if name != "bytes"]
 
 
 # -- integers and clocks --------------------------------------------------------------------
@@ -529,7 +530,7 @@ def _token_hits(data: bytes, tokens: Tokens) -> list[tuple[int, int, int]]:
     """Where values of earlier tokens occur in `data` (long values only: a short one
     turns up by chance)."""
     searched = tokens.searched()
-    if searched is None or len(data) < MIN_SEARCHED_LENGTH:
+    if searched is None or len(data) < MIN_TOKEN_LENGTH:
         return []
     return [(m.start(), m.end(), tokens.owner[m.group()]) for m in searched.finditer(data)]
 
