@@ -205,3 +205,41 @@ def test_two_connections_get_different_tokens(tokenproto_capture):
     assert first[:token] == second[:token] == tokenproto.frame(b"WELC" + bytes(8) + b"\x05alice" + bytes(4))[:token]
     assert first[token : token + 8] != second[token : token + 8]  # fresh per connection
     assert first[token + 8 :] == second[token + 8 :]  # the rest: the same name, the same time
+
+
+# -- real captures ------------------------------------------------------------------------
+
+SMB = Path(__file__).resolve().parents[3] / "shared/corpus/dev/smb/smb_dev_smbclient.pcap"
+
+
+def test_smb2_answers_are_fresh_per_connection_where_samba_s_differed():
+    if not SMB.exists():
+        pytest.skip(f"{SMB} not present")
+    sessions = [s for s in read_sessions([str(SMB)], ports=[445]) if s.messages]
+    port = learn(sessions, LearnParams(jobs=1)).port("tcp", 445)
+    machine = Machine(port_doc(port))
+    # The SMB2 negotiate and the first session setup of the capture's sessions, and what
+    # samba answered to each: the system time, the salt, the session id and the NTLM
+    # challenge differ from session to session.
+    first = [s for s in sessions if s.messages[0].sender is Sender.CLIENT and s.messages[0].data[4:8] == b"\xfeSMB"]
+    requests = [m.data for m in first[0].messages if m.sender is Sender.CLIENT][:2]
+    recorded = {tuple(m.data for m in s.messages if m.sender is Sender.SERVER)[:2] for s in first}
+    assert len(recorded) == len(first) > 2  # samba never answered two connections alike
+
+    def answers(wall: float) -> list[bytes]:
+        conn = Emulator(machine, 0.0, wall=wall)
+        return [_answer(conn, r) for r in requests]
+
+    one, two = answers(1_800_000_000.0), answers(1_800_000_000.0)
+    assert all(one) and all(two)
+    for a, b in zip(one, two):
+        assert a != b  # fresh per connection, as samba's were
+        assert len(a) == len(b) and a[4:8] == b"\xfeSMB"
+    later = answers(1_800_000_100.0)
+
+    def times(answer: bytes, wall: float) -> list[int]:
+        return [i for i in range(len(answer) - 7)
+                if abs(decode_clock(answer[i : i + 8], "filetime")[0] - wall) < 1]
+
+    assert times(one[0], 1_800_000_000.0), "the negotiate answer carries the current time (FILETIME)"
+    assert times(later[0], 1_800_000_100.0) == times(one[0], 1_800_000_000.0)
