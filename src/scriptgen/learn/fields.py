@@ -33,7 +33,7 @@ from scriptgen.model import (
 )
 
 __all__ = ["AnswerSample", "Tokens", "decode_int", "decode_clock", "generalise", "find_framing", "tokenise_pattern",
-           "charset"]
+           "charset", "request_values", "splice"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,13 +255,7 @@ class _RequestInts:
 
     def __init__(self, pattern: Sequence[Region], fits: list[_Fit]) -> None:
         self.series: list[tuple[int, int, str, list[int]]] = []
-        for region, r in enumerate(pattern):
-            if r.fixed:
-                continue
-            vals = [f.sample.values.get(region) for f in fits]
-            if any(v is None for v in vals):
-                continue
-            values = [v or b"" for v in vals]
+        for region, values in request_values(pattern, fits):
             lengths = {len(v) for v in values}
             for encoding in _INT_ORDER:
                 if encoding == "dec":
@@ -276,6 +270,16 @@ class _RequestInts:
                     ints = [_int_at(v, at, encoding) for v in values]
                     if all(i is not None for i in ints) and len(set(ints)) >= 2:
                         self.series.append((region, at, encoding, ints))  # type: ignore[arg-type]
+
+
+def request_values(pattern: Sequence[Region], fits: list[_Fit]) -> Iterable[tuple[int, list[bytes]]]:
+    """(region, its value in each sample) for the mutating regions every sample has."""
+    for region, r in enumerate(pattern):
+        if r.fixed:
+            continue
+        values = [f.sample.values.get(region) for f in fits]
+        if all(v is not None for v in values):
+            yield region, [v for v in values if v is not None]
 
 
 def _int_at(value: bytes, at: int, encoding: str) -> int | None:
@@ -395,24 +399,18 @@ def _echo(index: int, p: int, width: int, fits: list[_Fit], pattern: Sequence[Re
     head = first.sample.answer[first.starts[index] + p : first.starts[index] + p + MIN_ECHO]
     if len(head) < MIN_ECHO:
         return None
-    for region, r in enumerate(pattern):
-        if r.fixed:
-            continue
-        values = [f.sample.values.get(region) for f in fits]
-        if any(v is None for v in values):
-            continue
-        offset = (values[0] or b"").find(head)
+    for region, values in request_values(pattern, fits):
+        offset = values[0].find(head)
         if offset < 0:
             continue
         length = 0  # how far the answer goes on repeating, in every sample
         while p + length < width and free(p, p + length + 1) and all(
-                offset + length < len(v or b"")
-                and (v or b"")[offset + length] == f.sample.answer[f.starts[index] + p + length]
+                offset + length < len(v) and v[offset + length] == f.sample.answer[f.starts[index] + p + length]
                 for v, f in zip(values, fits)):
             length += 1
         if length < MIN_ECHO:
             continue
-        to_end = all(offset + length == len(v or b"") for v in values)
+        to_end = all(offset + length == len(v) for v in values)
         return p, p + length, Slot(region, offset, None if to_end else offset + length)
     return None
 
@@ -512,14 +510,20 @@ def _scope_length(f: _Fit, index: int, field_end: int, template: tuple[Part, ...
 
 def _known_tokens(data: bytes, tokens: Tokens) -> list[Part]:
     """`data` with any earlier token's value (as the capture had it) replaced by that token."""
+    return splice(data, [(start, end, Token(tid)) for start, end, tid in _token_hits(data, tokens)])
+
+
+def splice(data: bytes, cuts: Sequence[tuple[int, int, Part]]) -> list[Part]:
+    """`data` with the (start, end) spans of `cuts` (sorted) replaced by their parts; a cut
+    that overlaps an earlier one is skipped."""
     out: list[Part] = []
     at = 0
-    for start, end, tid in _token_hits(data, tokens):
+    for start, end, part in cuts:
         if start < at:
             continue
         if start > at:
             out.append(data[at:start])
-        out.append(Token(tid))
+        out.append(part)
         at = end
     if at < len(data):
         out.append(data[at:])

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from scriptgen.learn import align
 from scriptgen.learn.builder import RawEdge, RawNode, RawTree, label_list
 from scriptgen.learn.regions import make_regions, microclusters, region_of, values
-from scriptgen.learn.fields import Tokens, find_framing, generalise, tokenise_pattern
+from scriptgen.learn.fields import Tokens, find_framing, generalise, splice, tokenise_pattern
 from scriptgen.model import Count, Label, Link, Part, PortModel, Region, Slot, State, Transition
 from scriptgen.params import LearnParams
 
@@ -459,19 +459,7 @@ def _template(parts: tuple[Part, ...], vals: dict[int, bytes], links: list[Link]
         pos = _locate(answer, value, link.where) if value else -1
         if pos >= 0:
             cuts.append((pos, pos + len(value), link.region))
-    cuts.sort()
-    out: list[Part] = []
-    at = 0
-    for start, end, region in cuts:
-        if start < at:
-            continue  # overlaps an earlier cut
-        if start > at:
-            out.append(answer[at:start])
-        out.append(Slot(region))
-        at = end
-    if at < len(answer):
-        out.append(answer[at:])
-    return tuple(out)
+    return tuple(splice(answer, [(start, end, Slot(region)) for start, end, region in sorted(cuts)]))
 
 
 def _merge(cluster: Cluster, edges: list[RawEdge], params: LearnParams) -> RawNode:
