@@ -31,6 +31,22 @@ RULES: list[Rule] = [
     # average tps: 1.7" (7 s and 6 s in two runs of ftp-brute).
     rule(r"Performed (\d+) guesses in \d+ seconds, average tps: [\d.]+",
          r"Performed \1 guesses in <duration> seconds, average tps: <rate>"),
+    # Dates in HTTP's Date header (curl -i, nmap http-headers) and in the SMTP banner and the
+    # mail swaks writes, e.g. "Sun, 22 Nov 2026 18:39:45 GMT", "Sun, 22 Nov 2026 18:40:11 +0000".
+    rule(r"[A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d (?:GMT|[+-]\d{4})",
+         "<date>"),
+    # swaks: the Message-Id it makes from the time and its pid, e.g. "<20261122184011.022023@vm>".
+    rule(r"Message-Id: <\d{14}\.\d+@", "Message-Id: <<time>.<pid>@"),
+    # Exim: the id of the queued message, e.g. "250 OK id=1xVCTz-0005jL-1l".
+    rule(r"id=\w{6}-\w{6}-\w{2}\b", "id=<message id>"),
+    # smb-os-discovery: the server's clock, e.g. "System time: 2026-11-22T18:44:08+00:00".
+    rule(r"System time: [\dT:+-]+", "System time: <time>"),
+    # smbclient get: the transfer rate, e.g. "(6.3 KiloBytes/sec) (average 6.3 KiloBytes/sec)"
+    # (12.7 in the other run).
+    rule(r"\([\d.]+ KiloBytes/sec\) \(average [\d.]+ KiloBytes/sec\)",
+         "(<rate> KiloBytes/sec) (average <rate> KiloBytes/sec)"),
+    # smbclient ls: free space on the disk under the share, e.g. "81379020 blocks available".
+    rule(r"\d+ blocks available", "<free> blocks available"),
     # redis-info (nmap): CPU time the server used so far, e.g. "Used CPU (sys): 0.032301".
     rule(r"^(\|\s+Used CPU \((?:sys|user)\)): [\d.]+$", r"\1: <cpu>"),
     # INFO server: the clock and the uptime, e.g. "uptime_in_seconds:14", "lru_clock:210313".

@@ -49,7 +49,7 @@ def ftp() -> Protocol:
     (user, password), (other, other_password) = TRAIN_USER, TEST_USER
 
     def curl(label: str, url: str, *args: str) -> Tool:
-        return Tool(label, ["curl", "-sS", "--max-time", "20", *args, f"ftp://{HOST}{url}"])
+        return Tool(label, ["curl", "-sS", "--max-time", "10", *args, f"ftp://{HOST}{url}"])
 
     def lftp(label: str, login: str, commands: str) -> Tool:
         script = f"set cmd:fail-exit no; set net:max-retries 1; set net:timeout 10; {commands}; bye"
@@ -131,4 +131,110 @@ def redis() -> Protocol:
     ])
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (ftp(), redis())}
+def http() -> Protocol:
+    (user, password), (other, other_password) = TRAIN_USER, TEST_USER
+
+    def curl(label: str, path: str, *args: str) -> Tool:
+        return Tool(label, ["curl", "-sS", "--max-time", "10", "-i", *args,
+                            f"http://{HOST}{path}"])
+
+    scripts = nmap("nmap http-title,http-headers", [80], "--script", "http-title,http-headers")
+    return Protocol("http", [80], ["nginx", "nmap", "curl"], training=[
+        version_scan([80]),
+        scripts,
+        curl("curl GET page", "/"),
+        curl("curl GET page", "/about.html"),
+        curl("curl GET directory index", "/files/"),
+        curl("curl GET file", "/files/prices.csv"),
+        curl("curl GET missing", "/nonexistent.php"),
+        curl("curl GET missing", "/old/backup.zip"),
+        curl("curl GET redirect", "/old-page"),
+        curl("curl GET without credentials", "/admin/"),
+        curl("curl GET with credentials", "/admin/", "-u", f"{user}:{password}"),
+        curl("curl GET wrong password", "/admin/", "-u", f"{user}:wrong"),
+        curl("curl HEAD", "/about.html", "-I"),
+        curl("curl GET robots.txt", "/robots.txt"),
+    ], test=[
+        version_scan([80]),
+        scripts,
+        curl("curl GET page", "/contact.html"),
+        curl("curl GET file", "/files/report.txt"),
+        curl("curl GET missing", "/wp-login.php"),
+        curl("curl GET redirect", "/old-page"),
+        curl("curl GET with credentials", "/admin/", "-u", f"{other}:{other_password}"),
+        curl("curl GET wrong password", "/admin/", "-u", f"{other}:guess"),
+        curl("curl HEAD", "/index.html", "-I"),
+    ])
+
+
+def smtp() -> Protocol:
+    user, other = TRAIN_USER[0], TEST_USER[0]
+
+    def swaks(label: str, *args: str) -> Tool:
+        return Tool(label, ["swaks", "--server", HOST, "--port", "25", "--timeout", "10", *args])
+
+    commands = nmap("nmap smtp-commands", [25], "--script", "smtp-commands")
+    return Protocol("smtp", [25], ["exim4", "nmap", "swaks"], training=[
+        version_scan([25]),
+        commands,
+        swaks("swaks local recipient", "--to", f"{user}@e2e.test", "--from", "bob@example.org"),
+        swaks("swaks local recipient", "--to", f"{user}@e2e.test", "--from", "news@shop.example",
+              "--header", "Subject: offers", "--body", "Cheap widgets."),
+        swaks("swaks unknown recipient", "--to", "nobody@e2e.test", "--from", "bob@example.org"),
+        swaks("swaks relay attempt", "--to", "victim@example.org", "--from", "spam@example.net"),
+        swaks("swaks quit after EHLO", "--to", f"{user}@e2e.test", "--quit-after", "EHLO"),
+        swaks("swaks quit after RCPT", "--to", f"{user}@e2e.test", "--from", "bob@example.org",
+              "--quit-after", "RCPT", "--helo", "client01.example.org"),
+    ], test=[
+        version_scan([25]),
+        commands,
+        swaks("swaks local recipient", "--to", f"{other}@e2e.test", "--from", "dave@example.net"),
+        swaks("swaks unknown recipient", "--to", "ghost@e2e.test", "--from", "dave@example.net"),
+        swaks("swaks relay attempt", "--to", "target@example.com", "--from", "bulk@example.net"),
+        swaks("swaks quit after EHLO", "--to", f"{other}@e2e.test", "--quit-after", "EHLO"),
+        swaks("swaks quit after RCPT", "--to", f"{other}@e2e.test", "--from", "dave@example.net",
+              "--quit-after", "RCPT", "--helo", "client02.example.net"),
+    ])
+
+
+def smb() -> Protocol:
+    (user, password), (other, other_password) = TRAIN_USER, TEST_USER
+    target = f"//{HOST}"
+
+    def smbclient(label: str, *args: str) -> Tool:
+        return Tool(label, ["smbclient", "-t", "10", *args])
+
+    def rpcclient(label: str, login: str, commands: str) -> Tool:
+        return Tool(label, ["rpcclient", "-U", login, "-c", commands, HOST])
+
+    scripts = [nmap(f"nmap {name}", [445], "--script", name)
+               for name in ("smb-os-discovery", "smb-protocols", "smb-security-mode",
+                            "smb2-capabilities")]
+    return Protocol("smb", [445, 139], ["smbd", "smbclient", "rpcclient", "nmap"], training=[
+        version_scan([139, 445]),
+        *scripts,
+        smbclient("smbclient -L anonymous", "-L", target, "-N"),
+        smbclient("smbclient -L anonymous port 139", "-L", target, "-N", "-p", "139"),
+        smbclient("smbclient -L user", "-L", target, "-U", f"{user}%{password}"),
+        smbclient("smbclient -L wrong password", "-L", target, "-U", f"{user}%wrong"),
+        smbclient("smbclient ls guest share", f"{target}/public", "-N", "-c", "ls"),
+        smbclient("smbclient get guest share", f"{target}/public", "-N", "-c",
+                  "get readme.txt -"),
+        smbclient("smbclient ls user share", f"{target}/docs", "-U", f"{user}%{password}",
+                  "-c", "ls; get plan.txt -"),
+        rpcclient("rpcclient srvinfo", f"{user}%{password}", "srvinfo"),
+        rpcclient("rpcclient anonymous", "%", "srvinfo; netshareenum"),
+    ], test=[
+        version_scan([139, 445]),
+        *scripts,
+        smbclient("smbclient -L anonymous", "-L", target, "-N"),
+        smbclient("smbclient -L user", "-L", target, "-U", f"{other}%{other_password}"),
+        smbclient("smbclient -L wrong password", "-L", target, "-U", f"{other}%bad"),
+        smbclient("smbclient get guest share", f"{target}/public", "-N", "-c", "get hours.txt -"),
+        smbclient("smbclient ls user share", f"{target}/docs", "-U",
+                  f"{other}%{other_password}", "-c", "ls"),
+        rpcclient("rpcclient srvinfo", f"{other}%{other_password}", "srvinfo"),
+    ])
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (ftp(), redis(), http(), smtp(), smb())}

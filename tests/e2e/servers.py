@@ -7,6 +7,8 @@ ports to wait for, and seed commands that fill it with data before the capture s
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import pwd
 import shutil
@@ -108,7 +110,162 @@ def redis(work: Path) -> Server:
                   [6379], seed)
 
 
+def nginx(work: Path) -> Server:
+    root = work / "www"
+    write_tree(root, {
+        "index.html": "<html><head><title>www01 portal</title></head><body>Welcome</body></html>\n",
+        "about.html": "<html><head><title>About us</title></head><body>About</body></html>\n",
+        "contact.html": "<html><head><title>Contact</title></head><body>Mail us</body></html>\n",
+        "files/prices.csv": "item,price\nwidget,4.20\n",
+        "files/report.txt": "quarterly report\n",
+        "admin/index.html": "<html><head><title>Admin</title></head><body>Panel</body></html>\n",
+        "robots.txt": "User-agent: *\nDisallow: /admin/\n",
+    })
+    # RFC 2307 {SHA} entries: nginx reads them natively, no htpasswd tool needed.
+    (work / "htpasswd").write_text("".join(
+        f"{name}:{{SHA}}{base64.b64encode(hashlib.sha1(pw.encode()).digest()).decode()}\n"
+        for name, pw in USERS))
+    temp = work / "nginx-temp"
+    temp.mkdir()
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 64; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {work}/nginx-access.log;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    server {{
+        listen 127.0.0.1:80;
+        server_name www01;
+        root {root};
+        location /files/ {{ autoindex on; }}
+        location /admin/ {{
+            auth_basic "www01 admin";
+            auth_basic_user_file {work}/htpasswd;
+        }}
+        location = /old-page {{ return 301 /about.html; }}
+    }}
+}}
+""")
+    return Server(["nginx", "-e", str(work / "nginx-error.log"), "-c", str(conf)], [80])
+
+
+def exim(work: Path) -> Server:
+    """Exim from its own configuration (-C, allowed to root): local users of e2e.test are
+    accepted and queued, never delivered; anything else is refused as relaying."""
+    spool = work / "exim"
+    (spool / "log").mkdir(parents=True)
+    shutil.chown(spool, "Debian-exim", "Debian-exim")
+    shutil.chown(spool / "log", "Debian-exim", "Debian-exim")
+    conf = work / "exim.conf"
+    conf.write_text(f"""
+primary_hostname = mail01.e2e.test
+qualify_domain = e2e.test
+domainlist local_domains = e2e.test : mail01.e2e.test
+daemon_smtp_ports = 25
+local_interfaces = 127.0.0.1
+spool_directory = {spool}
+log_file_path = {spool}/log/%slog
+pid_file_path = {spool}/exim.pid
+exim_user = Debian-exim
+exim_group = Debian-exim
+queue_only = true
+acl_smtp_rcpt = acl_check_rcpt
+acl_smtp_data = acl_check_data
+
+begin acl
+acl_check_rcpt:
+  deny    message = relay not permitted
+          domains = !+local_domains
+  require verify = recipient
+  accept
+
+acl_check_data:
+  accept
+
+begin routers
+local_user:
+  driver = accept
+  domains = +local_domains
+  check_local_user
+  transport = discard
+
+begin transports
+discard:
+  driver = appendfile
+  file = /dev/null
+""")
+    return Server(["exim4", "-C", str(conf), "-bdf"], [25])
+
+
+def samba(work: Path) -> Server:
+    """smbd alone (no nmbd, no winbind) for ports 445 and 139, with its own state
+    directories and a tdbsam user database holding the two accounts."""
+    dirs = {name: work / "samba" / name
+            for name in ("private", "lock", "state", "cache", "run", "ncalrpc", "log")}
+    for path in dirs.values():
+        path.mkdir(parents=True)
+    share = work / "shares"
+    write_tree(share / "public", {"readme.txt": "Public files of filesrv01.\n",
+                                  "hours.txt": "Mon-Fri 9-17\n", "forms/leave.txt": "Form A\n"})
+    write_tree(share / "docs", {"handbook.txt": "Staff handbook\n", "plan.txt": "Q3 plan\n"})
+    os.utime(share, (FILE_TIME, FILE_TIME))  # smbclient's ls shows it as ".."
+    conf = work / "smb.conf"
+    conf.write_text(f"""
+[global]
+   netbios name = FILESRV01
+   workgroup = E2E
+   server string = filesrv01 file server
+   server role = standalone server
+   interfaces = lo
+   bind interfaces only = yes
+   smb ports = 445 139
+   private dir = {dirs['private']}
+   lock directory = {dirs['lock']}
+   state directory = {dirs['state']}
+   cache directory = {dirs['cache']}
+   pid directory = {dirs['run']}
+   ncalrpc dir = {dirs['ncalrpc']}
+   log file = {dirs['log']}/log.%m
+   passdb backend = tdbsam:{dirs['private']}/passdb.tdb
+   map to guest = bad user
+   # As the corpus server: SMB1 on, so smb-os-discovery and smb-security-mode have answers.
+   server min protocol = NT1
+   load printers = no
+   printing = bsd
+   printcap name = /dev/null
+   disable spoolss = yes
+
+[public]
+   path = {share / 'public'}
+   guest ok = yes
+   read only = yes
+
+[docs]
+   path = {share / 'docs'}
+   valid users = {' '.join(name for name, _ in USERS)}
+   read only = yes
+""")
+    for name, password in USERS:
+        subprocess.run(["smbpasswd", "-c", str(conf), "-a", "-s", name],
+                       input=f"{password}\n{password}\n", text=True, check=True,
+                       capture_output=True)
+    return Server(["smbd", "--foreground", "--no-process-group", "--debug-stdout",
+                   f"--configfile={conf}"], [445, 139])
+
+
 SETUPS: dict[str, Callable[[Path], Server]] = {
     "ftp": vsftpd,
     "redis": redis,
+    "http": nginx,
+    "smtp": exim,
+    "smb": samba,
 }
