@@ -667,11 +667,17 @@ class Emulator:
     def _nearest(self, state: _State, data: bytes) -> _Transition | None:
         """The transition whose sample request is most similar to `data` (at least the
         floor): among this state's first, then among the model's heaviest."""
+        head = data[: self.params.compare_bytes]
+        matcher = difflib.SequenceMatcher(None, autojunk=False)
+        matcher.set_seq1(head)
         for candidates in (state.nearest, self.machine.nearest):
-            head = data[: self.params.compare_bytes]
             best, best_score = None, self.params.similarity_floor
             for t in candidates:
-                score = difflib.SequenceMatcher(None, head, t.sample[: self.params.compare_bytes], autojunk=False).ratio()
+                matcher.set_seq2(t.sample[: self.params.compare_bytes])
+                # The quick upper bounds rule most candidates out before the full ratio.
+                if matcher.real_quick_ratio() < best_score or matcher.quick_ratio() < best_score:
+                    continue
+                score = matcher.ratio()
                 if score >= best_score and (best is None or score > best_score):
                     best, best_score = t, score
             if best is not None:
