@@ -84,7 +84,7 @@ def learn(pcap: Path, ports: list[int], model: Path, work: Path) -> dict[str, in
     argv = [*SCRIPTGEN, "learn", str(pcap), "-o", str(model)]
     for p in ports:
         argv += ["-p", str(p)]
-    done = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, check=False, cwd=work, capture_output=True, text=True, timeout=300)
     (work / "learn.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise HarnessError(f"scriptgen learn failed ({done.returncode}): {done.stderr[-600:]}")

@@ -45,7 +45,7 @@ class Namespace:
         (and whatever it spawned) so one stuck client cannot eat the CI budget."""
         started = time.monotonic()
         wrapped = ["timeout", "-k", "5", str(timeout), *argv]
-        done = subprocess.run(self.argv(wrapped), cwd=cwd, input=stdin if stdin is not None else "",
+        done = subprocess.run(self.argv(wrapped), check=False, cwd=cwd, input=stdin or "",
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                               text=True, errors="replace", timeout=timeout + 30)
         # 124: timeout's SIGTERM; 137: its follow-up SIGKILL.
@@ -72,7 +72,8 @@ class Namespace:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}: {tail(log)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ports {ports} not listening after {timeout:.0f} s: {tail(log)}")
+                raise RuntimeError(f"ports {ports} not listening after {timeout:.0f} s: "
+                                   f"{tail(log)}")
             time.sleep(0.1)
 
     def wait_closed(self, ports: list[int], timeout: float = 15.0) -> None:
@@ -97,7 +98,8 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
 def kill_all_in(ns: Namespace) -> None:
     """Kill whatever still runs in the namespace (daemons that forked away from their
     process group, e.g. smbd's children or exim's daemon), before it is deleted."""
-    done = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True)
+    done = subprocess.run(["ip", "netns", "pids", ns.name], check=False, capture_output=True,
+                          text=True)
     for pid in done.stdout.split():
         try:
             os.kill(int(pid), signal.SIGKILL)
