@@ -10,10 +10,16 @@ What it does:
     server closes) and writes it to a temporary directory.
  2. Starts each server in its own process (so client and server do not share a core):
       serve          scriptgen.serve with that model, default limits (connection cap raised
-                     to the idle count), logging to JSON lines and SQLite as in production
+                     to the idle count), on the loop `scriptgen serve` picks (uvloop when
+                     installed), logging to JSON lines and SQLite by a process of its own
+                     (ProcessLog), as in production
+      serve-thread   the same with the log written by a thread of the server (EventLog):
+                     what the writer process buys (not run by default)
       serve-nolog    the same with no log sink (events made and queued, never written):
                      what the log costs (not run by default)
-      bare-protocol  asyncio Protocol: a canned banner, then one canned reply per read
+      bare-protocol  asyncio Protocol: a canned banner, then one canned reply per read, on
+                     asyncio's own loop
+      bare-uvloop    the same on uvloop (not run by default)
       bare-streams   asyncio.start_server (reader/writer, a task per connection), same replies
       fork           honeyd's model: a blocking accept loop that fork+execs a Python script
                      per connection with the socket as stdin/stdout (the script exported by
@@ -93,22 +99,33 @@ def run_server(kind: str, model: str, workdir: str, fork_children: int, max_conn
     if kind == "fork":
         fork_server(model, workdir, fork_children)
         return
-    servers = {"serve": serve_server, "serve-nolog": serve_server, "bare-protocol": bare_protocol,
-               "bare-streams": bare_streams}
-    asyncio.run(servers[kind](model, workdir, max_connections, kind == "serve-nolog"))
+    servers = {"serve": serve_server, "serve-nolog": serve_server, "serve-thread": serve_server,
+               "bare-protocol": bare_protocol,
+               "bare-streams": bare_streams, "bare-uvloop": bare_protocol}
+    # serve runs on the loop `scriptgen serve` picks (uvloop when installed); the bare
+    # servers on asyncio's own loop, except bare-uvloop, the same server on uvloop.
+    from scriptgen.serve.runtime import loop_factory
+    factory, _ = loop_factory()
+    if kind in ("bare-protocol", "bare-streams"):
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(servers[kind](model, workdir, max_connections, kind))
 
 
 def announce(port: int) -> None:
     print(f"PORT {port}", flush=True)
 
 
-async def serve_server(model: str, workdir: str, max_connections: int, nolog: bool = False) -> None:
+async def serve_server(model: str, workdir: str, max_connections: int, kind: str = "serve") -> None:
     from scriptgen.modelfile import load, port_doc
-    from scriptgen.serve import EventLog, ServeParams, Server, open_sinks, plan_listeners
+    from scriptgen.serve import EventLog, ProcessLog, ServeParams, Server, open_sinks, plan_listeners
 
     docs = [port_doc(p) for p in load(model).ports]
     listeners = plan_listeners([(model, docs)], ["127.0.0.1"], {(None, 21): 0})
-    log = EventLog([] if nolog else open_sinks(os.path.join(workdir, "logs")))
+    # As `scriptgen serve` logs: JSON lines and SQLite, written by a process of their own.
+    logs = os.path.join(workdir, "logs")
+    log = (EventLog([]) if kind == "serve-nolog" else EventLog(open_sinks(logs)) if kind == "serve-thread"
+           else ProcessLog(logs))
     server = Server(listeners, log, ServeParams(max_connections=max_connections, backlog=4096), sensor="bench")
     (bound,) = await server.start()
     server.announce()
@@ -128,14 +145,14 @@ class _Canned(asyncio.Protocol):
         self.transport.write(CANNED)  # type: ignore[attr-defined]
 
 
-async def bare_protocol(model: str, workdir: str, max_connections: int, nolog: bool = False) -> None:
+async def bare_protocol(model: str, workdir: str, max_connections: int, kind: str = "") -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_Canned, "127.0.0.1", 0, backlog=4096)
     announce(server.sockets[0].getsockname()[1])
     await asyncio.Event().wait()
 
 
-async def bare_streams(model: str, workdir: str, max_connections: int, nolog: bool = False) -> None:
+async def bare_streams(model: str, workdir: str, max_connections: int, kind: str = "") -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(BANNER)
         try:

@@ -185,3 +185,55 @@ def test_sessions_log_command(tmp_path, capsys):
     (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
     with pytest.raises(ServeError):
         recent_sessions(str(tmp_path / "junk.sqlite"))
+
+
+# -- the log written by a process of its own (scriptgen serve's default) ------------------
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_process_log_writes_both_sinks_and_flush_waits_for_them(tmp_path):
+    from scriptgen.serve import ProcessLog
+
+    log = ProcessLog(str(tmp_path), LogParams(flush_interval=60.0), sensor="s1")
+    try:
+        for i in range(1000):
+            log.emit(event(i))
+        log.flush()  # long before the minute of flush_interval: flush must push it through
+        assert len(_lines(tmp_path / "events.jsonl")) == 1000
+        with sqlite3.connect(tmp_path / "events.sqlite") as db:
+            assert db.execute("SELECT COUNT(*) FROM events").fetchone() == (1000,)
+        log.emit(event(1000))
+    finally:
+        log.close()
+    assert [e["message"] for e in _lines(tmp_path / "events.jsonl")] == [str(i) for i in range(1001)]
+
+
+def test_process_log_loses_nothing_when_its_process_dies(tmp_path, capsys):
+    from scriptgen.serve import ProcessLog
+
+    log = ProcessLog(str(tmp_path), LogParams(flush_interval=0.01))
+    try:
+        for i in range(100):
+            log.emit(event(i))
+        log.flush()
+        log._child.kill()  # noqa: SLF001 - the failure under test
+        log._child.wait()  # noqa: SLF001
+        for i in range(100, 300):
+            log.emit(event(i))
+        log.flush()
+    finally:
+        log.close()
+    assert [e["message"] for e in _lines(tmp_path / "events.jsonl")] == [str(i) for i in range(300)]
+    assert "writing the log from the server process" in capsys.readouterr().err
+
+
+def test_process_log_refuses_a_log_dir_it_cannot_write(tmp_path):
+    from scriptgen.serve import ProcessLog
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError):
+        ProcessLog(str(blocker / "logs"))

@@ -13,12 +13,13 @@ from scriptgen.emulate import EmulatorParams
 from scriptgen.serve import (
     EventLog,
     LogParams,
+    ProcessLog,
     ServeError,
     ServeParams,
     Server,
-    open_sinks,
     plan_listeners,
 )
+from scriptgen.serve.log import Log
 from scriptgen.serve.runtime import drop_privileges, raise_file_limit
 from scriptgen.serve.runtime import run as run_loop
 
@@ -145,11 +146,16 @@ def run(args: argparse.Namespace) -> int:
              f"{params.max_connections} connections can be served")
     if os.geteuid() == 0 and not args.user:
         warn("running as root: consider --user NAME to drop privileges once the ports are bound")
+    log_params = LogParams(data_bytes=args.log_data_bytes)
+    log: Log
     try:
-        sinks = open_sinks(args.log_dir, json_lines=not args.no_json, sqlite=not args.no_sqlite)
+        if args.no_json and args.no_sqlite:
+            log = EventLog([], log_params)
+        else:  # written by a process of its own: the event loop keeps its core (docs/events.md)
+            log = ProcessLog(args.log_dir, log_params, json_lines=not args.no_json, sqlite=not args.no_sqlite,
+                             user=args.user)
     except OSError as exc:
         raise ServeError(f"--log-dir {args.log_dir}: {exc.strerror or exc}") from None
-    log = EventLog(sinks, LogParams(data_bytes=args.log_data_bytes))
     try:
         run_loop(_serve(listeners, log, params, args))
     finally:
@@ -157,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(listeners: Any, log: EventLog, params: ServeParams, args: argparse.Namespace) -> None:
+async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.Namespace) -> None:
     server = Server(listeners, log, params, args.sensor)
     try:
         bound = await server.start()

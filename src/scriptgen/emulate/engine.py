@@ -668,7 +668,7 @@ class Emulator:
         """The transition whose sample request is most similar to `data` (at least the
         floor): among this state's first, then among the model's heaviest."""
         head = data[: self.params.compare_bytes]
-        matcher = difflib.SequenceMatcher(None, autojunk=False)
+        matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", b"", autojunk=False)
         matcher.set_seq1(head)
         for candidates in (state.nearest, self.machine.nearest):
             best, best_score = None, self.params.similarity_floor

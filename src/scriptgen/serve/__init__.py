@@ -4,7 +4,7 @@ docs/events.md).
 Model ports in (compiled by scriptgen.emulate); sockets served and events logged out:
 
     listeners = plan_listeners([("ftp.json", model["ports"])], ["127.0.0.1"], {(None, 21): 2121})
-    log = EventLog(open_sinks("scriptgen-logs"))
+    log = ProcessLog("scriptgen-logs")  # or EventLog(sinks): written by a thread of this process
     server = Server(listeners, log, ServeParams())
     bound = await server.start()      # bind (then drop privileges)
     server.announce()
@@ -17,6 +17,7 @@ Imports: scriptgen.emulate, scriptgen.errors, scriptgen (version), the standard 
 from scriptgen.errors import ServeError
 from scriptgen.serve.events import CATALOGUE, COMMON_KEYS, SESSION_KEYS, EventSpec, check_event
 from scriptgen.serve.log import EventLog, JsonLinesSink, Sink, SqliteSink, open_sinks
+from scriptgen.serve.logwriter import ProcessLog
 from scriptgen.params import LogParams, ServeParams
 from scriptgen.serve.query import SessionRecord, recent_sessions
 from scriptgen.serve.runtime import drop_privileges, loop_factory, raise_file_limit, run
@@ -32,6 +33,7 @@ __all__ = [
     "JsonLinesSink",
     "Listener",
     "LogParams",
+    "ProcessLog",
     "ServeError",
     "ServeParams",
     "Server",

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from scriptgen.serve.events import timestamp
 from scriptgen.params import LogParams
 
-__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "EventLog", "JsonLinesSink", "Sink", "SqliteSink", "open_sinks"]
+__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "EventLog", "JsonLinesSink", "Log", "Sink", "SqliteSink", "open_sinks"]
 
 JSON_NAME = "events.jsonl"
 SQLITE_NAME = "events.sqlite"
@@ -141,6 +141,20 @@ class SqliteSink:
 
     def close(self) -> None:
         self._db.close()
+
+
+class Log(Protocol):
+    """What the server needs of an event log: EventLog (a thread) or ProcessLog (a process)."""
+
+    params: LogParams
+    sensor: str
+    dropped: int
+
+    def emit(self, event: dict[str, Any], size: int = 0) -> None: ...
+
+    def flush(self, timeout: float = 10.0) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class EventLog:

@@ -47,7 +47,7 @@ from scriptgen.emulate import (
 )
 from scriptgen.errors import ServeError
 from scriptgen.serve.events import timestamp
-from scriptgen.serve.log import EventLog
+from scriptgen.serve.log import Log
 from scriptgen.params import ServeParams
 
 __all__ = ["Bound", "Listener", "Server", "plan_listeners"]
@@ -119,7 +119,7 @@ def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts
 class Server:
     """Every listener of one process, the open sessions, and their limits."""
 
-    def __init__(self, listeners: list[Listener], log: EventLog, params: ServeParams | None = None,
+    def __init__(self, listeners: list[Listener], log: Log, params: ServeParams | None = None,
                  sensor: str | None = None) -> None:
         self.listeners = listeners
         self.log = log
