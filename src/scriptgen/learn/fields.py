@@ -247,6 +247,7 @@ _CLOCK_WIDTH = {"filetime": 8, "u32le": 4, "u32be": 4}
 
 
 MAX_COLUMNS = 4096  # bytes of one answer part searched for fields (a bound on the cost)
+MAX_SERIES = 256  # request integers a counter is looked for among (a bound on the cost)
 _INT_ORDER = ("u32be", "u32le", "u24be", "u16be", "u16le", "u8", "dec")
 
 
@@ -270,6 +271,8 @@ class _RequestInts:
                     ints = [_int_at(v, at, encoding) for v in values]
                     if all(i is not None for i in ints) and len(set(ints)) >= 2:
                         self.series.append((region, at, encoding, ints))  # type: ignore[arg-type]
+                        if len(self.series) >= MAX_SERIES:
+                            return
 
 
 def request_values(pattern: Sequence[Region], fits: list[_Fit]) -> Iterable[tuple[int, list[bytes]]]:
