@@ -28,6 +28,8 @@ import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from scriptgen.model import (
     Clock, Count, Framing, Length, Part, Region, Slot, Token, TokenSpec,
 )
@@ -460,16 +462,33 @@ def _clocks(index: int, part: bytes, fits: list[_Fit]) -> Iterable[tuple[int, in
             found = _clock_relation(_values(index, fits, m.start(), m.end()), fits, encoding)
             if found:
                 yield m.start(), m.end(), found
+    if Region.literal(part).ascii:
+        return  # text: its times are written as text (above)
     first = fits[0].sample
     base = fits[0].starts[index]
+    for encoding, width, s in _binary_clock_windows(first.answer[base : base + len(part)], first.time):
+        found = _clock_relation(_values(index, fits, s, s + width), fits, encoding)
+        if found:
+            yield s, s + width, found
+
+
+def _binary_clock_windows(data: bytes, t: float) -> list[tuple[str, int, int]]:
+    """(encoding, width, start) of the windows of `data` that decode to within CLOCK_RANGE
+    of time `t`: every window of every binary encoding at once, vectorised (the first
+    sample rules most windows out before the others are looked at)."""
+    found: list[tuple[str, int, int]] = []
+    raw = np.frombuffer(data, dtype=np.uint8).astype(np.float64)
     for encoding, width in (("filetime", 8), ("u32le", 4), ("u32be", 4)):
-        for s in range(len(part) - width + 1):
-            decoded = decode_clock(first.answer[base + s : base + s + width], encoding)
-            if decoded is None or abs(decoded[0] - first.time) > CLOCK_RANGE:
-                continue  # the first sample rules most windows out
-            found = _clock_relation(_values(index, fits, s, s + width), fits, encoding)
-            if found:
-                yield s, s + width, found
+        if len(raw) < width:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(raw, width)
+        weights = 256.0 ** np.arange(width)  # little endian
+        values = windows @ (weights[::-1] if encoding == "u32be" else weights)
+        if encoding == "filetime":
+            values = values / 1e7 - _FILETIME_EPOCH
+        for s in np.flatnonzero(np.abs(values - t) <= CLOCK_RANGE):
+            found.append((encoding, width, int(s)))
+    return found
 
 
 def _clock_relation(values: list[bytes], fits: list[_Fit], encoding: str) -> Clock | None:
