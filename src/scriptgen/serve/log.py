@@ -27,7 +27,8 @@ from typing import Any, Protocol
 from scriptgen.serve.events import timestamp
 from scriptgen.params import LogParams
 
-__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "EventLog", "JsonLinesSink", "Log", "Sink", "SqliteSink", "open_sinks"]
+__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "EventLog", "JsonLinesSink", "Log", "Queue", "Sink", "SqliteSink",
+           "open_sinks"]
 
 JSON_NAME = "events.jsonl"
 SQLITE_NAME = "events.sqlite"
@@ -157,24 +158,22 @@ class Log(Protocol):
     def close(self) -> None: ...
 
 
-class EventLog:
-    """The queue between the event loop and the sinks, and the thread that drains it."""
+class Queue:
+    """The queue between the event loop and a writer thread: `emit` appends (a lock and a
+    list append), the thread takes the queue every `flush_interval` seconds or as soon as
+    `flush_events` are waiting and hands it to `_write`. EventLog and ProcessLog build on it."""
 
-    def __init__(self, sinks: Sequence[Sink], params: LogParams | None = None, sensor: str = "") -> None:
+    def __init__(self, params: LogParams | None = None, sensor: str = "", name: str = "scriptgen-log") -> None:
         self.params = params or LogParams()
-        self.sinks = list(sinks)
         self.sensor = sensor
         self.dropped = 0
-        self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
-        self._failing: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pending: list[dict[str, Any]] = []
         self._markers: list[threading.Event] = []  # flush() callers waiting for a write
         self._pending_bytes = 0
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="scriptgen-log", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def emit(self, event: dict[str, Any], size: int = 0) -> None:
         """Queue one event; `size` is its payload size (bounds the queue's memory)."""
@@ -199,19 +198,22 @@ class EventLog:
         done.wait(timeout)
 
     def close(self) -> None:
-        """Write everything queued, then close the sinks. Idempotent."""
+        """Write everything queued, then `_closed()`. Idempotent."""
         if self._closing:
             return
         self._closing = True
         self._wake.set()
         self._thread.join()
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:  # one sink failing to close must not keep the others open
-                _warn(f"log sink {sink.name}: close failed: {type(exc).__name__}: {exc}")
+        self._closed()
 
-    # -- the writer thread -------------------------------------------------------------------
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def _settle(self) -> None:
+        """Before flush() callers are released: make sure what `_write` took is written."""
+
+    def _closed(self) -> None:
+        """After the last write."""
 
     def _run(self) -> None:
         while True:
@@ -224,15 +226,39 @@ class EventLog:
                 self._pending_bytes = 0
                 closing = self._closing
             if events:
-                batch = [(e, _serialise(e)) for e in events]
-                for sink in self.sinks:
-                    self._write_to(sink, batch)
+                self._write(events)
+            if markers:
+                self._settle()
             for marker in markers:
                 marker.set()
             if closing:
                 with self._lock:
                     if not self._pending:
                         return
+
+
+class EventLog(Queue):
+    """The event log written by a thread of this process: each event serialised once and
+    handed to every sink."""
+
+    def __init__(self, sinks: Sequence[Sink], params: LogParams | None = None, sensor: str = "") -> None:
+        super().__init__(params, sensor)
+        self.sinks = list(sinks)
+        self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
+        self._failing: set[str] = set()
+        self._thread.start()
+
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        batch = [(e, _serialise(e)) for e in events]
+        for sink in self.sinks:
+            self._write_to(sink, batch)
+
+    def _closed(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # one sink failing to close must not keep the others open
+                _warn(f"log sink {sink.name}: close failed: {type(exc).__name__}: {exc}")
 
     def _write_to(self, sink: Sink, batch: Batch) -> None:
         try:

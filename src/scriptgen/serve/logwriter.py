@@ -22,11 +22,10 @@ import os
 import struct
 import subprocess
 import sys
-import threading
 from typing import Any
 
 from scriptgen.params import LogParams
-from scriptgen.serve.log import EventLog, _warn, open_sinks
+from scriptgen.serve.log import EventLog, Queue, _warn, open_sinks
 from scriptgen.serve.runtime import drop_privileges
 
 __all__ = ["ProcessLog", "main"]
@@ -37,14 +36,12 @@ _BATCH = b"B"
 _MAX_FRAME = 256 << 20  # a batch the child refuses (a bug, not a log)
 
 
-class ProcessLog:
+class ProcessLog(Queue):
     """The event log, written by a child process (see the module's docstring)."""
 
     def __init__(self, log_dir: str, params: LogParams | None = None, sensor: str = "", *,
                  json_lines: bool = True, sqlite: bool = True, user: str | None = None) -> None:
-        self.params = params or LogParams()
-        self.sensor = sensor
-        self.dropped = 0
+        super().__init__(params, sensor, name="scriptgen-log-forwarder")
         self._log_dir, self._json, self._sqlite = log_dir, json_lines, sqlite
         for sink in open_sinks(log_dir, json_lines=json_lines, sqlite=sqlite):  # fail here, not in the child
             sink.close()
@@ -53,44 +50,10 @@ class ProcessLog:
         self._child: subprocess.Popen[bytes] | None = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env())
         self._fallback: EventLog | None = None
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._pending: list[dict[str, Any]] = []
-        self._pending_bytes = 0
-        self._markers: list[threading.Event] = []
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="scriptgen-log-forwarder", daemon=True)
         self._thread.start()
 
-    def emit(self, event: dict[str, Any], size: int = 0) -> None:
-        """Queue one event; `size` is its payload size (bounds the queue's memory)."""
-        with self._lock:
-            if (len(self._pending) >= self.params.max_queued_events
-                    or self._pending_bytes + size > self.params.max_queued_bytes):
-                self.dropped += 1
-                if self.dropped == 1:
-                    _warn("event log queue full: dropping events (counted in scriptgen.server.stop)")
-                return
-            self._pending.append(event)
-            self._pending_bytes += size
-            if len(self._pending) >= self.params.flush_events:
-                self._wake.set()
-
-    def flush(self, timeout: float = 10.0) -> None:
-        """Write what is queued now (blocking the caller until written or `timeout`)."""
-        done = threading.Event()
-        with self._lock:
-            self._markers.append(done)
-        self._wake.set()
-        done.wait(timeout)
-
-    def close(self) -> None:
-        """Write everything queued, then stop the child. Idempotent."""
-        if self._closing:
-            return
-        self._closing = True
-        self._wake.set()
-        self._thread.join()
+    def _closed(self) -> None:
+        """Stop the child once it has written everything."""
         child = self._child
         if child is not None and child.stdin is not None:
             try:
@@ -107,28 +70,7 @@ class ProcessLog:
 
     # -- the forwarder thread -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            if not self._closing:
-                self._wake.wait(self.params.flush_interval)
-            self._wake.clear()
-            with self._lock:
-                events, self._pending = self._pending, []
-                markers, self._markers = self._markers, []
-                self._pending_bytes = 0
-                closing = self._closing
-            if events:
-                self._forward(events)
-            if markers:
-                self._sync()
-            for marker in markers:
-                marker.set()
-            if closing:
-                with self._lock:
-                    if not self._pending:
-                        return
-
-    def _forward(self, events: list[dict[str, Any]]) -> None:
+    def _write(self, events: list[dict[str, Any]]) -> None:
         if self._fallback is None:
             data = marshal.dumps((self.sensor, events))
             if self._send(_BATCH + _HEADER.pack(len(data)) + data):
@@ -137,7 +79,7 @@ class ProcessLog:
         for event in events:
             self._in_process().emit(event)
 
-    def _sync(self) -> None:
+    def _settle(self) -> None:
         """Wait until the child has written everything sent so far."""
         if self._fallback is None and self._send(_FLUSH):
             child = self._child
