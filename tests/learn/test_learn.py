@@ -145,3 +145,15 @@ def test_a_parameter_that_decides_the_answer_stays_a_transition_of_its_own():
     answers = sorted(with_split.states[with_split.transitions[t].target].default.render()
                      for t in with_split.states[0].transitions)
     assert answers == [b"200 OK about", b"200 OK page", b"401 Unauthorized, go away", b"404 Not Found here"]
+
+
+def test_a_client_speaking_before_the_banner_does_not_fold_it_into_the_answer():
+    # Two clients waited for the banner; the third sent QUIT at once, so the banner and
+    # the answer to QUIT came back as one answer.
+    sessions = [session((b"QUIT\r\n", b"221 bye\r\n"), banner=BANNER) for _ in range(2)]
+    sessions.append(session((b"QUIT\r\n", BANNER + b"221 bye\r\n")))
+    port = only_port(sessions)
+    root = port.states[port.root]
+    assert root.default.parts == (BANNER,) and root.default.count == 3
+    (t_id,) = root.transitions
+    assert port.states[port.transitions[t_id].target].labels[0].parts == (b"221 bye\r\n",)

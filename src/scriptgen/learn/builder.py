@@ -105,23 +105,34 @@ def answer_times(session: Session) -> tuple[float, list[float]]:
 def build(sessions: Iterable[Session], params: LearnParams) -> Iterator[RawTree]:
     """One raw tree per (transport, server port), sorted by transport and port.
 
-    Sessions with no message at all (port scans, refused connections) are skipped."""
+    Sessions with no message at all (port scans, refused connections) are skipped. A
+    client that spoke before the banner arrived finds the banner at the front of the first
+    answer: where that is the port's usual banner, it is taken as the banner (the server
+    sent it on connect; the answer is what follows)."""
+    kept = [s for s in sessions if s.messages]
+    banners: dict[tuple[str, int], Counter[bytes]] = {}
+    for session in kept:
+        banner, _ = turns(session)
+        if banner:
+            banners.setdefault((session.transport.value, session.server_port), Counter())[banner] += 1
     trees: dict[tuple[str, int], RawTree] = {}
-    for session in sessions:
-        if not session.messages:
-            continue
+    for session in kept:
         key = (session.transport.value, session.server_port)
         tree = trees.get(key)
         if tree is None:
             tree = trees[key] = RawTree(key[0], key[1], RawNode())
-        _add(tree, session, params)
+        usual = min(banners[key], key=lambda b: (-banners[key][b], b)) if key in banners else b""
+        _add(tree, session, params, usual)
     for key in sorted(trees):
         yield trees[key]
 
 
-def _add(tree: RawTree, session: Session, params: LearnParams) -> None:
+def _add(tree: RawTree, session: Session, params: LearnParams, usual_banner: bytes = b"") -> None:
     banner, steps = turns(session)
     banner_time, times = answer_times(session)
+    if not banner and usual_banner and steps and steps[0][1].startswith(usual_banner) and session.transport.value == "tcp":
+        request, answer, delay = steps[0]
+        banner, steps = usual_banner, [(request, answer[len(usual_banner) :], delay), *steps[1:]]
     number = tree.sessions
     tree.sessions += 1
     node = tree.root
