@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from scriptgen.errors import CaptureTruncatedError
 
-__all__ = ["port", "unit_interval", "positive", "holdout", "warn", "write_table", "report_damage"]
+__all__ = ["port", "unit_interval", "seconds", "positive", "holdout", "warn", "write_table", "report_damage"]
 
 
 def port(text: str) -> int:
@@ -30,6 +30,23 @@ def unit_interval(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1: {value}")
     return value
+
+
+def seconds(upper: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a number of seconds, more than 0 (and at most `upper`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if upper is not None and not 0 < value <= upper:
+            raise argparse.ArgumentTypeError(f"must be between 0 and {upper:g} seconds: {value}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
+        return value
+
+    return parse
 
 
 def positive(text: str) -> int:

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import holdout, port, positive, report_damage, unit_interval, warn, write_table
+from scriptgen.cli.common import holdout, port, positive, report_damage, seconds, unit_interval, warn, write_table
 from scriptgen.model import Model, Session
 from scriptgen.params import CaptureParams, LearnParams
 
@@ -125,14 +125,7 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {value}")
-    return value
+_seconds = seconds(3600)
 
 
 def _usage(message: str) -> int:

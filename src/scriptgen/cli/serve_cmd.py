@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from scriptgen.cli.common import positive, warn
+from scriptgen.cli.common import positive, seconds, warn
 from scriptgen.emulate import EmulatorParams
 from scriptgen.serve import (
     EventLog,
@@ -47,14 +47,7 @@ def port_mapping(text: str) -> tuple[str | None, int, int]:
     return transport, mp, lp
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
-    return value
+_seconds = seconds()
 
 
 def add_parser(commands: Any) -> None:

@@ -257,7 +257,7 @@ def encode_int(value: int, encoding: str) -> bytes:
     return (value % (1 << (8 * width))).to_bytes(width, "little" if encoding.endswith("le") else "big")
 
 
-def decode_int(data: bytes, encoding: str) -> int | None:
+def decode_int(data: bytes | bytearray, encoding: str) -> int | None:
     if encoding == "dec":
         return int(data) if data.isdigit() and len(data) <= 12 else None
     if len(data) != _WIDTHS[encoding]:
@@ -443,7 +443,7 @@ class Emulator:
                     self._cached = (self._version, self._match(bytes(self._buffer), 0))
                 match = self._cached[1]
                 if match and self.machine.framing is not None:
-                    end = self._frame_end(bytes(self._buffer), 0)
+                    end = self._frame_end(self._buffer, 0)  # reads the header only: no copy
                     if end is not None and end > len(self._buffer):
                         match = None  # its length field says more is coming: wait longer
                 deadline = self._last_data + (self.params.match_gap if match else self.params.idle_gap)
@@ -474,7 +474,7 @@ class Emulator:
         self._version += 1
         self._take(data, now, match)
 
-    def _frame_end(self, data: bytes, pos: int) -> int | None:
+    def _frame_end(self, data: bytes | bytearray, pos: int) -> int | None:
         """Where the request at data[pos:] ends by its length field (maybe past the end of
         `data`: not all here yet); None when its header does not hold a plausible length."""
         assert self.machine.framing is not None
