@@ -116,10 +116,11 @@ class LearnParams:
     link_min_length: int = 2
     """Values shorter than this are not searched for in answers (coincidences)."""
 
-    rules: tuple[str, ...] = ("lengths", "counters", "tokens", "clocks", "framing")
+    rules: tuple[str, ...] = ("lengths", "counters", "tokens", "clocks", "framing", "channels")
     """(ours) The answer-field and framing rules to look for (docs/algorithm.md, "Answer
     fields"): lengths, counters, tokens (values the server chose per connection, made
-    fresh), clocks (the current time) and framing (requests that carry their length)."""
+    fresh), clocks (the current time), framing (requests that carry their length) and
+    channels (data connections announced inside a conversation, "Data channels")."""
 
     max_answer_samples: int = 32
     """Answers kept per state to find answer fields in."""
@@ -175,6 +176,18 @@ class ServeParams:
 
     backlog: int = 1024
     """listen(2) backlog of each TCP listener."""
+
+    max_channels: int = 256
+    """Data channels (docs/emulator.md) being set up at once over all sessions: listeners
+    waiting for their connection and connections out being made. Beyond, an answer
+    announces the capture's port and nothing listens there; logged."""
+
+    max_session_channels: int = 4
+    """The same, per session: an FTP client needs one at a time."""
+
+    channel_timeout: float = 30.0
+    """Seconds a data channel's listener waits for its one connection, and a connection
+    out (to a port the client announced) may take."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,15 +57,16 @@ def run_tools(ns: Namespace, tools: list[Tool], out: Path) -> list[ToolRun]:
 
 
 @contextmanager
-def capture(ns: Namespace, pcap: Path, ports: list[int], work: Path) -> Iterator[None]:
-    """tcpdump on the namespace's lo for the server's ports. Without --immediate-mode the
-    kernel hands packets over in blocks and tcpdump, stopped, dropped the last tools'
-    sessions (measured: 10 of 16 Redis sessions captured); -U writes each packet as it
-    comes; SIGINT and a wait make sure the file is complete before learning reads it."""
+def capture(ns: Namespace, pcap: Path, work: Path) -> Iterator[None]:
+    """tcpdump on the namespace's lo: all of its TCP (only this protocol's tools and server
+    run there), so that data connections on ports of their own (FTP's PASV and PORT) are in
+    the capture too. Without --immediate-mode the kernel hands packets over in blocks and
+    tcpdump, stopped, dropped the last tools' sessions (measured: 10 of 16 Redis sessions
+    captured); -U writes each packet as it comes; SIGINT and a wait make sure the file is
+    complete before learning reads it."""
     log = work / "tcpdump.log"
-    port_filter = " or ".join(f"tcp port {p}" for p in ports)
-    proc = ns.start(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-n", "-s", "0",
-                     "-Z", "root", "-w", str(pcap), port_filter], cwd=work, log=log)
+    proc = ns.start(["tcpdump", "-i", "lo", "--immediate-mode", "-B", "65536", "-U", "-n", "-s", "0",
+                     "-Z", "root", "-w", str(pcap), "tcp"], cwd=work, log=log)
     deadline = time.monotonic() + 15
     while "listening on" not in tail(log):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -123,7 +124,7 @@ def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
             if seeded.returncode != 0:
                 raise HarnessError(f"seeding the server failed: {argv}: {seeded.output}")
         pcap = work / "train.pcap"
-        with capture(ns, pcap, server.ports, work):
+        with capture(ns, pcap, work):
             run_tools(ns, protocol.training, work / "train")
         real_a = run_tools(ns, protocol.test, work / "real-a")
         real_b = run_tools(ns, protocol.test, work / "real-b")

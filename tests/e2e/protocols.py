@@ -89,6 +89,23 @@ def ftp() -> Protocol:
     ])
 
 
+def ftp_seen() -> Protocol:
+    """Issue 8's acceptance: the data-channel tools again, with the names of the training
+    (curl and lftp listings and downloads, nmap ftp-anon's listing over PASV/EPSV)."""
+    trained = {t.label: t for t in ftp().training}
+    return Protocol("ftp-seen", [21], ["vsftpd", "nmap", "curl", "lftp"], training=ftp().training, test=[
+        version_scan([21]),
+        trained["nmap ftp-anon,ftp-syst"],
+        trained["curl anonymous list"],
+        trained["curl anonymous list subdir"],
+        trained["curl anonymous get"],
+        trained["curl user list"],
+        trained["curl user get"],
+        trained["lftp user session"],
+        trained["lftp anonymous session"],
+    ])
+
+
 def redis() -> Protocol:
     (user, password), (other, other_password) = TRAIN_USER, TEST_USER
 
@@ -237,4 +254,4 @@ def smb() -> Protocol:
     ])
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (ftp(), redis(), http(), smtp(), smb())}
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (ftp(), ftp_seen(), redis(), http(), smtp(), smb())}

@@ -264,6 +264,7 @@ def samba(work: Path) -> Server:
 
 SETUPS: dict[str, Callable[[Path], Server]] = {
     "ftp": vsftpd,
+    "ftp-seen": vsftpd,  # issue 8: the data-channel tools with training names
     "redis": redis,
     "http": nginx,
     "smtp": exim,

@@ -308,7 +308,8 @@ def capture(tmp: Path, sessions: int, names: Sequence[bytes], *, per_session: in
     pcap = tmp / "channelproto.pcap"
     log = open(tmp / "tcpdump.log", "w+b")  # noqa: SIM115
     # --immediate-mode: a short capture must not end before the kernel hands its packets over
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-n", "-s", "0",
+    # -B: a 64 MiB buffer, so that other loopback traffic of a busy test run does not make the kernel drop ours
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-B", "65536", "-U", "-n", "-s", "0",
                              "-w", str(raw), "tcp and host 127.0.0.1"], stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 10

@@ -194,7 +194,12 @@ def run(args: argparse.Namespace) -> int:
     model: Model | None = load(model_path) if model_path else None
     stats = CaptureStats()
     started = time.monotonic()
-    sessions = list(read_sessions(captures, CaptureParams(), ports=args.ports, stats=stats))
+    from scriptgen.learn.channels import with_channels
+
+    # Every port is read: a data channel (scriptgen.learn.channels) uses a port of its own.
+    wanted = frozenset(args.ports or ())
+    sessions = with_channels(list(read_sessions(captures, CaptureParams(), stats=stats)),
+                             lambda s: not wanted or s.server_port in wanted)
     folds = list(range(args.holdout)) if args.holdout and args.all_folds else None
 
     if address is not None:

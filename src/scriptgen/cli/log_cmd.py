@@ -72,7 +72,7 @@ def _row(r: SessionRecord) -> list[str]:
         "-" if r.inputs is None else str(r.inputs),
         "-" if r.unmatched is None else str(r.unmatched),
         "-" if r.reason is None else r.reason,
-        _path(r.path),
+        (f"data channel of {r.parent}: " if r.parent else "") + _path(r.path),
     ]
 
 

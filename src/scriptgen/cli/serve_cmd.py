@@ -104,6 +104,13 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--max-connections", type=positive, default=_DEFAULTS.max_connections, metavar="N",
                         help="open sessions (TCP and UDP) at once; beyond, new ones are refused and "
                         "logged (default: %(default)s)")
+    parser.add_argument("--max-channels", type=positive, default=_DEFAULTS.max_channels, metavar="N",
+                        help="data channels (FTP's PASV/PORT connections, learned from the capture) being set "
+                        "up at once over all sessions; beyond, the answer names the capture's port "
+                        f"(default: %(default)s; {_DEFAULTS.max_session_channels} per session)")
+    parser.add_argument("--channel-timeout", type=_seconds, default=_DEFAULTS.channel_timeout, metavar="S",
+                        help="seconds a data channel's listener waits for the client, and a connection to a "
+                        "port the client announced may take (default: %(default)s)")
     parser.add_argument("--grace", type=_seconds, default=_DEFAULTS.grace, metavar="S",
                         help="on SIGTERM/SIGINT, seconds open sessions get to finish (default: %(default)s)")
     parser.add_argument("--log-data-bytes", type=positive, default=_LOG_DEFAULTS.data_bytes, metavar="N",
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     params = ServeParams(
         idle_timeout=args.idle_timeout, udp_idle_timeout=args.udp_idle_timeout, max_session=args.max_session,
         max_buffered=args.max_buffered, max_requests=args.max_requests, max_connections=args.max_connections,
-        grace=args.grace,
+        grace=args.grace, max_channels=args.max_channels, channel_timeout=args.channel_timeout,
     )
     port_map: dict[tuple[str | None, int], int] = {}
     for transport, model_port, listen_port in args.port_map:

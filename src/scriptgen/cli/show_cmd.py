@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from scriptgen.cli.common import port, warn
-from scriptgen.model import Clock, Count, Label, Part, PortModel, Region, Slot, Token
+from scriptgen.model import Clock, Count, Label, Part, Port, PortModel, Region, Slot, Token
 
 __all__ = ["add_parser", "pattern_text", "label_text"]
 
@@ -98,6 +98,8 @@ def part_text(p: Part) -> str:
     if isinstance(p, Count):
         at = f"[{p.at}]" if p.at else ""
         return f"{{${p.region}{at} {p.encoding} {p.delta:+d}}}"
+    if isinstance(p, Port):
+        return f"{{data port {p.encoding}}}"
     return f"{{length {p.scope} {p.encoding}{f' {p.adjust:+d}' if p.adjust else ''}}}"
 
 
@@ -114,7 +116,8 @@ def _text(p: PortModel, limit: int, out: Any) -> None:
     fields = [type(x).__name__ for s in p.states.values() for lb in s.labels[:1] for x in lb.parts
               if not isinstance(x, bytes | Slot)]
     if fields or p.framing:
-        counted = ", ".join(f"{fields.count(k)} {k.lower()}" for k in ("Token", "Clock", "Count", "Length") if k in fields)
+        counted = ", ".join(f"{fields.count(k)} {k.lower()}" for k in ("Token", "Clock", "Count", "Length", "Port")
+                            if k in fields)
         out.write(f"  answer fields: {counted or 'none'}")
         for i, k in enumerate(p.tokens):
             out.write(f"; token {i}: {k.length} bytes of {k.charset}")
@@ -135,7 +138,21 @@ def _text(p: PortModel, limit: int, out: Any) -> None:
         for t_id in s.transitions:
             t = p.transitions[t_id]
             links = "".join(f" ${k.region}@{k.where}" for k in t.links)
-            out.write(f"    --[{pattern_text(t.pattern)}] x{t.weight}{links}--> S{t.target}\n")
+            announce = f" {{client's data port {t.announce.encoding} @{t.announce.where}}}" if t.announce else ""
+            out.write(f"    --[{pattern_text(t.pattern)}]{announce} x{t.weight}{links}--> S{t.target}\n")
+            if t.channel is not None:
+                c = t.channel
+                out.write(f"      data channel: {c.stats.get('sessions', 0)} connections, {len(c.states)} states; "
+                          f"sends {label_text(_first_answer(c))}\n")
+
+
+def _first_answer(channel: PortModel) -> Label | None:
+    """What a data channel sends first: its banner, else the answer to its first request."""
+    root = channel.states[channel.root]
+    if root.default is not None and root.default.parts:
+        return root.default
+    heaviest = max((channel.transitions[t] for t in root.transitions), key=lambda t: t.weight, default=None)
+    return channel.states[heaviest.target].default if heaviest is not None else None
 
 
 def _dot(ports: list[PortModel]) -> str:

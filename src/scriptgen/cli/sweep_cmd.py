@@ -51,10 +51,13 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from scriptgen.capture import CaptureStats, read_sessions
     from scriptgen.evaluate.sweep import grid, plot, sweep
+    from scriptgen.learn.channels import with_channels
 
     macros, micros = grid(args.macro), grid(args.micro)
     stats = CaptureStats()
-    sessions = [s for s in read_sessions(args.captures, ports=args.ports, stats=stats) if s.messages]
+    wanted = frozenset(args.ports or ())  # every port is read: data channels use ports of their own
+    sessions = [s for s in with_channels(list(read_sessions(args.captures, stats=stats)),
+                                         lambda s: not wanted or s.server_port in wanted) if s.messages]
     if not sessions:
         warn("error: no sessions with data in the captures" + (" on the given ports" if args.ports else ""))
         return 3

@@ -3,7 +3,8 @@ outside this package (tests/emulate/test_isolation.py checks it), because the ho
 export embeds engine.py verbatim."""
 
 from scriptgen.emulate.engine import (
-    Close, Emulator, EmulatorParams, Event, Input, Machine, NeedData, Send, Unmatched,
+    Channel, Close, Connect, Emulator, EmulatorParams, Event, Input, Listen, Machine, NeedData, Send, Unmatched,
 )
 
-__all__ = ["Close", "Emulator", "EmulatorParams", "Event", "Input", "Machine", "NeedData", "Send", "Unmatched"]
+__all__ = ["Channel", "Close", "Connect", "Emulator", "EmulatorParams", "Event", "Input", "Listen", "Machine",
+           "NeedData", "Send", "Unmatched"]

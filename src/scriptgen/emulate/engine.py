@@ -8,6 +8,7 @@ this same code. No sockets, no clocks, no globals: time comes in as `now`.
     conn = Emulator(machine, now)          # one per connection
     conn.receive_data(b"USER x\\r\\n", now)  # b"" = the client closed
     event = conn.next_event(now)           # Send | Input | Unmatched | Close | NeedData
+                                           # | Listen | Connect | Channel (data channels)
 
 `port_doc` is one entry of the model file's "ports" list, as JSON (base64 bytes), already
 validated by scriptgen.modelfile (docs/model-format.md).
@@ -37,7 +38,7 @@ from typing import Any
 
 __all__ = [
     "EmulatorParams", "Machine", "Emulator",
-    "Send", "Input", "Unmatched", "Close", "NeedData", "Event",
+    "Send", "Input", "Unmatched", "Close", "NeedData", "Listen", "Connect", "Channel", "Event",
 ]
 
 
@@ -124,7 +125,33 @@ class NeedData:
     wake_at: float | None
 
 
-Event = Send | Input | Unmatched | Close | NeedData
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """The next answer (of `state`) announces a data channel's port: open a listener (on
+    the address the client connected to) and call `listening(port, host)`, or
+    `listening(None)` when none can be opened; the answer waits for it."""
+
+    state: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """The client announced a data channel on its own `port`: connect there, on the
+    client's address (never another)."""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """The answer to `request` goes on over a data channel of this connection: serve
+    `machine` on the next one (`Emulator(machine, now, first=request)`)."""
+
+    machine: Machine
+    request: bytes
+
+
+Event = Send | Input | Unmatched | Close | NeedData | Listen | Connect | Channel
 
 
 # -- the compiled model --------------------------------------------------------------------
@@ -132,12 +159,18 @@ Event = Send | Input | Unmatched | Close | NeedData
 
 class _Transition:
     __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample", "requests",
-                 "defaults")
+                 "defaults", "announce", "channel")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
         self.target: int = doc["target"]
         self.weight: int = doc["weight"]
+        announce = doc.get("announce")
+        self.announce: tuple[str, str, int] | None = None  # (encoding, "start" | "end", offset)
+        if announce:
+            side, _, offset = announce["where"].partition(":")
+            self.announce = (announce["encoding"], side, int(offset))
+        self.channel: Machine | None = Machine(doc["channel"], params) if doc.get("channel") else None
         parts: list[bytes] = []
         fixed: list[bytes] = []
         self.groups: dict[int, int] = {}  # region index -> regex group number
@@ -179,14 +212,15 @@ _Match = tuple[_Transition, "re.Match[bytes] | None"]
 
 
 class _State:
-    __slots__ = ("id", "label", "literal", "patterns", "closes_here", "delay", "nearest", "terminators", "framed",
-                 "longest_literal", "watch", "longest_terminator")
+    __slots__ = ("id", "label", "announces", "literal", "patterns", "closes_here", "delay", "nearest", "terminators",
+                 "framed", "longest_literal", "watch", "longest_terminator")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
         labels = doc["labels"]
         # The default answer: the most frequent label (the model lists it first).
         self.label: list[_Part] = [_part(p) for p in labels[0]["parts"]] if labels else []
+        self.announces = any(isinstance(p, tuple) and p[0] == "port" for p in self.label)
         outgoing = [transitions[t] for t in doc["transitions"]]
         self.literal: dict[bytes, _Transition] = {}  # requests matched by a dict lookup
         self.patterns: list[_Transition] = []
@@ -218,7 +252,7 @@ _MAX_FRAMED = 256  # transitions tried at the front of pipelined input, per stat
 
 # An answer template's part: bytes; an int (the request's value of that region); or a
 # field computed when the answer is sent: ("slot", region, start, stop), ("token", id), ("clock", encoding, offset, zone),
-# ("count", region, encoding, delta), ("length", scope, encoding, adjust).
+# ("count", region, encoding, delta), ("length", scope, encoding, adjust), ("port", encoding, captured value).
 _Part = bytes | int | tuple[Any, ...]
 
 
@@ -235,6 +269,8 @@ def _part(doc: dict[str, Any]) -> _Part:
         return ("clock", doc["clock"], float(doc["offset"]), int(doc["zone"]))
     if "count" in doc:
         return ("count", int(doc["count"]), doc["encoding"], int(doc["delta"]), int(doc["at"]))
+    if "port" in doc:
+        return ("port", doc["port"], base64.b64decode(doc["value"]))
     return ("length", doc["length"], doc["encoding"], int(doc["adjust"]))
 
 
@@ -286,6 +322,62 @@ def encode_clock(t: float, encoding: str, zone: int = 0) -> bytes:
         return (text + "GMT").encode()
     sign = "-" if zone < 0 else "+"
     return (text + f"{sign}{abs(zone) // 60:02d}{abs(zone) % 60:02d}").encode()
+
+
+def encode_port(port: int, encoding: str, host: str | None = None, captured: bytes = b"") -> bytes:
+    """`port` as a port field (scriptgen.model.PORT_ENCODINGS). "ip-pair" writes `host`
+    when it is an IPv4 address, else the captured address."""
+    if encoding == "u16be":
+        return port.to_bytes(2, "big")
+    if encoding == "dec":
+        return str(port).encode()
+    pair = f"{port >> 8},{port & 0xFF}".encode()
+    if encoding == "pair":
+        return pair
+    octets = host.split(".") if host else []
+    if len(octets) == 4 and all(o.isdigit() and int(o) < 256 for o in octets):
+        return ",".join(octets).encode() + b"," + pair
+    return b",".join(captured.split(b",")[:4]) + b"," + pair
+
+
+_PORT_CHARS = {"dec": b"0123456789", "pair": b"0123456789,", "ip-pair": b"0123456789,"}
+
+
+def decode_port(request: bytes, encoding: str, side: str, offset: int) -> int | None:
+    """The port a request announces, in `encoding`, starting `offset` bytes into it
+    (`side` "start") or ending `offset` bytes before its end ("end"); None if none is there."""
+    if side == "start":
+        start = offset
+        if encoding == "u16be":
+            end = start + 2
+        else:
+            end = start
+            while end < len(request) and request[end] in _PORT_CHARS[encoding]:
+                end += 1
+    else:
+        end = len(request) - offset
+        if encoding == "u16be":
+            start = end - 2
+        else:
+            start = end
+            while start > 0 and request[start - 1] in _PORT_CHARS[encoding]:
+                start -= 1
+    if start < 0 or end > len(request) or start >= end:
+        return None
+    field = request[start:end]
+    if encoding == "u16be":
+        port = int.from_bytes(field, "big")
+    else:
+        numbers = field.split(b",")
+        if not all(n.isdigit() and len(n) <= 5 for n in numbers):
+            return None
+        if encoding == "dec":
+            port = int(numbers[0]) if len(numbers) == 1 else -1
+        elif len(numbers) < 2 or int(numbers[-2]) > 255 or int(numbers[-1]) > 255:
+            return None
+        else:
+            port = int(numbers[-2]) << 8 | int(numbers[-1])
+    return port if 0 < port < 65536 else None
 
 
 def _delimiter(requests: list[bytes]) -> bytes:
@@ -349,10 +441,12 @@ class Machine:
 class Emulator:
     """The emulator for one connection (or one UDP peer)."""
 
-    def __init__(self, machine: Machine, now: float, *, wall: float | None = None, seed: int | None = None) -> None:
+    def __init__(self, machine: Machine, now: float, *, wall: float | None = None, seed: int | None = None,
+                 first: bytes | None = None) -> None:
         """`now`: the driver's clock (any monotonic seconds); `wall`: the Unix time at `now`
         (for clock fields; default `now`); `seed`: for the tokens made fresh (default: the
-        operating system's randomness)."""
+        operating system's randomness); `first`: a request taken at once, after the banner
+        (a data channel's: the request of the parent connection it answers)."""
         self.machine = machine
         self.params = machine.params
         self._epoch = (wall if wall is not None else now) - now
@@ -368,8 +462,14 @@ class Emulator:
         self._closed = False
         self._version = 0  # bumped whenever the buffer changes
         self._cached: tuple[int, _Match | None] = (-1, None)
+        self._parked: tuple[_State, dict[int, bytes], float] | None = None  # an answer waiting for `listening`
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
+        if first is not None:
+            if self._parked is None:
+                self._take(first, now)
+            else:
+                self._buffer += first  # taken when the banner is out
 
     @property
     def closed(self) -> bool:
@@ -388,6 +488,8 @@ class Emulator:
         self._buffer += data
         self._last_data = now
         self._version += 1
+        if self._parked is not None:
+            return  # taken once the parked answer is out (next_event)
         if len(self._buffer) >= self.params.max_request_bytes:
             self._take_front(now, len(self._buffer), None)
             return
@@ -404,7 +506,7 @@ class Emulator:
         # walked by offset: pipelined input is not copied once per request.
         whole = bytes(self._buffer)
         pos = 0
-        while pos < len(whole) and not self._closed:
+        while pos < len(whole) and not self._closed and self._parked is None:
             t = self._match(whole, pos)
             if t is not None and t[0].terminator and whole.endswith(t[0].terminator):
                 self._take(whole[pos:], now, t)
@@ -438,6 +540,8 @@ class Emulator:
                 return self._events.popleft()
             if self._closed:
                 return Close("closed")
+            if self._parked is not None:
+                return NeedData(None)  # until `listening`
             if self._buffer:
                 if self._cached[0] != self._version:  # match once per change of the buffer
                     self._cached = (self._version, self._match(bytes(self._buffer), 0))
@@ -466,6 +570,15 @@ class Emulator:
                 return Close("eof")
             return NeedData(None)
 
+    def listening(self, port: int | None, host: str | None = None) -> None:
+        """Answer a `Listen`: the data channel's listener is at `port` on `host` (None: no
+        listener; the answer then announces the port the capture had)."""
+        if self._parked is None:
+            return
+        state, values, now = self._parked
+        self._parked = None
+        self._send_answer(state, values, now, port, host)
+
     # -- internals -------------------------------------------------------------------------
 
     def _take_front(self, now: float, end: int, match: _Match | None) -> None:
@@ -492,7 +605,7 @@ class Emulator:
         whole = bytes(self._buffer)
         pos = 0
         framed = True
-        while pos < len(whole) and not self._closed:
+        while pos < len(whole) and not self._closed and self._parked is None:
             end = self._frame_end(whole, pos)
             if end is None:
                 framed = False
@@ -580,10 +693,24 @@ class Emulator:
         self.state = t.target
         self.path.append(t.target)
         self._events.append(Input(data, state.id, t.id, t.target))
+        if t.announce is not None:
+            port = decode_port(data, *t.announce)
+            if port is not None:
+                self._events.append(Connect(port))
+        if t.channel is not None:
+            self._events.append(Channel(t.channel, data))
         self._answer(self.machine.states[t.target], values, now)
 
     def _answer(self, state: _State, values: dict[int, bytes], now: float) -> None:
-        answer = self._render(state.label, values, now)
+        if state.announces:
+            self._events.append(Listen(state.id))
+            self._parked = (state, values, now)
+            return
+        self._send_answer(state, values, now, None, None)
+
+    def _send_answer(self, state: _State, values: dict[int, bytes], now: float, port: int | None,
+                     host: str | None) -> None:
+        answer = self._render(state.label, values, now, port, host)
         if self.params.pace:
             self._ready_at = max(self._ready_at, now + state.delay)
         if answer:
@@ -591,7 +718,8 @@ class Emulator:
         if state.closes_here:
             self._closed_after_events("server")
 
-    def _render(self, label: list[_Part], values: dict[int, bytes], now: float) -> bytes:
+    def _render(self, label: list[_Part], values: dict[int, bytes], now: float, port: int | None = None,
+                host: str | None = None) -> bytes:
         """The answer: bytes as learned, slots filled from the request, fields computed."""
         pieces: list[bytes] = []
         lengths: list[int] = []  # positions of length fields, filled in last
@@ -609,6 +737,8 @@ class Emulator:
             elif part[0] == "count":
                 _, region, encoding, delta, at = part
                 pieces.append(encode_int((_int_at(values.get(region, b""), at, encoding) or 0) + delta, encoding))
+            elif part[0] == "port":
+                pieces.append(part[2] if port is None else encode_port(port, part[1], host, part[2]))
             else:
                 lengths.append(len(pieces))
                 pieces.append(encode_int(0, part[2]))

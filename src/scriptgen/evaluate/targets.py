@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from scriptgen.emulate import Close, Emulator, Input, Machine, NeedData, Send, Unmatched
+from scriptgen.emulate import Close, Emulator, Input, Listen, Machine, NeedData, Send, Unmatched
 from scriptgen.errors import TargetError
 from scriptgen.params import EvaluateParams
 
@@ -155,8 +155,8 @@ class InProcessTarget:
                 deadline = now + p.quiet
             elif isinstance(event, Unmatched):
                 fallback = fallback or event.fallback
-            elif isinstance(event, Input):
-                continue
+            elif isinstance(event, Listen):
+                conn.listening(None)  # no data channel in replay: the answer names the capture's port
             elif isinstance(event, Close):
                 return bytes(got), True, now, fallback
             elif isinstance(event, NeedData):

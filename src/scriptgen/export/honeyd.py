@@ -10,6 +10,11 @@ arguments `$ipsrc $sport $ipdst $dport`; stdin and stdout are the connection (on
 a datagram socket for UDP); stderr is the service log. The driver reads and writes the
 raw file descriptors (binary, unbuffered), answers as the engine says, logs one line per
 event on stderr, and exits at EOF, at Close, or after an idle timeout.
+
+Data channels (FTP's PASV/PORT) are not served: the process has one connection and no
+way to listen on honeyd's virtual address. An answer that announces a port names the
+port of the capture (the client's connection to it fails, as with a firewall in the
+way); ports the client announces are not connected to. Each is logged.
 """
 
 from __future__ import annotations
@@ -95,6 +100,13 @@ def main(argv):
                 _log(peer, f"closed reason=write-failed ({exc.strerror})")
                 return 0
             _log(peer, _describe(event))
+            continue
+        if isinstance(event, Listen):
+            _log(peer, f"data channel not served (honeyd): state={event.state} announces the capture's port")
+            conn.listening(None)
+            continue
+        if isinstance(event, (Connect, Channel)):
+            _log(peer, f"data channel not served (honeyd): {type(event).__name__.lower()}")
             continue
         if isinstance(event, (Input, Unmatched)):
             _log(peer, _describe(event))

@@ -15,9 +15,10 @@ the client speaks again (several UDP datagrams of one answer are joined).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from scriptgen.learn.channels import ChildLink, Mark, data_session
 from scriptgen.learn.fields import AnswerSample
 from scriptgen.model import Label, Part, Sender, Session
 from scriptgen.params import LearnParams
@@ -35,6 +36,8 @@ class RawEdge:
     targets: list[RawNode]
     weight: int = 0
     samples: list[tuple[bytes, bytes]] = field(default_factory=list)
+    announce: Counter[tuple[str, str]] = field(default_factory=Counter)  # (encoding, where) of ports it announced
+    channels: list[Session] = field(default_factory=list)  # the data channels that answered it (channels.py)
 
 
 @dataclass(eq=False)
@@ -86,6 +89,22 @@ def turns(session: Session) -> tuple[bytes, list[tuple[bytes, bytes, float]]]:
     return bytes(banner), [(r, bytes(a), max(d, 0.0)) for r, a, d in result]
 
 
+def _places(session: Session) -> list[tuple[int, bool, int]]:
+    """For each message of `session`: (its turn as `turns` cuts them, -1 for the banner;
+    whether it is that turn's request; where in the turn's request or answer it starts)."""
+    places: list[tuple[int, bool, int]] = []
+    turn, offset = -1, 0
+    for message in session.messages:
+        if message.sender is Sender.CLIENT:
+            turn += 1
+            places.append((turn, True, 0))
+            offset = 0
+        else:
+            places.append((turn, False, offset))
+            offset += len(message.data)
+    return places
+
+
 def answer_times(session: Session) -> tuple[float, list[float]]:
     """The capture time of the banner and of each turn's answer (as `turns` cuts them):
     when its first byte was seen, or the request's time when there was no answer."""
@@ -102,61 +121,99 @@ def answer_times(session: Session) -> tuple[float, list[float]]:
     return banner_time, times
 
 
-def build(sessions: Iterable[Session], params: LearnParams) -> Iterator[RawTree]:
+def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, ChildLink] | None = None) -> Iterator[RawTree]:
     """One raw tree per (transport, server port), sorted by transport and port.
 
     Sessions with no message at all (port scans, refused connections) are skipped. A
     client that spoke before the banner arrived finds the banner at the front of the first
     answer: where that is the port's usual banner, it is taken as the banner (the server
-    sent it on connect; the answer is what follows)."""
-    kept = [s for s in sessions if s.messages]
+    sent it on connect; the answer is what follows). `links` (channels.find_channels, by
+    position in `sessions`) names the data channels: they join their parent's tree on the
+    edge of the request they answer, and where it announced their port is marked."""
+    sessions = list(sessions)
+    links = links or {}
+    marks: dict[int, list[Mark]] = {}
+    channels: dict[int, list[tuple[int, Session]]] = {}
+    for link in links.values():
+        marks.setdefault(link.parent, []).append(link.mark)
+        if link.trigger is not None:
+            parent = sessions[link.parent]
+            channels.setdefault(link.parent, []).append(
+                (link.trigger, data_session(sessions[link.child], link, parent)))
+    kept = [(i, s) for i, s in enumerate(sessions) if s.messages and i not in links]
     banners: dict[tuple[str, int], Counter[bytes]] = {}
-    for session in kept:
+    for _, session in kept:
         banner, _ = turns(session)
         if banner:
             banners.setdefault((session.transport.value, session.server_port), Counter())[banner] += 1
     trees: dict[tuple[str, int], RawTree] = {}
-    for session in kept:
+    for i, session in kept:
         key = (session.transport.value, session.server_port)
         tree = trees.get(key)
         if tree is None:
             tree = trees[key] = RawTree(key[0], key[1], RawNode())
         usual = min(banners[key], key=lambda b: (-banners[key][b], b)) if key in banners else b""
-        _add(tree, session, params, usual)
+        _add(tree, session, params, usual, marks.get(i, []), channels.get(i, []))
     for key in sorted(trees):
         yield trees[key]
 
 
-def _add(tree: RawTree, session: Session, params: LearnParams, usual_banner: bytes = b"") -> None:
+def _add(tree: RawTree, session: Session, params: LearnParams, usual_banner: bytes = b"",
+         marks: list[Mark] | tuple[Mark, ...] = (), channels: list[tuple[int, Session]] | tuple[()] = ()) -> None:
     banner, steps = turns(session)
     banner_time, times = answer_times(session)
+    split = 0  # bytes of the first answer that were the banner
     if not banner and usual_banner and steps and steps[0][1].startswith(usual_banner) and session.transport.value == "tcp":
         request, answer, delay = steps[0]
         banner, steps = usual_banner, [(request, answer[len(usual_banner) :], delay), *steps[1:]]
+        split = len(usual_banner)
+    # Where marks and channels go: per turn (-1: the banner), the ports its answer
+    # announces, what its request announces, the channels that answered its request.
+    answer_ports: dict[int, list[tuple[int, int, str]]] = {}
+    request_ports: dict[int, list[tuple[str, str]]] = {}
+    answered: dict[int, list[Session]] = {}
+    if marks or channels:
+        place = _places(session)
+        for mark in marks:
+            turn, is_request, offset = place[mark.message]
+            start, end = mark.start + offset, mark.end + offset
+            if is_request:
+                size = len(steps[turn][0])
+                request_ports.setdefault(turn, []).extend(
+                    [(mark.encoding, f"start:{start}"), (mark.encoding, f"end:{size - end}")])
+            elif turn == 0 and split:
+                if start >= split:
+                    answer_ports.setdefault(0, []).append((start - split, end - split, mark.encoding))
+                elif end <= split:
+                    answer_ports.setdefault(-1, []).append((start, end, mark.encoding))
+            else:
+                answer_ports.setdefault(turn, []).append((start, end, mark.encoding))
+        for trigger, channel in channels:
+            answered.setdefault(place[trigger][0], []).append(channel)
     number = tree.sessions
     tree.sessions += 1
     node = tree.root
     node.labels[(banner,) if banner else ()] += 1
     if len(node.answers) < params.max_answer_samples:
-        node.answers.append(AnswerSample(number, banner_time, banner))
-    for (request, answer, delay), at in zip(steps, times):
+        node.answers.append(AnswerSample(number, banner_time, banner, ports=tuple(answer_ports.get(-1, ()))))
+    for turn, ((request, answer, delay), at) in enumerate(zip(steps, times)):
         edge = node.edges.get(request)
         if edge is None:
-            if len(node.edges) >= params.max_fanout:
-                tree.cut["fanout"] += 1
-                return
-            if tree.states >= params.max_states:
-                tree.cut["states"] += 1
+            if len(node.edges) >= params.max_fanout or tree.states >= params.max_states:
+                tree.cut["fanout" if len(node.edges) >= params.max_fanout else "states"] += 1
+                tree.cut["channels"] += sum(len(v) for k, v in answered.items() if k >= turn)
                 return
             edge = node.edges[request] = RawEdge(request, [RawNode()])
             tree.states += 1
         edge.weight += 1
         if len(edge.samples) < params.max_samples:
             edge.samples.append((request, answer))
+        edge.announce.update(request_ports.get(turn, ()))
+        edge.channels.extend(answered.get(turn, ()))
         node = edge.targets[0]
         node.labels[(answer,) if answer else ()] += 1
         if len(node.answers) < params.max_answer_samples:
-            node.answers.append(AnswerSample(number, at, answer))
+            node.answers.append(AnswerSample(number, at, answer, ports=tuple(answer_ports.get(turn, ()))))
         if len(node.delays) < params.max_delays:
             node.delays.append(delay)
     node.closes[session.closed_by.value if session.closed_by else "none"] += 1

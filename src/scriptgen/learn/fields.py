@@ -25,13 +25,14 @@ import math
 import re
 import statistics
 import string
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from scriptgen.model import (
-    Clock, Count, Framing, Length, Part, Region, Slot, Token, TokenSpec,
+    Clock, Count, Framing, Length, Part, Port, Region, Slot, Token, TokenSpec,
 )
 
 __all__ = ["AnswerSample", "Tokens", "decode_int", "decode_clock", "generalise", "find_framing", "tokenise_pattern",
@@ -46,6 +47,7 @@ class AnswerSample:
     time: float  # capture time of the answer's first byte
     answer: bytes
     values: dict[int, bytes] = field(default_factory=dict)  # request region -> value
+    ports: tuple[tuple[int, int, str], ...] = ()  # (start, end, encoding) of ports it announced (channels.py)
 
 
 MIN_TOKEN_SAMPLES = 3  # sessions needed to call bytes "different in every session"
@@ -169,6 +171,7 @@ def generalise(template: tuple[Part, ...], samples: Sequence[AnswerSample], patt
     samples of other lengths in)."""
     if not template or not rules:
         return template
+    template = _with_ports(template, samples, tokens)
     parts = _pass(template, samples, pattern, tokens, rules)
     if "lengths" in rules:
         parts = _pass(parts, samples, pattern, tokens, ("lengths",))
@@ -195,6 +198,57 @@ def _pass(template: tuple[Part, ...], samples: Sequence[AnswerSample], pattern: 
         if at < len(part):
             parts.extend(_known_tokens(part[at:], tokens) if "tokens" in rules else [part[at:]])
     return tuple(_joined(parts))
+
+
+def _with_ports(template: tuple[Part, ...], samples: Sequence[AnswerSample], tokens: Tokens) -> tuple[Part, ...]:
+    """The template with Port fields where its samples announced a data channel's port
+    (channels.py marked them): at the column most samples laid over it agree on, else
+    where a marked sample's bytes before the port equal the template's."""
+    marked = [s for s in samples if s.ports]
+    if not marked:
+        return template
+    votes: Counter[tuple[int, int, int, str]] = Counter()  # (part, column, length, encoding)
+    for f in _fits(template, marked, tokens):
+        for start, end, encoding in f.sample.ports:
+            for index, part in enumerate(template):
+                if isinstance(part, bytes) and f.starts[index] <= start and end <= f.starts[index] + len(part):
+                    votes[(index, start - f.starts[index], end - start, encoding)] += 1
+    if not votes and isinstance(template[0], bytes):
+        head = template[0]
+        for s in marked:
+            for start, _, encoding in s.ports:
+                found = _port_size(head, start, encoding)
+                if found is not None and s.answer[:start] == head[:start]:
+                    votes[(0, start, found, encoding)] += 1
+    cuts: dict[int, list[tuple[int, int, Part]]] = {}
+    for (index, column, length, encoding), _ in sorted(votes.items(), key=lambda v: (-v[1], v[0])):
+        part = template[index]
+        assert isinstance(part, bytes)
+        value = part[column : column + length]
+        if _port_size(part, column, encoding) != length:
+            continue
+        taken = cuts.setdefault(index, [])
+        if all(column >= e or column + length <= s for s, e, _ in taken):
+            taken.append((column, column + length, Port(encoding, value)))
+    out: list[Part] = []
+    for index, part in enumerate(template):
+        if index in cuts and isinstance(part, bytes):
+            out.extend(splice(part, sorted(cuts[index], key=lambda c: c[0])))
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+_PORT_FIELD = {"ip-pair": re.compile(rb"\d{1,3}(?:,\d{1,3}){5}"), "pair": re.compile(rb"\d{1,3},\d{1,3}"),
+               "dec": re.compile(rb"\d{1,5}")}
+
+
+def _port_size(data: bytes, at: int, encoding: str) -> int | None:
+    """How many bytes of `data` from `at` a port field in `encoding` takes, if one is there."""
+    if encoding == "u16be":
+        return 2 if len(data) >= at + 2 else None
+    m = _PORT_FIELD[encoding].match(data, at)
+    return m.end() - at if m else None
 
 
 def _fits(template: tuple[Part, ...], samples: Sequence[AnswerSample], tokens: Tokens) -> list[_Fit]:
@@ -231,6 +285,8 @@ def _size(part: Part, s: AnswerSample, at: int, tokens: Tokens) -> int | None:
         return len(value) if s.answer[at : at + len(value)] == value else None
     if isinstance(part, Token):
         return tokens.specs[part.token].length
+    if isinstance(part, Port):
+        return _port_size(s.answer, at, part.encoding)
     if isinstance(part, Clock):
         if part.encoding in _CLOCK_WIDTH:
             return _CLOCK_WIDTH[part.encoding]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 
 from scriptgen.learn.builder import RawTree, build
+from scriptgen.learn.channels import find_channels
 from scriptgen.learn.simplify import simplify
 from scriptgen.model import Model, PortModel, Session
 from scriptgen.params import LearnParams
@@ -24,7 +25,9 @@ def learn(sessions: Iterable[Session], params: LearnParams | None = None, *,
     """Learn one state machine per (transport, server port) of `sessions`. `progress` is
     called as each port is done; `level_progress` as each level of a port's tree is."""
     params = params or LearnParams()
-    return learn_trees(list(build(sessions, params)), params, sources=sources, progress=progress,
+    sessions = list(sessions)
+    links = find_channels(sessions) if "channels" in params.rules else {}
+    return learn_trees(list(build(sessions, params, links)), params, sources=sources, progress=progress,
                        level_progress=level_progress)
 
 

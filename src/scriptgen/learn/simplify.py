@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scriptgen.learn import align
-from scriptgen.learn.builder import RawEdge, RawNode, RawTree, label_list
+from scriptgen.learn.builder import RawEdge, RawNode, RawTree, build, label_list
 from scriptgen.learn.regions import make_regions, microclusters, region_of, values
 from scriptgen.learn.fields import Tokens, find_framing, generalise, splice, tokenise_pattern
-from scriptgen.model import Count, Label, Link, Part, PortModel, Region, Slot, State, Transition
+from scriptgen.model import Announce, Count, Label, Link, Part, PortModel, Region, Slot, State, Transition
 from scriptgen.params import LearnParams
 
 __all__ = ["simplify", "cluster_requests", "Cluster", "Request"]
@@ -95,6 +95,7 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
                 transitions[tid] = Transition(
                     id=tid, source=sid, target=next_state, pattern=tuple(cluster.pattern),
                     weight=cluster.weight, links=tuple(cluster.links), samples=_samples(members, params),
+                    announce=_announce(members), channel=_channel(members, params),
                 )
                 out.append(tid)
                 following.append((_merge(cluster, members, params), next_state, tuple(cluster.pattern)))
@@ -479,12 +480,41 @@ def _merge(cluster: Cluster, edges: list[RawEdge], params: LearnParams) -> RawNo
             for request, child in target.edges.items():
                 into = merged.edges.get(request)
                 if into is None:
-                    merged.edges[request] = RawEdge(request, list(child.targets), child.weight, list(child.samples))
+                    merged.edges[request] = RawEdge(request, list(child.targets), child.weight, list(child.samples),
+                                                    Counter(child.announce), list(child.channels))
                 else:
                     into.targets.extend(child.targets)
                     into.weight += child.weight
                     into.samples.extend(child.samples[: max(0, params.max_samples - len(into.samples))])
+                    into.announce.update(child.announce)
+                    into.channels.extend(child.channels)
     return merged
+
+
+def _announce(edges: list[RawEdge]) -> Announce | None:
+    """Where the requests announce a port of the client's (channels.py), if at least half
+    of them did, at one place: the (encoding, where) most of them agree on."""
+    votes: Counter[tuple[str, str]] = Counter()
+    for edge in edges:
+        votes.update(edge.announce)
+    if not votes:
+        return None
+    (encoding, where), count = min(votes.items(), key=lambda v: (-v[1], v[0]))
+    return Announce(encoding, where) if count * 2 >= sum(e.weight for e in edges) else None
+
+
+def _channel(edges: list[RawEdge], params: LearnParams) -> PortModel | None:
+    """The data channels that answered these requests, learned as a model of their own
+    (each session starts with the request it answered)."""
+    sessions = [s for e in edges for s in e.channels]
+    if not sessions:
+        return None
+    tree = next(build(sessions, params), None)
+    if tree is None:
+        return None
+    channel = simplify(tree, params)
+    channel.port = 0  # a port chosen when it is served
+    return channel
 
 
 def _samples(edges: list[RawEdge], params: LearnParams) -> tuple[tuple[bytes, bytes], ...]:

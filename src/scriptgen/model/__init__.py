@@ -1,20 +1,20 @@
 """The vocabulary shared by every stage, named after the stage that makes it.
 
 capture: Endpoint, Message, Session (session.py)
-learn:   Region, Slot, Token, Clock, Count, Length, Label, Link, Transition, State,
-         TokenSpec, Framing, PortModel, Model (machine.py)
+learn:   Region, Slot, Token, Clock, Count, Length, Port, Label, Link, Announce, Transition,
+         State, TokenSpec, Framing, PortModel, Model (machine.py)
 
 This package imports nothing from the rest of scriptgen.
 """
 
 from scriptgen.model.machine import (
-    CLOCK_ENCODINGS, INT_ENCODINGS, Clock, Count, Framing, Label, Length, Link, Model, Part, PortModel, Region,
-    Slot, State, Token, TokenSpec, Transition,
+    CLOCK_ENCODINGS, INT_ENCODINGS, PORT_ENCODINGS, Announce, Clock, Count, Framing, Label, Length, Link, Model, Part,
+    Port, PortModel, Region, Slot, State, Token, TokenSpec, Transition,
 )
 from scriptgen.model.session import Endpoint, Gap, Message, Sender, Session, Transport
 
 __all__ = [
     "Endpoint", "Gap", "Message", "Sender", "Session", "Transport",
-    "Region", "Slot", "Token", "Clock", "Count", "Length", "Part", "Label", "Link", "Transition", "State",
-    "TokenSpec", "Framing", "PortModel", "Model", "INT_ENCODINGS", "CLOCK_ENCODINGS",
+    "Region", "Slot", "Token", "Clock", "Count", "Length", "Port", "Part", "Label", "Link", "Announce", "Transition",
+    "State", "TokenSpec", "Framing", "PortModel", "Model", "INT_ENCODINGS", "CLOCK_ENCODINGS", "PORT_ENCODINGS",
 ]

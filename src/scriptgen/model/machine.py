@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Region", "Slot", "Token", "Clock", "Count", "Length", "Part", "Label", "Link", "Transition", "State",
-           "TokenSpec", "Framing", "PortModel", "Model", "INT_ENCODINGS", "CLOCK_ENCODINGS"]
+__all__ = ["Region", "Slot", "Token", "Clock", "Count", "Length", "Port", "Part", "Label", "Link", "Announce",
+           "Transition", "State", "TokenSpec", "Framing", "PortModel", "Model", "INT_ENCODINGS", "CLOCK_ENCODINGS",
+           "PORT_ENCODINGS"]
 
 INT_ENCODINGS = ("u8", "u16be", "u16le", "u24be", "u32be", "u32le", "dec")
 """How an integer field is written: unsigned, big or little endian, or ASCII decimal."""
@@ -24,6 +25,10 @@ INT_ENCODINGS = ("u8", "u16be", "u16le", "u24be", "u32be", "u32le", "dec")
 CLOCK_ENCODINGS = ("u32be", "u32le", "filetime", "http-date", "rfc5322")
 """How a time field is written: Unix seconds (u32), Windows FILETIME (u64 little endian,
 100 ns since 1601), `Sun, 06 Nov 1994 08:49:37 GMT`, `Sun, 6 Nov 1994 08:49:37 +0000`."""
+
+PORT_ENCODINGS = ("ip-pair", "pair", "dec", "u16be")
+"""How a message announces a TCP port: `127,0,0,1,156,64` (an IPv4 address and the port's
+two bytes, in decimal), `156,64`, `40000`, or two bytes big endian."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +112,18 @@ class Length:
     adjust: int
 
 
-Part = bytes | Slot | Token | Clock | Count | Length
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A port the server announces for a second connection (a data channel, as FTP's
+    `227 Entering Passive Mode (127,0,0,1,156,64)`): the emulator listens on a port of its
+    own and writes it (and, for "ip-pair", its address) in `encoding` (PORT_ENCODINGS).
+    `value` is the field as captured: what is written when no listener can be opened."""
+
+    encoding: str
+    value: bytes
+
+
+Part = bytes | Slot | Token | Clock | Count | Length | Port
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +151,17 @@ class Link:
     support: float
 
 
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """A request that announces a port of the client's for a data channel (as FTP's
+    `PORT 127,0,0,1,156,64`): the emulator connects there, on the client's own address.
+    The field is in `encoding` (PORT_ENCODINGS), located by `where`: "start:K" (it starts
+    K bytes into the request) or "end:K" (it ends K bytes before the request's end)."""
+
+    encoding: str
+    where: str
+
+
 @dataclass(slots=True)
 class Transition:
     id: int
@@ -144,6 +171,10 @@ class Transition:
     weight: int
     links: tuple[Link, ...] = ()
     samples: tuple[tuple[bytes, bytes], ...] = ()  # (request, answer) seen on this edge
+    announce: Announce | None = None
+    # What the server sent on a data channel after this request (a listing, a file): the
+    # model of those connections, each starting with this request as its first.
+    channel: PortModel | None = None
 
 
 @dataclass(slots=True)

@@ -23,13 +23,14 @@ import jsonschema  # type: ignore[import-untyped]
 from scriptgen import __version__
 from scriptgen.errors import ModelFormatError, ModelVersionError
 from scriptgen.model import (
-    Clock, Count, Framing, Label, Length, Link, Model, Part, PortModel, Region, Slot, State, Token, TokenSpec, Transition,
+    Announce, Clock, Count, Framing, Label, Length, Link, Model, Part, Port, PortModel, Region, Slot, State, Token,
+    TokenSpec, Transition,
 )
 
 __all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema", "port_doc"]
 
 FORMAT = "scriptgen-model"
-VERSION = 2
+VERSION = 3
 MAX_MODEL_BYTES = 256 * 1024 * 1024
 
 
@@ -45,8 +46,13 @@ def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _v2_to_v3(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 added data channels (issue 8): optional keys, absent in a version 2 model."""
+    return doc
+
+
 # version -> function turning a document of that version into the next version's.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 _validator: jsonschema.protocols.Validator | None = None
 
@@ -104,19 +110,25 @@ def port_doc(p: PortModel) -> dict[str, Any]:
             }
             for s in (p.states[i] for i in sorted(p.states))
         ],
-        "transitions": [
-            {
-                "id": t.id,
-                "source": t.source,
-                "target": t.target,
-                "weight": t.weight,
-                "pattern": [_region_doc(r) for r in t.pattern],
-                "links": [{"region": k.region, "where": k.where, "support": k.support} for k in t.links],
-                "samples": [[_b64(a), _b64(b)] for a, b in t.samples],
-            }
-            for t in (p.transitions[i] for i in sorted(p.transitions))
-        ],
+        "transitions": [_transition_doc(p.transitions[i]) for i in sorted(p.transitions)],
     }
+
+
+def _transition_doc(t: Transition) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": t.id,
+        "source": t.source,
+        "target": t.target,
+        "weight": t.weight,
+        "pattern": [_region_doc(r) for r in t.pattern],
+        "links": [{"region": k.region, "where": k.where, "support": k.support} for k in t.links],
+        "samples": [[_b64(a), _b64(b)] for a, b in t.samples],
+    }
+    if t.announce is not None:
+        doc["announce"] = {"encoding": t.announce.encoding, "where": t.announce.where}
+    if t.channel is not None:
+        doc["channel"] = port_doc(t.channel)
+    return doc
 
 
 def _part_doc(part: Part) -> dict[str, Any]:
@@ -135,6 +147,8 @@ def _part_doc(part: Part) -> dict[str, Any]:
         return {"clock": part.encoding, "offset": part.offset, "zone": part.zone}
     if isinstance(part, Count):
         return {"count": part.region, "encoding": part.encoding, "delta": part.delta, "at": part.at}
+    if isinstance(part, Port):
+        return {"port": part.encoding, "value": _b64(part.value)}
     return {"length": part.scope, "encoding": part.encoding, "adjust": part.adjust}
 
 
@@ -214,7 +228,7 @@ def _bytes(text: str, where: str, path: str) -> bytes:
         raise ModelFormatError(path, where, "not valid base64") from None
 
 
-def _port(doc: dict[str, Any], where: str, path: str) -> PortModel:
+def _port(doc: dict[str, Any], where: str, path: str, channel: bool = False) -> PortModel:
     n_states, n_trans = len(doc["states"]), len(doc["transitions"])
     if doc["root"] >= n_states:
         raise ModelFormatError(path, f"{where}.root", f"no state {doc['root']}")
@@ -240,7 +254,13 @@ def _port(doc: dict[str, Any], where: str, path: str) -> PortModel:
             (_bytes(a, f"{at}.samples[{j}]", path), _bytes(b, f"{at}.samples[{j}]", path))
             for j, (a, b) in enumerate(t["samples"])
         )
-        tr = Transition(i, t["source"], t["target"], pattern, t["weight"], tuple(links), samples)
+        announce = Announce(t["announce"]["encoding"], t["announce"]["where"]) if "announce" in t else None
+        sub = None
+        if "channel" in t:
+            if channel:
+                raise ModelFormatError(path, f"{at}.channel", "a data channel's model has no data channels of its own")
+            sub = _port(t["channel"], f"{at}.channel", path, channel=True)
+        tr = Transition(i, t["source"], t["target"], pattern, t["weight"], tuple(links), samples, announce, sub)
         if t["target"] in incoming or t["target"] == doc["root"]:
             raise ModelFormatError(path, at, f"state {t['target']} has two ways in (the model is a tree)")
         incoming[t["target"]] = tr
@@ -278,6 +298,8 @@ def _label_part(part: dict[str, Any], where: str, path: str, way_in: Transition 
         return Clock(part["clock"], float(part["offset"]), part["zone"])
     if "length" in part:
         return Length(part["encoding"], part["length"], part["adjust"])
+    if "port" in part:
+        return Port(part["port"], _bytes(part["value"], where, path))
     region = part["slot"] if "slot" in part else part["count"]
     if way_in is None or region >= len(way_in.pattern) or way_in.pattern[region].fixed:
         raise ModelFormatError(path, where, "slot must name a mutating region of the transition into this state")

@@ -93,9 +93,22 @@ CATALOGUE: dict[str, EventSpec] = {
     "scriptgen.session.connect": EventSpec(
         "A client connected (TCP), or a datagram came from a new peer (UDP).",
         {
-            "state": "the model state the session starts in (the root)",
+            "state": "the model state the session starts in (the root; null for a data channel, "
+            "which starts when its parent says what to serve)",
             "model": "the model file serving this port",
             "model_port": "the port in the model (before `--port-map`)",
+            "parent": "for a data channel (FTP's PASV/PORT connections, docs/emulator.md): the session "
+            "id of the connection that announced it; else null",
+        },
+    ),
+    "scriptgen.session.channel": EventSpec(
+        "A data channel of this session is being set up, or could not be.",
+        {
+            "action": "`listen` (a listener waits for the client on `port`), `connect` (connecting to the "
+            "client's `port`), `refused` (over the channel limits, or a connection from another address), "
+            "`failed` (`error` says why) or `expired` (nobody connected within `--channel-timeout`)",
+            "port": "the port listened on or connected to (null when none was had)",
+            "error": "what failed (`failed`), else null",
         },
     ),
     "scriptgen.session.input": EventSpec(
@@ -138,7 +151,8 @@ CATALOGUE: dict[str, EventSpec] = {
             "state": "the last state",
             "reason": "`server` (the real server closed there), `eof` (the client closed), "
             "`unmatched` (fallback close), `reset` (the connection broke), `idle`, "
-            "`max-duration`, `max-buffered`, `max-requests`, `shutdown` or `error`",
+            "`max-duration`, `max-buffered`, `max-requests`, `shutdown`, `error`, or `parent` (a "
+            "data channel whose parent ended before anything was served on it)",
             "path": "the states visited, in order, from the root (list of state ids)",
             "duration": "seconds from connect to close",
             "inputs": "requests taken",

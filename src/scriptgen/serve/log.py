@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     bytes_in INTEGER,
     bytes_out INTEGER,
     reason TEXT,
-    path TEXT
+    path TEXT,
+    parent TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start);
 """
@@ -110,12 +111,15 @@ class SqliteSink:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "parent" not in columns:  # a database written before data channels
+            self._db.execute("ALTER TABLE sessions ADD COLUMN parent TEXT")
 
     def write(self, batch: Batch) -> None:
         rows = [(e["eventid"], e["timestamp"], e.get("session"), line) for e, line in batch]
         opened = [
             (e["session"], e["transport"], e["src_ip"], e["src_port"], e["dst_ip"], e["dst_port"],
-             e["model"], e["model_port"], e["sensor"], e["timestamp"])
+             e["model"], e["model_port"], e["sensor"], e["timestamp"], e.get("parent"))
             for e, _ in batch if e["eventid"] == "scriptgen.session.connect"
         ]
         closed = [
@@ -130,7 +134,7 @@ class SqliteSink:
             if opened:
                 db.executemany(
                     "INSERT OR REPLACE INTO sessions (session, transport, src_ip, src_port, dst_ip, dst_port, "
-                    "model, model_port, sensor, start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", opened)
+                    "model, model_port, sensor, start, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", opened)
             if closed:
                 db.executemany(
                     "UPDATE sessions SET end = ?, duration = ?, inputs = ?, unmatched = ?, bytes_in = ?, "

@@ -41,6 +41,7 @@ class SessionRecord:
     bytes_out: int | None
     reason: str | None
     path: list[int] | None
+    parent: str | None = None  # the session that announced this data channel
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +61,9 @@ def recent_sessions(path: str, limit: int = 20) -> list[SessionRecord]:
     try:
         db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
         try:
-            rows = db.execute(f"SELECT {_COLUMNS} FROM sessions ORDER BY start DESC, rowid DESC LIMIT ?",
+            # A database written before data channels has no parent column.
+            parent = "parent" if any(r[1] == "parent" for r in db.execute("PRAGMA table_info(sessions)")) else "NULL"
+            rows = db.execute(f"SELECT {_COLUMNS}, {parent} FROM sessions ORDER BY start DESC, rowid DESC LIMIT ?",
                               (limit,)).fetchall()
         finally:
             db.close()
@@ -69,6 +72,6 @@ def recent_sessions(path: str, limit: int = 20) -> list[SessionRecord]:
     records = []
     for row in rows:
         values = list(row)
-        values[-1] = json.loads(values[-1]) if values[-1] is not None else None
+        values[-2] = json.loads(values[-2]) if values[-2] is not None else None
         records.append(SessionRecord(*values))
     return records

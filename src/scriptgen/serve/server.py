@@ -11,6 +11,14 @@ connection (half the memory per idle connection, see bench/bench_serve.py), and 
 transport's flow control is the `drain`: while a client does not read its answers,
 reading from it pauses, and past `max_buffered` queued bytes it is cut off.
 
+Data channels (FTP's PASV/PORT, docs/emulator.md): when the engine says `Listen`, the
+session binds a listener of its own on the address the client reached and tells the
+engine its port; on `Connect`, it connects to the client's own address at the port the
+client announced. Either way the connection, once made, waits for the engine's
+`Channel` (what to serve on it) and is then a session of its own, logged with its
+parent's session id. Both are bounded (`max_channels`, `max_session_channels`,
+`channel_timeout`).
+
 A failure in one session is caught in that session: it is logged
 (`scriptgen.session.error`), that session is closed, the others go on. `shutdown()`
 stops listening, gives open sessions `grace` seconds, closes the rest, and logs
@@ -30,16 +38,20 @@ import socket
 import sys
 import time
 import traceback
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 from scriptgen import __version__
 from scriptgen.emulate import (
+    Channel,
     Close,
+    Connect,
     Emulator,
     EmulatorParams,
     Input,
+    Listen,
     Machine,
     NeedData,
     Send,
@@ -145,6 +157,7 @@ class Server:
         self._refused_window = 0.0
         self._refused_logged = 0
         self._suppressed = 0
+        self.channels_pending = 0  # data channel listeners and connections out being set up
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -295,6 +308,7 @@ class _Session:
         "bytes_in",
         "bytes_out",
         "conn",
+        "data",
         "done",
         "dst_ip",
         "dst_port",
@@ -302,6 +316,7 @@ class _Session:
         "inputs",
         "last_data",
         "listener",
+        "parent",
         "server",
         "src_ip",
         "src_port",
@@ -326,6 +341,8 @@ class _Session:
         self.timer_at = 0.0
         self.inputs = self.unmatched = self.bytes_in = self.bytes_out = 0
         self.done = False
+        self.parent: _Session | None = None  # the session whose data channel this is
+        self.data: _Channels | None = None  # this session's data channels, once it has one
 
     # -- the driver loop ---------------------------------------------------------------------
 
@@ -345,7 +362,7 @@ class _Session:
             ln = self.listener
             self.emit("scriptgen.session.connect",
                       f"new connection: {self.peer()} -> {self.dst_ip}:{self.dst_port} [session {self.id}]",
-                      state=self.conn.state, model=ln.model, model_port=ln.model_port)
+                      state=self.conn.state, model=ln.model, model_port=ln.model_port, parent=None)
             self.pump()
         except Exception as exc:  # per-session isolation (STYLE habit 7)
             self.fail(exc)
@@ -394,6 +411,17 @@ class _Session:
                                state=event.state, fallback=event.fallback)
             elif isinstance(event, Close):
                 self.close(event.reason)
+            elif isinstance(event, Listen):
+                conn.listening(*self.channels().listen())
+            elif isinstance(event, Connect):
+                self.channels().connect(event.port)
+            elif isinstance(event, Channel):
+                self.channels().serve(event.machine, event.request)
+
+    def channels(self) -> _Channels:
+        if self.data is None:
+            self.data = _Channels(self)
+        return self.data
 
     def _arm(self, loop: asyncio.AbstractEventLoop, now: float, wake_at: float | None) -> None:
         params = self.server.params
@@ -422,8 +450,10 @@ class _Session:
                 self.close("max-duration")
             elif now >= self.last_data + idle:
                 self.close("idle")
-            else:
+            elif self.conn is not None:
                 self.pump()
+            else:
+                self._arm(asyncio.get_running_loop(), now, None)
         except Exception as exc:  # per-session isolation (STYLE habit 7)
             self.fail(exc)
 
@@ -447,6 +477,8 @@ class _Session:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.data is not None:
+            self.data.close()
         self.server.release(self)
         try:
             self.shut(reason)
@@ -657,3 +689,210 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         for session in list(self.sessions.values()):
             session.close("shutdown")
         self.transport = None
+
+
+class _Channels:
+    """One session's data channels: listeners and connections out being set up, data
+    connections made and waiting for what to serve, and what to serve waiting for a data
+    connection (the two meet in either order: a client may connect before or after it
+    sends the request the channel answers)."""
+
+    def __init__(self, owner: _Session) -> None:
+        self.owner = owner
+        self.pending = 0  # listeners and connections out being set up
+        self.listening: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}  # fd -> (socket, expiry)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.waiting: deque[_DataSession] = deque()
+        self.queued: deque[tuple[Machine, bytes]] = deque(maxlen=_MAX_QUEUED)
+
+    def _admit(self, action: str, port: int | None) -> bool:
+        owner, server = self.owner, self.owner.server
+        params = server.params
+        if owner.transport_name == "tcp" and server.channels_pending < params.max_channels \
+                and self.pending < params.max_session_channels:
+            self.pending += 1
+            server.channels_pending += 1
+            return True
+        self.log("refused", port, f"data channel refused ({action}): over the channel limits")
+        return False
+
+    def _settled(self) -> None:
+        self.pending -= 1
+        self.owner.server.channels_pending -= 1
+
+    def log(self, action: str, port: int | None, message: str, error: str | None = None) -> None:
+        self.owner.emit("scriptgen.session.channel", message, action=action, port=port, error=error)
+
+    def listen(self) -> tuple[int | None, str | None]:
+        """Bind a listener for one data connection on the address the client reached:
+        (port, address), or (None, None) when none could be had."""
+        owner = self.owner
+        if not self._admit("listen", None):
+            return None, None
+        sock = socket.socket(socket.AF_INET6 if ":" in owner.dst_ip else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((owner.dst_ip, 0))
+            sock.listen(1)
+            port = int(sock.getsockname()[1])
+            loop = asyncio.get_running_loop()
+            fd = sock.fileno()
+            loop.add_reader(fd, self._accept, fd)
+        except OSError as exc:
+            sock.close()
+            self._settled()
+            self.log("failed", None, f"data channel: cannot listen ({exc.strerror or exc})", error=str(exc))
+            return None, None
+        expiry = loop.call_later(owner.server.params.channel_timeout, self._expire, fd)
+        self.listening[fd] = (sock, expiry)
+        self.log("listen", port, f"data channel: listening on {owner.dst_ip}:{port}")
+        return port, owner.dst_ip
+
+    def _accept(self, fd: int) -> None:
+        sock, expiry = self.listening[fd]
+        try:
+            conn, addr = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._stop_listening(fd)
+            self.log("failed", None, f"data channel: accept failed ({exc.strerror or exc})", error=str(exc))
+            return
+        if addr[0] != self.owner.src_ip:  # only the client that was told the port
+            conn.close()
+            self.log("refused", int(addr[1]), f"data channel: refused a connection from {addr[0]}")
+            return
+        self._stop_listening(fd)
+        task = asyncio.ensure_future(
+            asyncio.get_running_loop().connect_accepted_socket(lambda: _DataSession(self), conn))
+        self._keep(task)
+
+    def _expire(self, fd: int) -> None:
+        if fd in self.listening:
+            port = int(self.listening[fd][0].getsockname()[1])
+            self._stop_listening(fd)
+            self.log("expired", port, "data channel: nobody connected in time")
+
+    def _stop_listening(self, fd: int) -> None:
+        sock, expiry = self.listening.pop(fd)
+        expiry.cancel()
+        asyncio.get_running_loop().remove_reader(fd)
+        sock.close()
+        self._settled()
+
+    def connect(self, port: int) -> None:
+        """Connect to the port the client announced, on its own address."""
+        if not self._admit("connect", port):
+            return
+        owner = self.owner
+        self.log("connect", port, f"data channel: connecting to {owner.src_ip}:{port}")
+        loop = asyncio.get_running_loop()
+        made = loop.create_connection(lambda: _DataSession(self), owner.src_ip, port)
+        task = asyncio.ensure_future(asyncio.wait_for(made, owner.server.params.channel_timeout))
+        task.add_done_callback(lambda t, port=port: self._connected(t, port))  # type: ignore[misc]
+        self._keep(task)
+
+    def _connected(self, task: asyncio.Task[Any], port: int) -> None:
+        self._settled()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            error = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+            self.log("failed", port, f"data channel: cannot connect to port {port} ({error})", error=error)
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self.tasks.discard)
+
+    def serve(self, machine: Machine, request: bytes) -> None:
+        """Serve `machine` on the next data connection (made, or still to come)."""
+        self.queued.append((machine, request))
+        self.match()
+
+    def arrived(self, session: _DataSession) -> None:
+        self.waiting.append(session)
+        self.match()
+
+    def match(self) -> None:
+        while self.waiting and self.queued:
+            session = self.waiting.popleft()
+            if not session.done:
+                session.start(*self.queued.popleft())
+
+    def close(self) -> None:
+        """The owner ended: no more listeners or connections; connections that got nothing
+        to serve end with it (those serving go on)."""
+        for fd in list(self.listening):
+            self._stop_listening(fd)
+        for task in list(self.tasks):
+            task.cancel()
+        self.queued.clear()
+        while self.waiting:
+            self.waiting.popleft().close("parent")
+
+
+_MAX_QUEUED = 4  # answers waiting for a data connection, per session
+
+
+class _DataSession(_TcpSession):
+    """A data channel's connection (accepted or made): a session of its own whose engine
+    starts when its parent says what to serve (`_Channels.serve`)."""
+
+    __slots__ = ("early", "early_eof", "owner")
+
+    def __init__(self, channels: _Channels) -> None:
+        parent = channels.owner
+        super().__init__(parent.server, parent.listener)
+        self.parent = parent
+        self.owner = channels
+        self.early = bytearray()  # bytes from the client before there is anything to serve
+        self.early_eof = False
+
+    def begin(self, src: Any, dst: Any) -> bool:
+        parent = self.owner.owner
+        self.id = self.server.new_id()
+        self.src_ip, self.src_port = str(src[0]), int(src[1])
+        self.dst_ip, self.dst_port = str(dst[0]), int(dst[1])
+        if not self.server.admit(self):
+            self.done = True
+            return False
+        loop = asyncio.get_running_loop()
+        now = self.started = self.last_data = loop.time()
+        self.started_wall = time.time()
+        ln = self.listener
+        self.emit("scriptgen.session.connect",
+                  f"data channel of session {parent.id}: {self.peer()} <-> {self.dst_ip}:{self.dst_port} "
+                  f"[session {self.id}]", state=None, model=ln.model, model_port=ln.model_port, parent=parent.id)
+        if parent.done:
+            self.close("parent")
+            return True
+        self._arm(loop, now, None)
+        self.owner.arrived(self)
+        return True
+
+    def start(self, machine: Machine, request: bytes) -> None:
+        try:
+            now = asyncio.get_running_loop().time()
+            self.conn = Emulator(machine, now, wall=time.time(), first=request)
+            early, self.early = bytes(self.early), bytearray()
+            if early:
+                self.conn.receive_data(early, now)
+            if self.early_eof:
+                self.conn.receive_data(b"", now)
+            self.pump()
+        except Exception as exc:  # per-session isolation (STYLE habit 7)
+            self.fail(exc)
+
+    def feed(self, data: bytes) -> None:
+        if self.conn is not None or self.done:
+            super().feed(data)
+            return
+        if not data:
+            self.early_eof = True
+            return
+        self.last_data = asyncio.get_running_loop().time()
+        self.bytes_in += len(data)
+        self.early += data
+        if len(self.early) > self.server.params.max_buffered:
+            self.close("max-buffered")
