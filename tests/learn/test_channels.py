@@ -169,3 +169,51 @@ def test_data_channel_listeners_are_bounded_and_expire(channel_capture):
         events = srv.events()
     actions = [e["action"] for e in events if e["eventid"] == "scriptgen.session.channel"]
     assert sorted(actions) == ["expired", "expired", "listen", "listen", "refused"]
+
+
+FTP_TOOLS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "dev" / "ftp" / "ftp_dev_tools"
+
+
+@pytest.mark.skipif(not FTP_TOOLS.with_suffix(".pcap").exists(), reason="../shared/corpus is absent")
+def test_curl_against_the_emulator_of_the_corpus_vsftpd_prints_what_it_printed_there(tmp_path):
+    """The corpus capture's own curl commands (listings, downloads in passive and active
+    mode) against the emulator learned from it: each prints what it printed against the
+    real vsftpd (.clients.log), and each download holds the bytes the capture has for it."""
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    sessions = list(read_sessions([str(FTP_TOOLS.with_suffix(".pcap"))]))
+    model = learn(sessions, LearnParams(jobs=1))
+    control = model.port("tcp", 21)
+    assert control is not None and len(model.ports) == 1  # the data connections are inside
+    downloads = {}  # file name -> the bytes its data connection carried
+    for child, link in find_channels(sessions).items():
+        parent = sessions[link.parent]
+        trigger = parent.messages[link.trigger].data if link.trigger is not None else b""
+        if trigger.startswith(b"RETR "):
+            downloads[trigger[5:].strip().decode()] = b"".join(m.data for m in sessions[child].messages)
+    commands = [json.loads(line) for line in FTP_TOOLS.with_suffix(".cmds.jsonl").read_text().splitlines()]
+    commands = [c for c in commands if c["tool"] == "curl" and "-T" not in c["argv"] and "-Q" not in c["argv"]]
+    printed = {}
+    for section in FTP_TOOLS.with_suffix(".clients.log").read_text().split("===== ")[1:]:
+        header, _, body = section.partition("\n")
+        printed[header.split(" $ ", 1)[1].strip()] = body.strip()
+    machine = Machine(port_doc(control))
+    listener = Listener("tcp", "127.0.0.1", 0, machine, "ftp.json", 21)
+    checked = 0
+    with ServerThread([listener], tmp_path / "log") as srv:
+        port = srv.addr("ftp")[1]
+        for c in commands:
+            argv = [a.replace("ftp://127.0.0.1/", f"ftp://127.0.0.1:{port}/") for a in c["argv"]]
+            done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False)
+            assert done.returncode == c["rc"], (c["cmdline"], done.stderr)
+            assert (done.stdout + done.stderr).strip() == printed[c["cmdline"]], c["cmdline"]
+            if "-o" in argv:
+                name = argv[argv.index("-o") + 1]
+                remote = argv[-1].rsplit("/", 1)[1]
+                assert (tmp_path / name).read_bytes() == downloads[remote], c["cmdline"]
+            checked += 1
+    assert checked == len(commands) >= 8
