@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.learn.tokenproto import read_exactly
+
 MODES = ("get", "push")
 DATA_TIMEOUT = 5.0  # the server's wait for a data connection
 
@@ -63,20 +65,10 @@ def _parse_name(body: bytes) -> bytes | None:
 
 def read_frame(sock: socket.socket) -> bytes | None:
     """The payload of the next control frame, None at EOF (a timeout raises)."""
-    header = _read_exactly(sock, 2)
+    header = read_exactly(sock, 2)
     if header is None:
         return None
-    return _read_exactly(sock, struct.unpack(">H", header)[0])
-
-
-def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
+    return read_exactly(sock, struct.unpack(">H", header)[0])
 
 
 def _read_all(sock: socket.socket) -> bytes:

@@ -66,13 +66,13 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 def _read_frame(sock: socket.socket) -> bytes | None:
-    header = _read_exactly(sock, 4)
+    header = read_exactly(sock, 4)
     if header is None:
         return None
-    return _read_exactly(sock, struct.unpack(">I", header)[0])
+    return read_exactly(sock, struct.unpack(">I", header)[0])
 
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
+def read_exactly(sock: socket.socket, n: int) -> bytes | None:
     data = b""
     while len(data) < n:
         chunk = sock.recv(n - len(data))
@@ -99,10 +99,10 @@ class Server(socketserver.ThreadingTCPServer):
 def socket_exchange(sock: socket.socket) -> Exchange:
     def exchange(request: bytes) -> bytes:
         sock.sendall(request)
-        header = _read_exactly(sock, 4)
+        header = read_exactly(sock, 4)
         if header is None:
             return b""
-        return header + (_read_exactly(sock, struct.unpack(">I", header)[0]) or b"")
+        return header + (read_exactly(sock, struct.unpack(">I", header)[0]) or b"")
     return exchange
 
 

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: numpy/scipy/parasail take most of a second to load, and other
     # commands (and --help) should not wait for them.
     from scriptgen.learn import learn
-    from scriptgen.learn.channels import find_channels, with_channels
+    from scriptgen.learn.channels import find_channels
     from scriptgen.modelfile import save
 
     params = LearnParams(macro=args.macro, micro=args.micro, max_fanout=args.max_fanout,
@@ -87,17 +87,16 @@ def run(args: argparse.Namespace) -> int:
         sessions.append(session)
         if len(sessions) % 10_000 == 0:
             warn(f"read {len(sessions)} sessions...")
-    wanted = frozenset(args.ports or ())
-    sessions = with_channels(sessions, lambda s: not wanted or s.server_port in wanted)
-    channels = find_channels(sessions) if "channels" in params.rules else {}
+    # A data channel goes with its parent: counted and kept (or not) with the parent's port.
+    links = find_channels(sessions) if "channels" in params.rules else {}
+    owners = [sessions[links[i].parent] if i in links else s for i, s in enumerate(sessions)]
     counts: dict[tuple[str, int], int] = {}
     for i, s in enumerate(sessions):
-        if s.messages and i not in channels:
+        if s.messages and i not in links and (not args.ports or s.server_port in args.ports):
             key = (s.transport.value, s.server_port)
             counts[key] = counts.get(key, 0) + 1
     keep = {k for k, n in counts.items() if n >= args.min_sessions}
-    sessions = with_channels(sessions, lambda s: (s.transport.value, s.server_port) in keep) if channels \
-        else [s for s in sessions if (s.transport.value, s.server_port) in keep]
+    sessions = [s for s, owner in zip(sessions, owners) if (owner.transport.value, owner.server_port) in keep]
     warn(f"read {len(sessions)} sessions on {len(keep)} port(s) in {time.monotonic() - started:.1f}s; learning...")
 
     tty = sys.stderr.isatty()
