@@ -158,3 +158,29 @@ def test_pipelined_requests_are_split_and_answered_in_order():
 def test_pipelined_unknown_lines_are_cut_at_the_models_terminator():
     t = run(ftp(), [b"XYZ1\r\nXYZ2\r\nSYST\r\n"])
     assert t.answers[1] == b"215 UNIX Type: L8\r\n" and t.unmatched == ["silence", "silence"]
+
+
+def test_a_request_answered_by_its_nearest_transition_gets_its_own_name_repeated():
+    # Each name was seen once: no link can be learned, but the nearest transition's answer
+    # repeats its sample's name, and the name at hand takes its place.
+    sessions = [session((b"EHLO client01.example.org\r\n", b"250-mail01 Hello client01.example.org [10.0.0.1]\r\n250 SIZE\r\n"),
+                        banner=BANNER),
+                session((b"*2\r\n$4\r\nECHO\r\n$11\r\nhello there\r\n", b"$11\r\nhello there\r\n"), banner=BANNER),
+                session((b"QUIT\r\n", b"221 bye\r\n"), banner=BANNER)]
+    m = machine(sessions, macro=0.0)
+    out = run(m, [b"EHLO client02.example.net\r\n"])
+    assert out.unmatched == ["nearest"]
+    assert out.answers[1] == b"250-mail01 Hello client02.example.net [10.0.0.1]\r\n250 SIZE\r\n"
+    out = run(m, [b"*2\r\n$4\r\nECHO\r\n$15\r\nis anybody home\r\n"])
+    assert out.answers[1] == b"$15\r\nis anybody home\r\n"
+    assert run(m, [b"QUIT\r\n"]).answers[1] == b"221 bye\r\n"  # an exact match is answered as learned
+
+
+def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned():
+    # The headers came in another order: "Connection: close" moved, it did not change.
+    sessions = [session((b"HEAD / HTTP/1.1\r\nConnection: close\r\nUser-Agent: scanner/1.0\r\n\r\n",
+                         b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"), port=80),
+                session((b"QUIT\r\n", b"221 bye\r\n"), port=80)]
+    out = run(machine(sessions, macro=0.0), [b"HEAD / HTTP/1.1\r\nUser-Agent: scanner/2.0\r\nConnection: close\r\n\r\n"])
+    assert out.unmatched == ["nearest"]
+    assert out.answers[1] == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"

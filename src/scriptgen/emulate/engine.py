@@ -210,6 +210,39 @@ class _Transition:
 
 _Match = tuple[_Transition, "re.Match[bytes] | None"]
 
+_MIN_ECHO = 4  # bytes a repeated piece must have (shorter ones repeat by chance)
+
+
+def _label_bytes(label: list[_Part]) -> bytes:
+    return b"".join(p for p in label if isinstance(p, bytes))
+
+
+def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+    """(ours) For a request matched to its nearest transition: the pieces of that
+    transition's sample request its answer repeats, each with what stands in their place
+    in the request at hand. A transition learned from one request cannot have a link, but
+    its answer to an unseen name should repeat the name (EHLO, ECHO, an unknown command)."""
+    sample, data = sample[:limit], data[:limit]
+    repeated = difflib.SequenceMatcher(None, sample, answer[: limit * 4], autojunk=False).get_matching_blocks()
+    if not any(size >= _MIN_ECHO for _, _, size in repeated):
+        return []
+    ops = difflib.SequenceMatcher(None, sample, data, autojunk=False).get_opcodes()
+
+    def where(i: int, end: bool) -> int:  # position i of the sample, in data
+        for tag, i1, i2, j1, j2 in ops:
+            if (i1 < i <= i2) if end else (i1 <= i < i2):
+                return j1 + i - i1 if tag == "equal" else (j2 if end else j1)
+        return len(data) if end else 0
+
+    pairs = []
+    for a, _, size in repeated:
+        old = sample[a : a + size]
+        if size >= _MIN_ECHO and old not in data:  # still there (headers reordered): unchanged
+            new = data[where(a, False) : where(a + size, True)]
+            if new:
+                pairs.append((old, new))
+    return pairs
+
 
 class _State:
     __slots__ = ("id", "label", "announces", "literal", "patterns", "closes_here", "delay", "nearest", "terminators",
@@ -463,6 +496,7 @@ class Emulator:
         self._version = 0  # bumped whenever the buffer changes
         self._cached: tuple[int, _Match | None] = (-1, None)
         self._parked: tuple[_State, dict[int, bytes], float] | None = None  # an answer waiting for `listening`
+        self._echo: list[tuple[bytes, bytes]] = []  # (sample's bytes, request's) for the next answer
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
         if first is not None:
@@ -687,6 +721,8 @@ class Emulator:
                 return
             self._events.append(Unmatched(data, state.id, "nearest"))
             values = dict(t.defaults)
+            self._echo = _echoes(t.sample, data, _label_bytes(self.machine.states[t.target].label),
+                                 self.params.compare_bytes)
         else:
             t, m = match
             values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
@@ -711,6 +747,9 @@ class Emulator:
     def _send_answer(self, state: _State, values: dict[int, bytes], now: float, port: int | None,
                      host: str | None) -> None:
         answer = self._render(state.label, values, now, port, host)
+        for old, new in self._echo:
+            answer = answer.replace(old, new)
+        self._echo = []
         if self.params.pace:
             self._ready_at = max(self._ready_at, now + state.delay)
         if answer:

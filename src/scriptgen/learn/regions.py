@@ -40,15 +40,23 @@ def spans(rows: Sequence[Row], min_fixed_run: int) -> list[Span]:
     for i in range(1, len(runs) - 1):
         if runs[i][2] and runs[i][1] - runs[i][0] < min_fixed_run and not runs[i - 1][2] and not runs[i + 1][2]:
             runs[i][2] = False
-    merged: list[list[int]] = []
+    # Join the absorbed runs with their neighbours first: a run of one letter absorbed was
+    # the same in every row, and taken alone it would be fixed again.
+    runs = _join(runs)
     for run in runs:
         if not run[2] and len({_strip(r, run[0], run[1]) for r in rows}) == 1:
             run[2] = True
+    return [(a, b, bool(f)) for a, b, f in _join(runs)]
+
+
+def _join(runs: list[list[int]]) -> list[list[int]]:
+    merged: list[list[int]] = []
+    for run in runs:
         if merged and merged[-1][2] == run[2]:
             merged[-1][1] = run[1]
         else:
             merged.append(list(run))
-    return [(a, b, bool(f)) for a, b, f in merged]
+    return merged
 
 
 def values(row: Row, span: Span) -> bytes:
@@ -59,19 +67,22 @@ def _strip(row: Row, start: int, end: int) -> bytes:
     return bytes(b for b in row[start:end] if b != GAP)
 
 
-def microclusters(rows: Sequence[Row], weights: Sequence[int], params: LearnParams) -> list[list[int]]:
+def microclusters(rows: Sequence[Row], weights: Sequence[int], params: LearnParams,
+                  answers: Sequence[bytes] = ()) -> list[list[int]]:
     """Split a macrocluster (row indices) by frequent values (paper Fig. 4).
 
     For each group, the first mutating region (left to right) whose most frequent value
     has a weighted share >= w splits the group in two: the rows with that value (where the
     region becomes fixed) and the rest. Repeat until nothing splits. w=0 splits every
     value apart; w=1 never splits (a value with share 1 makes the region fixed).
+    (ours) A region whose values the answers repeat (`answers`, one per row) does not
+    split: a name the server echoes is a parameter, whichever value most clients sent.
     """
     done: list[list[int]] = []
     todo: list[list[int]] = [list(range(len(rows)))]
     while todo:
         group = todo.pop()
-        part = _split(group, rows, weights, params)
+        part = _split(group, rows, weights, params, answers)
         if part is None:
             done.append(group)
         else:
@@ -80,7 +91,7 @@ def microclusters(rows: Sequence[Row], weights: Sequence[int], params: LearnPara
 
 
 def _split(group: list[int], rows: Sequence[Row], weights: Sequence[int],
-           params: LearnParams) -> list[list[int]] | None:
+           params: LearnParams, answers: Sequence[bytes]) -> list[list[int]] | None:
     if len(group) < 2:
         return None
     sub = [_compact([rows[i] for i in group])]
@@ -91,7 +102,7 @@ def _split(group: list[int], rows: Sequence[Row], weights: Sequence[int],
         for i, row in zip(group, sub[0]):
             v = _strip(row, start, end)
             share[v] = share.get(v, 0) + weights[i]
-        if len(share) < 2:
+        if len(share) < 2 or _echoed(group, sub[0], (start, end), weights, answers, params):
             continue
         best = min(share, key=lambda v: (-share[v], v))
         if share[best] >= params.micro * sum(share.values()):
@@ -100,6 +111,20 @@ def _split(group: list[int], rows: Sequence[Row], weights: Sequence[int],
             outside = [i for i in group if i not in taken]
             return [inside, outside]
     return None
+
+
+def _echoed(group: list[int], rows: Sequence[Row], span: tuple[int, int], weights: Sequence[int],
+            answers: Sequence[bytes], params: LearnParams) -> bool:
+    """Do the answers repeat the rows' values there (weighted share >= link_min_support)?"""
+    if not answers:
+        return False
+    echoed = total = 0
+    for i, row in zip(group, rows):
+        value = _strip(row, *span)
+        total += weights[i]
+        if len(value) >= params.link_min_length and value in answers[i]:
+            echoed += weights[i]
+    return echoed >= params.link_min_support * total
 
 
 def _compact(rows: list[Row]) -> list[list[int]]:

@@ -41,6 +41,7 @@ class Request:
     weight: int
     index: int  # position among the state's edges
     answer: bytes = b""  # the most frequent answer it got (its first bytes)
+    answer_length: int = 0  # that answer's whole length
 
 
 @dataclass(eq=False)
@@ -75,7 +76,7 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
     while level:
         following: list[tuple[RawNode, int, tuple[Region, ...]]] = []
         edges_of = [sorted(node.edges.values(), key=lambda e: (-e.weight, e.request)) for node, _, _ in level]
-        requests = [[Request(e.request, e.weight, i, _answer(e)) for i, e in enumerate(edges)]
+        requests = [[Request(e.request, e.weight, i, *_answer(e)) for i, e in enumerate(edges)]
                     for edges in edges_of]
         heavy = [i for i, r in enumerate(requests) if len(r) >= _PARALLEL_MIN]
         found: dict[int, list[Cluster]] = dict(zip(heavy, mapper(cluster_requests, [requests[i] for i in heavy],
@@ -212,7 +213,7 @@ def _region_analysis(edges: list[Request], params: LearnParams) -> list[Cluster]
     tails = [e.request[params.max_align_bytes :] for e in edges]
     weights = [e.weight for e in edges]
     result = []
-    for group in microclusters(rows, weights, params):
+    for group in microclusters(rows, weights, params, [e.answer for e in edges]):
         cluster = _cluster([edges[i] for i in group], [rows[i] for i in group], [tails[i] for i in group], params)
         parts = _by_answer(cluster, params)
         if len(parts) == 1:
@@ -230,7 +231,10 @@ def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
     decides the answer (a path -> 200 or 404, a share name, a password) must not become a
     wildcard answered by whichever answer was most frequent. Answers are compared with each
     request's own parameter values blanked out (an echoed name is not a difference), by
-    alignment distance, so that a date or a counter in the answer does not split.
+    alignment distance, so that a date or a counter in a binary answer does not split.
+    Text answers are compared with every run of digits made one "0" (dates, lengths and
+    counters are written in digits there), and then any difference in words splits (at
+    most _TEXT_SPLIT): two pages of one server differ only in a few words of their body.
     Returns the groups as positions among the cluster's members."""
     if len(cluster.members) < 2 or params.answer_split >= 1.0 or params.micro >= 1.0:
         return [list(range(len(cluster.members)))]  # w = 1 turns microclustering off, this included
@@ -241,10 +245,15 @@ def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
             if len(value) >= params.link_min_length:
                 answer = answer.replace(value, b"\x00")
         answers.append(answer)
+    threshold = params.answer_split
+    if all(_TEXT.fullmatch(m.answer[:_ANSWER_BYTES]) for m in cluster.members):
+        answers = [_DIGITS.sub(b"0", a) for a in answers]
+        threshold = min(threshold, _TEXT_SPLIT)
     parts: list[tuple[bytes, list[int]]] = []  # (representative answer, member positions)
-    for k, answer in enumerate(_without_nonces(answers)):
+    lengths = [member.answer_length for member in cluster.members]
+    for k, answer in enumerate(_without_nonces(answers, lengths)):
         for representative, positions in parts:
-            if align.distance(representative, answer) <= params.answer_split:
+            if align.distance(representative, answer) <= threshold:
                 positions.append(k)
                 break
         else:
@@ -255,13 +264,15 @@ def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
     return [positions for _, positions in parts]
 
 
-def _without_nonces(answers: list[bytes]) -> list[bytes]:
+def _without_nonces(answers: list[bytes], lengths: list[int]) -> list[bytes]:
     """Answers with their nonce columns blanked: among answers of one length, a column
     that takes a different value in most of them (a session id, a challenge) is no
-    decision of the server's and must not split requests apart."""
-    by_length: dict[int, list[int]] = {}
+    decision of the server's and must not split requests apart. One length means the
+    whole answers' (the compared heads of long answers all have the same length, and
+    text shifted by a different status line is no nonce)."""
+    by_length: dict[tuple[int, int], list[int]] = {}
     for k, answer in enumerate(answers):
-        by_length.setdefault(len(answer), []).append(k)
+        by_length.setdefault((len(answer), lengths[k]), []).append(k)
     out = list(answers)
     for group in by_length.values():
         if len(group) < 3:
@@ -275,15 +286,24 @@ def _without_nonces(answers: list[bytes]) -> list[bytes]:
 
 
 _MAX_ANSWER_GROUPS = 32  # answers told apart per microcluster (bounds the comparisons)
-_ANSWER_BYTES = 256  # of an answer compared
+_ANSWER_BYTES = 256  # of an answer's head and of its tail compared
+_DIGITS = re.compile(rb"[0-9]+")
+_TEXT = re.compile(rb"[\t\n\r\x20-\x7e]*")
+_TEXT_SPLIT = 0.02  # share of a text answer (digits masked) that may differ in one group
 
 
-def _answer(edge: RawEdge) -> bytes:
+def _answer(edge: RawEdge) -> tuple[bytes, int]:
+    """The edge's most frequent answer (its first and last bytes) and its length."""
     counts: Counter[bytes] = Counter()
     for target in edge.targets:
         for parts, count in target.labels.items():
-            counts[b"".join(p for p in parts if isinstance(p, bytes))[:_ANSWER_BYTES]] += count
-    return min(counts, key=lambda a: (-counts[a], a)) if counts else b""
+            counts[b"".join(p for p in parts if isinstance(p, bytes))] += count
+    if not counts:
+        return b"", 0
+    answer = min(counts, key=lambda a: (-counts[a], a))
+    if len(answer) > 2 * _ANSWER_BYTES:  # head and tail: a page's body ends it
+        return answer[:_ANSWER_BYTES] + answer[-_ANSWER_BYTES:], len(answer)
+    return answer, len(answer)
 
 
 def _cluster(edges: list[Request], rows: list[list[int]], tails: list[bytes], params: LearnParams) -> Cluster:
@@ -390,11 +410,13 @@ def _resummarise(cluster: Cluster, params: LearnParams) -> None:
 
 def find_links(cluster: Cluster, edges: list[RawEdge], params: LearnParams) -> None:
     """Random regions whose value the answer repeats at a position stated the same way
-    in >= link_min_support of the (request, answer) pairs (paper §2.4.3)."""
+    in >= link_min_support of the (request, answer) pairs (paper §2.4.3). (ours) Or any
+    mutating region with two values or more that the answers repeat so: a name most
+    clients share is echoed as surely as a random one."""
     if len(edges) < 2:
         return
     for r, region in enumerate(cluster.pattern):
-        if region.fixed or not region.random:
+        if region.fixed or not (region.random or len(region.samples) >= 2):
             continue
         support: Counter[str] = Counter()
         total = 0
