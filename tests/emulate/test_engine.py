@@ -184,3 +184,23 @@ def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned()
     out = run(machine(sessions, macro=0.0), [b"HEAD / HTTP/1.1\r\nUser-Agent: scanner/2.0\r\nConnection: close\r\n\r\n"])
     assert out.unmatched == ["nearest"]
     assert out.answers[1] == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+
+
+def test_requests_answered_alike_that_lead_to_different_states_stay_apart():
+    # Every USER gets 331; what the same PASS gets next tells the users apart. Merged,
+    # "PASS right" was 230 for any user, and a brute force found every user "valid".
+    def login(user, password, answer):
+        return session((b"USER " + user + b"\r\n", b"331 Please specify the password.\r\n"),
+                       (b"PASS " + password + b"\r\n", answer), (b"QUIT\r\n", b"221 Goodbye.\r\n"),
+                       banner=BANNER, closed_by=Sender.SERVER)
+    ok, no = b"230 Login successful.\r\n", b"530 Login incorrect.\r\n"
+    sessions = [login(b"anonymous", b"ftp@example.com", ok), login(b"anonymous", b"guest@example.org", ok),
+                login(b"anonymous", b"IEUser@", ok), login(b"alice", b"right", ok), login(b"alice", b"right", ok),
+                login(b"alice", b"letmein", no), login(b"alice", b"admin", no), login(b"alice", b"123456", no),
+                login(b"bob", b"right", no), login(b"bob", b"letmein", no),
+                login(b"carol", b"right", no), login(b"carol", b"admin", no)]
+    m = machine(sessions)
+    assert run(m, [b"USER dave\r\n", b"PASS right\r\n"]).answers[2] == no
+    assert run(m, [b"USER alice\r\n", b"PASS right\r\n"]).answers[2] == ok
+    assert run(m, [b"USER alice\r\n", b"PASS hunter2\r\n"]).answers[2] == no
+    assert run(m, [b"USER anonymous\r\n", b"PASS scanner@example.net\r\n"]).answers[2] == ok

@@ -706,12 +706,20 @@ class Emulator:
         state = self.machine.states[self.state]
         if match is None:
             match = self._match(data, 0)
+        # Fallbacks, strongest evidence first: the same bytes learned in another state; a
+        # similar request of this state; another state's pattern; the model's most similar.
+        t: _Transition | None = None
         if match is None:
-            match = self._elsewhere(state, data)
+            match = self._elsewhere(state, data, patterns=False)
+            if match is None:
+                t = self._nearest(state.nearest, data)
+                if t is None:
+                    match = self._elsewhere(state, data, patterns=True)
+                    if match is None:
+                        t = self._nearest(self.machine.nearest, data)
             if match is not None:
                 self._events.append(Unmatched(data, state.id, "elsewhere"))
         if match is None:
-            t = self._nearest(state, data)
             if t is None:
                 fallback = "close" if state.closes_here else "silence"
                 self._events.append(Unmatched(data, state.id, fallback))
@@ -812,13 +820,14 @@ class Emulator:
         self._events.append(Close(reason))
         self._closed = True
 
-    def _elsewhere(self, state: _State, data: bytes) -> _Match | None:
+    def _elsewhere(self, state: _State, data: bytes, patterns: bool) -> _Match | None:
         """A transition of another state that matches: the model learned this request in
         another context. Preferred: one leaving a state that gave the same answer as the
-        current state (the server was in the same situation), then the most specific."""
+        current state (the server was in the same situation), then the most specific.
+        `patterns`: a mutating pattern may match (else only the same bytes)."""
         machine = self.machine
         found: list[tuple[_Transition, re.Match[bytes] | None]] = [(t, None) for t in machine.literal.get(data, [])]
-        if not found:
+        if not found and patterns:
             for t in machine.patterns:
                 m = t.regex.fullmatch(data)
                 if m is not None:
@@ -833,22 +842,18 @@ class Emulator:
 
         return max(found, key=rank)
 
-    def _nearest(self, state: _State, data: bytes) -> _Transition | None:
-        """The transition whose sample request is most similar to `data` (at least the
-        floor): among this state's first, then among the model's heaviest."""
-        head = data[: self.params.compare_bytes]
+    def _nearest(self, candidates: list[_Transition], data: bytes) -> _Transition | None:
+        """The candidate (this state's, or the model's heaviest) whose sample request is
+        most similar to `data`, if at least the floor."""
         matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", b"", autojunk=False)
-        matcher.set_seq1(head)
-        for candidates in (state.nearest, self.machine.nearest):
-            best, best_score = None, self.params.similarity_floor
-            for t in candidates:
-                matcher.set_seq2(t.sample[: self.params.compare_bytes])
-                # The quick upper bounds rule most candidates out before the full ratio.
-                if matcher.real_quick_ratio() < best_score or matcher.quick_ratio() < best_score:
-                    continue
-                score = matcher.ratio()
-                if score >= best_score and (best is None or score > best_score):
-                    best, best_score = t, score
-            if best is not None:
-                return best
-        return None
+        matcher.set_seq1(data[: self.params.compare_bytes])
+        best, best_score = None, self.params.similarity_floor
+        for t in candidates:
+            matcher.set_seq2(t.sample[: self.params.compare_bytes])
+            # The quick upper bounds rule most candidates out before the full ratio.
+            if matcher.real_quick_ratio() < best_score or matcher.quick_ratio() < best_score:
+                continue
+            score = matcher.ratio()
+            if score >= best_score and (best is None or score > best_score):
+                best, best_score = t, score
+        return best

@@ -42,6 +42,7 @@ class Request:
     index: int  # position among the state's edges
     answer: bytes = b""  # the most frequent answer it got (its first bytes)
     answer_length: int = 0  # that answer's whole length
+    follow: tuple[tuple[bytes, bytes], ...] = ()  # text requests that came next, with their answers
 
 
 @dataclass(eq=False)
@@ -76,7 +77,7 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
     while level:
         following: list[tuple[RawNode, int, tuple[Region, ...]]] = []
         edges_of = [sorted(node.edges.values(), key=lambda e: (-e.weight, e.request)) for node, _, _ in level]
-        requests = [[Request(e.request, e.weight, i, *_answer(e)) for i, e in enumerate(edges)]
+        requests = [[Request(e.request, e.weight, i, *_answer(e), _follow(e)) for i, e in enumerate(edges)]
                     for edges in edges_of]
         heavy = [i for i, r in enumerate(requests) if len(r) >= _PARALLEL_MIN]
         found: dict[int, list[Cluster]] = dict(zip(heavy, mapper(cluster_requests, [requests[i] for i in heavy],
@@ -261,7 +262,54 @@ def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
                 parts[-1][1].append(k)
             else:
                 parts.append((answer, [k]))
-    return [positions for _, positions in parts]
+    return [group for _, positions in parts for group in _by_future(positions, cluster.members)]
+
+
+def _by_future(positions: list[int], members: list[Request]) -> list[list[int]]:
+    """(ours) Split requests that got the same answer but left the server in different
+    states: the same next request was answered differently after them (`USER sgalice`,
+    then `PASS Wonderland1` 230; `USER mallory`, then the same `PASS` 530). A request joins
+    the group its next requests agree with most; one whose next requests agree with no
+    group's (none in common) stays apart unless that group has no next requests at all:
+    without evidence that two requests lead to one state, they are not made one."""
+    groups: list[tuple[dict[bytes, bytes], list[int]]] = []  # (next request -> answer, positions)
+    for k in positions:
+        follow = dict(members[k].follow)
+        best: tuple[dict[bytes, bytes], list[int]] | None = None
+        agreed = 0
+        for group in groups:
+            shared = [r for r in follow if r in group[0]]
+            if any(not _same_answer(follow[r], group[0][r]) for r in shared):
+                continue
+            if best is None or len(shared) > agreed:
+                best, agreed = group, len(shared)
+        if best is None or (follow and best[0] and not agreed):
+            groups.append((follow, [k]))
+        else:
+            for r, a in follow.items():
+                best[0].setdefault(r, a)
+            best[1].append(k)
+    return [ks for _, ks in groups]
+
+
+def _same_answer(a: bytes, b: bytes) -> bool:
+    if _TEXT.fullmatch(a) and _TEXT.fullmatch(b):
+        a, b = _DIGITS.sub(b"0", a), _DIGITS.sub(b"0", b)
+        return a == b or align.distance(a, b) <= _TEXT_SPLIT
+    return a == b or align.distance(a, b) <= 0.25
+
+
+def _follow(edge: RawEdge) -> tuple[tuple[bytes, bytes], ...]:
+    """The text requests that came next after this one (the first _MAX_FOLLOW), each with
+    its most frequent answer's head. Binary requests carry ids that differ per session and
+    would never be found in common: they are left out, not counted as disagreeing."""
+    follow: dict[bytes, bytes] = {}
+    for target in edge.targets:
+        for request, child in target.edges.items():
+            head = request[:_ANSWER_BYTES]
+            if len(follow) < _MAX_FOLLOW and _TEXT.fullmatch(head):
+                follow.setdefault(head, _answer(child)[0][:_ANSWER_BYTES])
+    return tuple(follow.items())
 
 
 def _without_nonces(answers: list[bytes], lengths: list[int]) -> list[bytes]:
@@ -289,6 +337,7 @@ _MAX_ANSWER_GROUPS = 32  # answers told apart per microcluster (bounds the compa
 _ANSWER_BYTES = 256  # of an answer's head and of its tail compared
 _DIGITS = re.compile(rb"[0-9]+")
 _TEXT = re.compile(rb"[\t\n\r\x20-\x7e]*")
+_MAX_FOLLOW = 16  # next requests kept per request for _by_future
 _TEXT_SPLIT = 0.02  # share of a text answer (digits masked) that may differ in one group
 
 
