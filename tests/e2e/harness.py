@@ -1,9 +1,10 @@
 """The swap, for one protocol, inside its own network namespace:
 
 1. start the real server; capture (tcpdump on lo) while the training tool set runs;
-2. run the test tool set twice against the real server, uncaptured: references A and B;
+2. run the test and unseen tool sets twice against the real server, uncaptured:
+   references A and B;
 3. stop the server, `scriptgen learn` the capture, `scriptgen serve` the model on the same
-   ports, run the test tool set against the emulator;
+   ports, run both sets against the emulator;
 4. compare each emulator run with A after normalise.py (B shows what A varies in by itself).
 """
 
@@ -114,7 +115,7 @@ def nmap_names(tools: list[Tool], out: Path) -> dict[str, str]:
 
 def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
     started = time.monotonic()
-    report = ProtocolReport(protocol.name)
+    report = ProtocolReport(protocol.name, counted=protocol.counted)
     ns = Namespace.create(protocol.name)
     try:
         server = SETUPS[protocol.name](work)
@@ -126,8 +127,9 @@ def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
         pcap = work / "train.pcap"
         with capture(ns, pcap, work):
             run_tools(ns, protocol.training, work / "train")
-        real_a = run_tools(ns, protocol.test, work / "real-a")
-        real_b = run_tools(ns, protocol.test, work / "real-b")
+        asked = protocol.test + protocol.unseen
+        real_a = run_tools(ns, asked, work / "real-a")
+        real_b = run_tools(ns, asked, work / "real-b")
         stop(real)
         kill_all_in(ns)  # daemons' forked children
         ns.wait_closed(server.ports)
@@ -137,13 +139,14 @@ def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
         serve = start_server(ns, [*SCRIPTGEN, "serve", str(model), "--bind", "127.0.0.1",
                                   "--log-dir", str(work / "serve-logs")],
                              server.ports, work, "scriptgen-serve")
-        emulated = run_tools(ns, protocol.test, work / "emulator")
+        emulated = run_tools(ns, asked, work / "emulator")
         stop(serve)
     finally:
         kill_all_in(ns)
         ns.delete()
-    for tool, a, b, e in zip(protocol.test, real_a, real_b, emulated):
-        report.runs.append(compare(tool.label, " ".join(tool.argv), a, b, e))
+    for i, (tool, a, b, e) in enumerate(zip(asked, real_a, real_b, emulated)):
+        runs = report.runs if i < len(protocol.test) else report.unseen
+        runs.append(compare(tool.label, " ".join(tool.argv), a, b, e))
     report.nmap_real = nmap_names(protocol.test, work / "real-a")
     report.nmap_emulator = nmap_names(protocol.test, work / "emulator")
     report.seconds = round(time.monotonic() - started, 1)

@@ -49,6 +49,9 @@ RULES: list[Rule] = [
     rule(r"\d+ blocks available", "<free> blocks available"),
     # redis-info (nmap): CPU time the server used so far, e.g. "Used CPU (sys): 0.032301".
     rule(r"^(\|\s+Used CPU \((?:sys|user)\)): [\d.]+$", r"\1: <cpu>"),
+    # redis-info (nmap): the server's memory, which grows with what earlier clients stored:
+    # "Used memory: 978.98K" in the training run, "1.28M" in the test runs after it.
+    rule(r"^(\|\s+Used memory): \S+$", r"\1: <memory>"),
     # INFO server: the clock and the uptime, e.g. "uptime_in_seconds:14", "lru_clock:210313".
     rule(r"^(server_time_usec|uptime_in_seconds|lru_clock):\d+$", r"\1:<clock>"),
 ]

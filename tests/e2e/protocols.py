@@ -1,9 +1,20 @@
-"""What runs per protocol: the server, the training tool set (captured, learned from) and
-the test tool set (run twice against the real server and once against the emulator).
+"""What runs per protocol: the server, the training tool set (captured, learned from), and
+the tool sets run twice against the real server and once against the emulator.
 
-The test set asks with other user names, paths and keys than the training set wherever
-the tool takes them, so an identical answer means the model generalised rather than
-replayed. Tools and arguments follow /work/shared/corpus/dev/<protocol>/*.cmds.jsonl."""
+The **test** set (issue 6's figure) asks with other user names, passwords, paths and keys
+than the training wherever the tool takes them, so an identical answer means the model
+generalised rather than replayed. Each value is one whose answer the capture determines:
+the server ignores or echoes it (anonymous passwords, senders, EHLO names, query strings,
+stored values, unknown commands), or the server has no such thing and the capture shows
+what it says then (a missing path, key or file, a wrong password, an unknown user, a
+foreign domain), or it reaches a place the training saw by another route (lftp's `cd pub;
+ls` asked as curl's `/pub/`).
+
+The **unseen** set asks for what exists on the real server but never appears in the
+capture: another account's password, the files, pages and keys no training tool fetched,
+NTLM session keys (derived from a password the capture does not hold). No learner can know
+those answers; the set is reported apart (what the emulator answers instead) and not
+counted. Tools and arguments follow /work/shared/corpus/dev/<protocol>/*.cmds.jsonl."""
 
 from __future__ import annotations
 
@@ -30,6 +41,8 @@ class Protocol:
     binaries: list[str]
     training: list[Tool]
     test: list[Tool]
+    unseen: list[Tool] = field(default_factory=list)
+    counted: bool = True  # in the overall figure (ftp-seen, issue 8's check, is not)
 
 
 def nmap(label: str, ports: list[int], *args: str) -> Tool:
@@ -69,21 +82,29 @@ def ftp() -> Protocol:
         curl("curl anonymous list", "/"),
         curl("curl anonymous list subdir", "/pub/docs/"),
         curl("curl anonymous get", "/pub/readme.txt"),
+        curl("curl anonymous get missing", "/pub/missing.txt"),
         curl("curl user list", "/", "-u", f"{user}:{password}"),
         curl("curl user get", "/notes.txt", "-u", f"{user}:{password}"),
         curl("curl wrong password", "/", "-u", f"{user}:wrong-{password}"),
         curl("curl unknown user", "/", "-u", "mallory:letmein"),
-        lftp("lftp user session", f"{user},{password}", "pwd; ls; cd projects; ls; cat plan.txt"),
+        lftp("lftp user session", f"{user},{password}",
+             "pwd; ls; cd archive; cd projects; ls; cat plan.txt"),
         lftp("lftp anonymous session", "anonymous,guest@example.org", "pwd; cd pub; ls"),
         brute(["admin", user, "mallory"], ["letmein", password, "admin"]),
     ], test=[
         version_scan([21]),
         scripts,
+        # the listing lftp's "cd pub; ls" fetched, asked as curl asks it
         curl("curl anonymous list subdir", "/pub/"),
-        curl("curl anonymous get", "/pub/changes.txt"),
-        curl("curl user list", "/", "-u", f"{other}:{other_password}"),
+        curl("curl anonymous list, other password", "/", "-u", "anonymous:scanner@example.net"),
+        curl("curl anonymous get missing", "/pub/nothing-here.txt"),
         curl("curl wrong password", "/", "-u", f"{other}:nope-{other_password}"),
         curl("curl unknown user", "/", "-u", "trudy:hunter2"),
+        lftp("lftp user session", f"{user},{password}", "pwd; cd old-files; cd projects; ls"),
+        brute(["root", "trudy", user], ["toor", "hunter2", password]),
+    ], unseen=[
+        curl("curl anonymous get", "/pub/changes.txt"),
+        curl("curl user list", "/", "-u", f"{other}:{other_password}"),
         lftp("lftp user session", f"{other},{other_password}", "pwd; ls; cat todo.txt"),
         brute(["root", other, "trudy"], ["toor", other_password, "hunter2"]),
     ])
@@ -93,7 +114,8 @@ def ftp_seen() -> Protocol:
     """Issue 8's acceptance: the data-channel tools again, with the names of the training
     (curl and lftp listings and downloads, nmap ftp-anon's listing over PASV/EPSV)."""
     trained = {t.label: t for t in ftp().training}
-    return Protocol("ftp-seen", [21], ["vsftpd", "nmap", "curl", "lftp"], training=ftp().training, test=[
+    return Protocol("ftp-seen", [21], ["vsftpd", "nmap", "curl", "lftp"], counted=False,
+                    training=ftp().training, test=[
         version_scan([21]),
         trained["nmap ftp-anon,ftp-syst"],
         trained["curl anonymous list"],
@@ -117,6 +139,7 @@ def redis() -> Protocol:
         version_scan([6379]),
         info,
         cli("redis-cli PING", "PING"),
+        cli("redis-cli ECHO", "ECHO", "hello there"),
         cli("redis-cli GET", "GET", "app:name"),
         cli("redis-cli GET", "GET", "app:version"),
         cli("redis-cli GET missing", "GET", "missing:alpha"),
@@ -125,6 +148,7 @@ def redis() -> Protocol:
         cli("redis-cli LRANGE", "LRANGE", "queue:jobs", "0", "-1"),
         cli("redis-cli SET", "SET", "tmp:alpha", "one"),
         cli("redis-cli SET", "SET", "tmp:beta", "two", "EX", "600"),
+        cli("redis-cli SET then GET", stdin="SET tmp:epsilon five\nGET tmp:epsilon\n"),
         cli("redis-cli EXISTS", "EXISTS", "app:name", "missing:alpha"),
         cli("redis-cli INFO server", "INFO", "server"),
         cli("redis-cli ACL WHOAMI", "--user", user, "--pass", password, "--no-auth-warning",
@@ -136,15 +160,20 @@ def redis() -> Protocol:
         version_scan([6379]),
         info,
         cli("redis-cli PING", "PING"),
-        cli("redis-cli GET", "GET", "app:owner"),
+        cli("redis-cli ECHO", "ECHO", "is anybody home"),
         cli("redis-cli GET missing", "GET", "missing:gamma"),
-        cli("redis-cli HGETALL", "HGETALL", "user:1002"),
         cli("redis-cli SET", "SET", "tmp:gamma", "three"),
+        cli("redis-cli SET with expiry", "SET", "tmp:delta", "four", "EX", "300"),
+        cli("redis-cli SET then GET", stdin="SET tmp:zeta six\nGET tmp:zeta\n"),
         cli("redis-cli INFO server", "INFO", "server"),
-        cli("redis-cli ACL WHOAMI", "--user", other, "--pass", other_password,
-            "--no-auth-warning", "ACL", "WHOAMI"),
         cli("redis-cli wrong password", "--user", other, "--pass", "bad", "--no-auth-warning",
             "PING"),
+        cli("redis-cli unknown command", "FLUSHEVERYTHING", "now"),
+    ], unseen=[
+        cli("redis-cli GET", "GET", "app:owner"),
+        cli("redis-cli HGETALL", "HGETALL", "user:1002"),
+        cli("redis-cli ACL WHOAMI", "--user", other, "--pass", other_password,
+            "--no-auth-warning", "ACL", "WHOAMI"),
     ])
 
 
@@ -174,12 +203,19 @@ def http() -> Protocol:
     ], test=[
         version_scan([80]),
         scripts,
+        curl("curl GET missing", "/wp-login.php"),
+        curl("curl GET missing", "/cgi-bin/status.cgi"),
+        # nginx serves static files and redirects whatever the query string says
+        curl("curl GET page with query", "/about.html?ref=scan"),
+        curl("curl GET directory index with query", "/files/?sort=name"),
+        curl("curl GET redirect with query", "/old-page?from=mail"),
+        curl("curl GET without credentials", "/admin/index.html"),
+        curl("curl GET wrong password", "/admin/", "-u", f"{other}:guess"),
+        curl("curl HEAD with query", "/about.html?v=2", "-I"),
+    ], unseen=[
         curl("curl GET page", "/contact.html"),
         curl("curl GET file", "/files/report.txt"),
-        curl("curl GET missing", "/wp-login.php"),
-        curl("curl GET redirect", "/old-page"),
         curl("curl GET with credentials", "/admin/", "-u", f"{other}:{other_password}"),
-        curl("curl GET wrong password", "/admin/", "-u", f"{other}:guess"),
         curl("curl HEAD", "/index.html", "-I"),
     ])
 
@@ -205,12 +241,18 @@ def smtp() -> Protocol:
     ], test=[
         version_scan([25]),
         commands,
+        swaks("swaks local recipient", "--to", f"{user}@e2e.test", "--from", "dave@example.net",
+              "--header", "Subject: minutes", "--body", "See you on Monday."),
+        swaks("swaks unknown recipient", "--to", "nobody@e2e.test", "--from", "dave@example.net"),
+        swaks("swaks relay attempt", "--to", "target@example.com", "--from", "bulk@example.net"),
+        swaks("swaks quit after EHLO", "--to", f"{user}@e2e.test", "--quit-after", "EHLO",
+              "--helo", "scanner.example.com"),
+        swaks("swaks quit after RCPT", "--to", f"{user}@e2e.test", "--from", "dave@example.net",
+              "--quit-after", "RCPT", "--helo", "client02.example.net"),
+    ], unseen=[
+        # whether a local part is an account: the capture shows two, never these
         swaks("swaks local recipient", "--to", f"{other}@e2e.test", "--from", "dave@example.net"),
         swaks("swaks unknown recipient", "--to", "ghost@e2e.test", "--from", "dave@example.net"),
-        swaks("swaks relay attempt", "--to", "target@example.com", "--from", "bulk@example.net"),
-        swaks("swaks quit after EHLO", "--to", f"{other}@e2e.test", "--quit-after", "EHLO"),
-        swaks("swaks quit after RCPT", "--to", f"{other}@e2e.test", "--from", "dave@example.net",
-              "--quit-after", "RCPT", "--helo", "client02.example.net"),
     ])
 
 
@@ -237,6 +279,7 @@ def smb() -> Protocol:
         smbclient("smbclient ls guest share", f"{target}/public", "-N", "-c", "ls"),
         smbclient("smbclient get guest share", f"{target}/public", "-N", "-c",
                   "get readme.txt -"),
+        smbclient("smbclient get missing", f"{target}/public", "-N", "-c", "get nothere.txt -"),
         smbclient("smbclient ls user share", f"{target}/docs", "-U", f"{user}%{password}",
                   "-c", "ls; get plan.txt -"),
         rpcclient("rpcclient srvinfo", f"{user}%{password}", "srvinfo"),
@@ -245,8 +288,12 @@ def smb() -> Protocol:
         version_scan([139, 445]),
         *scripts,
         smbclient("smbclient -L anonymous", "-L", target, "-N"),
-        smbclient("smbclient -L user", "-L", target, "-U", f"{other}%{other_password}"),
+        smbclient("smbclient -L anonymous port 139", "-L", target, "-N", "-p", "139"),
         smbclient("smbclient -L wrong password", "-L", target, "-U", f"{other}%bad"),
+        smbclient("smbclient get missing", f"{target}/public", "-N", "-c", "get absent.txt -"),
+        rpcclient("rpcclient anonymous", "%", "srvinfo"),
+    ], unseen=[
+        smbclient("smbclient -L user", "-L", target, "-U", f"{other}%{other_password}"),
         smbclient("smbclient get guest share", f"{target}/public", "-N", "-c", "get hours.txt -"),
         smbclient("smbclient ls user share", f"{target}/docs", "-U",
                   f"{other}%{other_password}", "-c", "ls"),

@@ -1,7 +1,8 @@
-"""The e2e report: per protocol and test tool run, whether the tool printed the same
-against the emulator as against the real server (after normalise.py), the share of
-identical runs, and what `nmap -sV` names on each port for both. Rendered as text for
-the terminal summary and as JSON."""
+"""The e2e report: per protocol and tool run, whether the tool printed the same against the
+emulator as against the real server (after normalise.py), the share of identical runs of
+the test set (issue 6's figure; the unseen set is reported apart, see protocols.py), and
+what `nmap -sV` names on each port for both. Rendered as text for the terminal summary
+and as JSON."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ class RunReport:
 @dataclass
 class ProtocolReport:
     protocol: str
-    runs: list[RunReport] = field(default_factory=list)
+    runs: list[RunReport] = field(default_factory=list)  # the test set
+    unseen: list[RunReport] = field(default_factory=list)
+    counted: bool = True
     nmap_real: dict[str, str] = field(default_factory=dict)
     nmap_emulator: dict[str, str] = field(default_factory=dict)
     capture_sessions: dict[str, int] = field(default_factory=dict)
@@ -97,35 +100,44 @@ def version_names(xml_path: Path) -> dict[str, str]:
 
 def render(reports: list[ProtocolReport]) -> str:
     lines = []
-    total = identical = 0
     for rep in reports:
         if rep.skipped:
             lines.append(f"{rep.protocol}: skipped ({rep.skipped})")
             continue
-        total += len(rep.runs)
-        identical += rep.identical
         lines.append(f"{rep.protocol}: {rep.identical}/{len(rep.runs)} identical "
                      f"({rep.identical_share:.0%}) in {rep.seconds:.0f} s; "
                      f"sessions captured {rep.capture_sessions}")
         for port in sorted(set(rep.nmap_real) | set(rep.nmap_emulator)):
             lines.append(f"  nmap -sV {port}: real '{rep.nmap_real.get(port, '-')}', "
                          f"emulator '{rep.nmap_emulator.get(port, '-')}'")
-        for run in rep.runs:
-            lines.append(f"  {run.status:10} {run.label}")
-            if run.unexplained_variation:
-                lines.append("    (real server varies by itself in lines normalise.py "
-                             "does not cover)")
-    if total:
-        lines.append(f"overall: {identical}/{total} identical ({identical / total:.0%})")
+        for heading, runs in (("", rep.runs), ("unseen (not counted): ", rep.unseen)):
+            if heading and runs:
+                same = sum(r.status == IDENTICAL for r in runs)
+                lines.append(f"  {heading}{same}/{len(runs)} identical")
+            for run in runs:
+                lines.append(f"  {run.status:10} {run.label}")
+                if run.unexplained_variation:
+                    lines.append("    (real server varies by itself in lines normalise.py "
+                                 "does not cover)")
+    totals = overall(reports)
+    if totals["runs"]:
+        lines.append(f"overall ({', '.join(totals['protocols'])}): {totals['identical']}/"
+                     f"{totals['runs']} identical ({totals['identical_share']:.0%})")
     return "\n".join(lines)
 
 
+def overall(reports: list[ProtocolReport]) -> dict:
+    """Issue 6's figure: the test sets of the counted protocols."""
+    counted = [r for r in reports if r.counted and not r.skipped]
+    runs = sum(len(r.runs) for r in counted)
+    identical = sum(r.identical for r in counted)
+    return {"protocols": [r.protocol for r in counted], "runs": runs, "identical": identical,
+            "identical_share": round(identical / runs, 3) if runs else None}
+
+
 def write_json(reports: list[ProtocolReport], path: Path) -> None:
-    total = sum(len(r.runs) for r in reports)
-    identical = sum(r.identical for r in reports)
     doc = {
-        "overall": {"runs": total, "identical": identical,
-                    "identical_share": round(identical / total, 3) if total else None},
+        "overall": overall(reports),
         "protocols": [{**asdict(r), "identical_share": round(r.identical_share, 3)}
                       for r in reports],
     }

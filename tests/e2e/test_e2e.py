@@ -1,9 +1,9 @@
 """Issue 6: capture real tools against a real server, learn, put the emulator in the
 server's place, run the tools again and compare what they print (tests/e2e/harness.py).
 
-The assertions check that the harness worked and hold the identical share per protocol at
-a floor just below today's measurement, so a regression fails; the issue's target (80 %
-overall, every protocol above 50 %) is reported, not asserted, until it holds.
+The assertions check that the harness worked and hold the identical share of each
+protocol's test set at a floor just below today's measurement and above half, so a
+regression fails; the overall share (issue 6: at least 80 %) is printed at the end.
 docs/e2e.md keeps the latest figures."""
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from tests.e2e.report import ProtocolReport
 # Share of test tool runs the emulator answers identically, one run below the measured figure
 # (in comments): each run captures anew, and a capture's timing can move one tool's result
 # (HTTP measured 5/9 and 4/9 on the same code: whether nmap's GET / met the 404 wildcard).
+# Every floor is above half, issue 6's bar for each protocol; its overall bar (80 %) is
+# printed by the run (conftest.py) and measured 40/47.
 FLOORS = {
-    "ftp": 3 / 9,  # measured 4/9 (3/9 before data channels)
+    "ftp": 6 / 9,  # measured 7/9
     "ftp-seen": 8 / 9,  # issue 8: the data-channel tools with training names (and nmap -sV); measured 9/9
-    "redis": 5 / 10,  # measured 6/10
-    "http": 3 / 9,  # measured 5/9 and 4/9
-    "smtp": 4 / 7,  # measured 5/7
-    "smb": 4 / 11,  # measured 5/11 and 6/11 (the SMB runs vary between runs, see docs/e2e.md)
+    "redis": 8 / 11,  # measured 9/11
+    "http": 8 / 10,  # measured 9/10
+    "smtp": 6 / 7,  # measured 7/7
+    "smb": 7 / 10,  # measured 8/10
 }
 
 
