@@ -204,3 +204,14 @@ def test_requests_answered_alike_that_lead_to_different_states_stay_apart():
     assert run(m, [b"USER alice\r\n", b"PASS right\r\n"]).answers[2] == ok
     assert run(m, [b"USER alice\r\n", b"PASS hunter2\r\n"]).answers[2] == no
     assert run(m, [b"USER anonymous\r\n", b"PASS scanner@example.net\r\n"]).answers[2] == ok
+
+
+def test_a_request_near_a_learned_pattern_gets_its_own_name_and_nothing_else_changes():
+    # Two names learned as one pattern ending in "e.org", with a link; a third name does not
+    # fit it. Answered as the sample was, with the sample's name replaced (the answer
+    # holds "mail01" and the sample "client01": no piece of the host name may move).
+    names = [b"vm"] * 5 + [b"client01.example.org", b"nmap.scanme.org"]
+    sessions = [session((b"EHLO " + n + b"\r\n", b"250-mail01.e2e.test Hello " + n + b" [127.0.0.1]\r\n250 SIZE\r\n"),
+                        banner=BANNER) for n in names]
+    out = run(machine(sessions), [b"EHLO scanner.example.com\r\n"])
+    assert out.answers[1] == b"250-mail01.e2e.test Hello scanner.example.com [127.0.0.1]\r\n250 SIZE\r\n"

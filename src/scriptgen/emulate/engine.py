@@ -213,10 +213,6 @@ _Match = tuple[_Transition, "re.Match[bytes] | None"]
 _MIN_ECHO = 4  # bytes a repeated piece must have (shorter ones repeat by chance)
 
 
-def _label_bytes(label: list[_Part]) -> bytes:
-    return b"".join(p for p in label if isinstance(p, bytes))
-
-
 def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple[bytes, bytes]]:
     """(ours) For a request matched to its nearest transition: the pieces of that
     transition's sample request its answer repeats, each with what stands in their place
@@ -496,7 +492,7 @@ class Emulator:
         self._version = 0  # bumped whenever the buffer changes
         self._cached: tuple[int, _Match | None] = (-1, None)
         self._parked: tuple[_State, dict[int, bytes], float] | None = None  # an answer waiting for `listening`
-        self._echo: list[tuple[bytes, bytes]] = []  # (sample's bytes, request's) for the next answer
+        self._echo: tuple[bytes, bytes] | None = None  # (sample, request) of a nearest match, for its answer
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
         if first is not None:
@@ -728,9 +724,11 @@ class Emulator:
                     self._closed_after_events("unmatched")
                 return
             self._events.append(Unmatched(data, state.id, "nearest"))
-            values = dict(t.defaults)
-            self._echo = _echoes(t.sample, data, _label_bytes(self.machine.states[t.target].label),
-                                 self.params.compare_bytes)
+            # Answered as its sample request was, then that sample's pieces the answer
+            # repeats replaced by the request's own (_echoes).
+            m = t.regex.fullmatch(t.sample)
+            values = {region: m.group(group) for region, group in t.groups.items()} if m else dict(t.defaults)
+            self._echo = (t.sample, data)
         else:
             t, m = match
             values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
@@ -755,9 +753,10 @@ class Emulator:
     def _send_answer(self, state: _State, values: dict[int, bytes], now: float, port: int | None,
                      host: str | None) -> None:
         answer = self._render(state.label, values, now, port, host)
-        for old, new in self._echo:
-            answer = answer.replace(old, new)
-        self._echo = []
+        if self._echo is not None:
+            for old, new in _echoes(*self._echo, answer, self.params.compare_bytes):
+                answer = answer.replace(old, new)
+            self._echo = None
         if self.params.pace:
             self._ready_at = max(self._ready_at, now + state.delay)
         if answer:

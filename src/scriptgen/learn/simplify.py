@@ -262,16 +262,24 @@ def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
                 parts[-1][1].append(k)
             else:
                 parts.append((answer, [k]))
-    return [group for _, positions in parts for group in _by_future(positions, cluster.members)]
+    return [group for _, positions in parts for group in _by_future(positions, cluster.members, params)]
 
 
-def _by_future(positions: list[int], members: list[Request]) -> list[list[int]]:
+def _by_future(positions: list[int], members: list[Request], params: LearnParams) -> list[list[int]]:
     """(ours) Split requests that got the same answer but left the server in different
     states: the same next request was answered differently after them (`USER sgalice`,
     then `PASS Wonderland1` 230; `USER mallory`, then the same `PASS` 530). A request joins
-    the group its next requests agree with most; one whose next requests agree with no
-    group's (none in common) stays apart unless that group has no next requests at all:
-    without evidence that two requests lead to one state, they are not made one."""
+    the group its next requests agree with most. Where some next request was answered
+    differently after some of these requests (their value decides the state), a request
+    joins a group only on agreement, not for want of disagreement: `USER anonymous`, whose
+    next requests no other user sent, stays apart from `USER sgalice`. Where no next
+    request tells them apart (random names, each followed by values of its own), they all
+    stay together."""
+    after: dict[bytes, list[bytes]] = {}  # next request -> its answers after these requests
+    for k in positions:
+        for request, answer in members[k].follow:
+            after.setdefault(request, []).append(answer)
+    strict = any(any(not _same_answer(a, seen[0], params) for a in seen[1:]) for seen in after.values())
     groups: list[tuple[dict[bytes, bytes], list[int]]] = []  # (next request -> answer, positions)
     for k in positions:
         follow = dict(members[k].follow)
@@ -279,11 +287,11 @@ def _by_future(positions: list[int], members: list[Request]) -> list[list[int]]:
         agreed = 0
         for group in groups:
             shared = [r for r in follow if r in group[0]]
-            if any(not _same_answer(follow[r], group[0][r]) for r in shared):
+            if any(not _same_answer(follow[r], group[0][r], params) for r in shared):
                 continue
             if best is None or len(shared) > agreed:
                 best, agreed = group, len(shared)
-        if best is None or (follow and best[0] and not agreed):
+        if best is None or (strict and follow and best[0] and not agreed):
             groups.append((follow, [k]))
         else:
             for r, a in follow.items():
@@ -292,11 +300,12 @@ def _by_future(positions: list[int], members: list[Request]) -> list[list[int]]:
     return [ks for _, ks in groups]
 
 
-def _same_answer(a: bytes, b: bytes) -> bool:
+def _same_answer(a: bytes, b: bytes, params: LearnParams) -> bool:
+    """As the answer-aware split compares answers (digits masked in text)."""
     if _TEXT.fullmatch(a) and _TEXT.fullmatch(b):
         a, b = _DIGITS.sub(b"0", a), _DIGITS.sub(b"0", b)
-        return a == b or align.distance(a, b) <= _TEXT_SPLIT
-    return a == b or align.distance(a, b) <= 0.25
+        return a == b or align.distance(a, b) <= min(params.answer_split, _TEXT_SPLIT)
+    return a == b or align.distance(a, b) <= params.answer_split
 
 
 def _follow(edge: RawEdge) -> tuple[tuple[bytes, bytes], ...]:
