@@ -215,3 +215,17 @@ def test_a_request_near_a_learned_pattern_gets_its_own_name_and_nothing_else_cha
                         banner=BANNER) for n in names]
     out = run(machine(sessions), [b"EHLO scanner.example.com\r\n"])
     assert out.answers[1] == b"250-mail01.e2e.test Hello scanner.example.com [127.0.0.1]\r\n250 SIZE\r\n"
+
+
+def test_among_similar_samples_the_one_that_begins_as_the_request_does_answers():
+    # Byte for byte the HEAD (headers in another order) is closer to the GET; its start
+    # says it is a HEAD.
+    ua = b"User-Agent: Mozilla/5.0 (compatible; Nmap Scripting Engine; https://nmap.org/book/nse.html)\r\n"
+    sessions = [session((b"HEAD / HTTP/1.1\r\n" + ua + b"Connection: close\r\nHost: 127.0.0.1\r\n\r\n",
+                         b"HTTP/1.1 200 OK\r\n\r\n"), port=80),
+                session((b"GET /nmaplowercheck1 HTTP/1.1\r\nConnection: close\r\n" + ua + b"Host: 127.0.0.1\r\n\r\n",
+                         b"HTTP/1.1 404 Not Found\r\n\r\n"), port=80)]
+    request = b"HEAD / HTTP/1.1\r\nConnection: close\r\n" + ua + b"Host: 127.0.0.1\r\n\r\n"
+    out = run(machine(sessions, macro=0.0), [request])
+    assert out.unmatched == ["nearest"]
+    assert out.answers[1] == b"HTTP/1.1 200 OK\r\n\r\n"

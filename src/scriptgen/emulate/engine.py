@@ -211,6 +211,18 @@ class _Transition:
 _Match = tuple[_Transition, "re.Match[bytes] | None"]
 
 _MIN_ECHO = 4  # bytes a repeated piece must have (shorter ones repeat by chance)
+_PREFIX_WEIGHT = 0.25  # a nearest sample beginning as the request does: up to this much more similar
+_PREFIX_BYTES = 32
+
+
+def _common_start(a: bytes, b: bytes) -> float:
+    """The share of the first _PREFIX_BYTES the two messages have in common."""
+    n = 0
+    for x, y in zip(a[:_PREFIX_BYTES], b[:_PREFIX_BYTES]):
+        if x != y:
+            break
+        n += 1
+    return n / _PREFIX_BYTES
 
 
 def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple[bytes, bytes]]:
@@ -843,16 +855,26 @@ class Emulator:
 
     def _nearest(self, candidates: list[_Transition], data: bytes) -> _Transition | None:
         """The candidate (this state's, or the model's heaviest) whose sample request is
-        most similar to `data`, if at least the floor."""
+        most similar to `data`, if at least the floor. Among those, one that begins as the
+        request does is preferred (_PREFIX_WEIGHT): the start of a message says what it is
+        (a command, a method, an opcode), and nmap's `HEAD /` with its headers in another
+        order was more similar, byte for byte, to its `GET /nmaplowercheck...`."""
+        head = data[: self.params.compare_bytes]
         matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", b"", autojunk=False)
-        matcher.set_seq1(data[: self.params.compare_bytes])
-        best, best_score = None, self.params.similarity_floor
+        matcher.set_seq1(head)
+        floor = self.params.similarity_floor
+        best, best_key = None, -1.0
         for t in candidates:
-            matcher.set_seq2(t.sample[: self.params.compare_bytes])
+            sample = t.sample[: self.params.compare_bytes]
+            matcher.set_seq2(sample)
             # The quick upper bounds rule most candidates out before the full ratio.
-            if matcher.real_quick_ratio() < best_score or matcher.quick_ratio() < best_score:
-                continue
-            score = matcher.ratio()
-            if score >= best_score and (best is None or score > best_score):
-                best, best_score = t, score
+            for quick in (matcher.real_quick_ratio, matcher.quick_ratio):
+                bound = quick()
+                if bound < floor or bound + _PREFIX_WEIGHT <= best_key:
+                    break
+            else:
+                score = matcher.ratio()
+                key = score + _PREFIX_WEIGHT * _common_start(head, sample)
+                if score >= floor and key > best_key:
+                    best, best_key = t, key
         return best
