@@ -18,11 +18,13 @@ transition and either the pattern ends in fixed bytes that the input ends with (
 terminator such as "\\r\\n"), or no more bytes arrive within `match_gap` seconds; bytes that
 match nothing are taken as a request after `idle_gap` seconds. A datagram is always one
 request. Among matching transitions the one whose fixed bytes explain most of the input
-wins (then the heavier, then the older). When none matches (docs/emulator.md): a
-transition of another state that matches (the request was learned in another context:
-preferably after the same answer), else the transition of this state whose sample
-request is most similar, if at least `similarity_floor`; else silence, or closing where
-the real server closed more often than not.
+wins (then the heavier, then the older). When none matches (docs/emulator.md), strongest
+evidence first: the same bytes learned in another state (preferably after the same
+answer); the transition of this state whose sample request is most similar, if at least
+`similarity_floor`; another state's pattern; the model's most similar sample; else
+silence, or closing where the real server closed more often than not. A most-similar
+transition answers as it answered its sample, with the sample's pieces it repeated
+replaced by the request's own.
 """
 
 from __future__ import annotations
