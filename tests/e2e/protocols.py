@@ -12,7 +12,8 @@ ls` asked as curl's `/pub/`).
 
 The **unseen** set asks for what exists on the real server but never appears in the
 capture: another account's password, the files, pages and keys no training tool fetched,
-NTLM session keys (derived from a password the capture does not hold). No learner can know
+and NTLM logins (whether the password was right, and the session key, come from a password
+hash the capture does not hold). No learner can know
 those answers; the set is reported apart (what the emulator answers instead) and not
 counted. Tools and arguments follow /work/shared/corpus/dev/<protocol>/*.cmds.jsonl."""
 
