@@ -40,7 +40,7 @@ class Request:
     request: bytes
     weight: int
     index: int  # position among the state's edges
-    answer: bytes = b""  # the most frequent answer it got (its first bytes)
+    answer: bytes = b""  # the most frequent answer it got (head and tail, _answer)
     answer_length: int = 0  # that answer's whole length
     follow: tuple[tuple[bytes, bytes], ...] = ()  # text requests that came next, with their answers
 
