@@ -346,19 +346,25 @@ class _Session:
 
     # -- the driver loop ---------------------------------------------------------------------
 
-    def begin(self, src: Any, dst: Any) -> bool:
-        """Start the session (log connect, queue the banner); False if refused."""
+    def admitted(self, src: Any, dst: Any) -> bool:
+        """Name the session and its endpoints, and start its clocks if the server admits
+        it (False: refused, and done)."""
         self.id = self.server.new_id()
         self.src_ip, self.src_port = str(src[0]), int(src[1])
         self.dst_ip, self.dst_port = str(dst[0]), int(dst[1])
         if not self.server.admit(self):
             self.done = True
             return False
+        self.started = self.last_data = asyncio.get_running_loop().time()
+        self.started_wall = time.time()
+        return True
+
+    def begin(self, src: Any, dst: Any) -> bool:
+        """Start the session (log connect, queue the banner); False if refused."""
+        if not self.admitted(src, dst):
+            return False
         try:
-            loop = asyncio.get_running_loop()
-            now = self.started = self.last_data = loop.time()
-            self.started_wall = time.time()
-            self.conn = Emulator(self.listener.machine, now, wall=self.started_wall)
+            self.conn = Emulator(self.listener.machine, self.started, wall=self.started_wall)
             ln = self.listener
             self.emit("scriptgen.session.connect",
                       f"new connection: {self.peer()} -> {self.dst_ip}:{self.dst_port} [session {self.id}]",
@@ -851,15 +857,8 @@ class _DataSession(_TcpSession):
 
     def begin(self, src: Any, dst: Any) -> bool:
         parent = self.owner.owner
-        self.id = self.server.new_id()
-        self.src_ip, self.src_port = str(src[0]), int(src[1])
-        self.dst_ip, self.dst_port = str(dst[0]), int(dst[1])
-        if not self.server.admit(self):
-            self.done = True
+        if not self.admitted(src, dst):
             return False
-        loop = asyncio.get_running_loop()
-        now = self.started = self.last_data = loop.time()
-        self.started_wall = time.time()
         ln = self.listener
         self.emit("scriptgen.session.connect",
                   f"data channel of session {parent.id}: {self.peer()} <-> {self.dst_ip}:{self.dst_port} "
@@ -867,7 +866,7 @@ class _DataSession(_TcpSession):
         if parent.done:
             self.close("parent")
             return True
-        self._arm(loop, now, None)
+        self._arm(asyncio.get_running_loop(), self.started, None)
         self.owner.arrived(self)
         return True
 
