@@ -23,10 +23,7 @@ content(name) is a fixed function of the name that is not an echo of it.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import shutil
-import signal
 import socket
 import socketserver
 import struct
@@ -36,8 +33,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
+from tests.learn.loopback import capturing
 from tests.learn.tokenproto import read_exactly
 
 MODES = ("get", "push")
@@ -293,34 +289,20 @@ def capture(tmp: Path, sessions: int, names: Sequence[bytes], *, per_session: in
     the data connections the server made, so other traffic on loopback does not get in.
     Skips the test without tcpdump or root.
     """
-    if shutil.which("tcpdump") is None or os.geteuid() != 0:
-        pytest.skip("needs tcpdump and root to capture on loopback")
     server = ChannelServer()
     raw = tmp / "channelproto-raw.pcap"
     pcap = tmp / "channelproto.pcap"
-    log = open(tmp / "tcpdump.log", "w+b")  # noqa: SIM115
-    # --immediate-mode: a short capture must not end before the kernel hands its packets over
-    # -B: a 64 MiB buffer, so that other loopback traffic of a busy test run does not make the kernel drop ours
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-B", "65536", "-U", "-n", "-s", "0",
-                             "-w", str(raw), "tcp and host 127.0.0.1"], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 10
-        while b"listening on" not in (log.seek(0) or log.read()):
-            assert time.monotonic() < deadline and dump.poll() is None, "tcpdump did not start"
-            time.sleep(0.05)
-        rng = random.Random(seed)
-        for _ in range(sessions):
-            chosen = rng.sample(list(names), min(per_session, len(names)))
-            how = [rng.choice(list(modes)) for _ in chosen]
-            problems = converse("127.0.0.1", server.port, chosen, how)
-            assert problems == [], problems
-            time.sleep(0.02)  # the capture spans a moment, as a real one would
-        time.sleep(0.3)
+        with capturing(raw, "tcp and host 127.0.0.1", tmp / "tcpdump.log"):
+            rng = random.Random(seed)
+            for _ in range(sessions):
+                chosen = rng.sample(list(names), min(per_session, len(names)))
+                how = [rng.choice(list(modes)) for _ in chosen]
+                problems = converse("127.0.0.1", server.port, chosen, how)
+                assert problems == [], problems
+                time.sleep(0.02)  # the capture spans a moment, as a real one would
     finally:
-        dump.send_signal(signal.SIGINT)
-        dump.wait(10)
         server.stop()
-        log.close()
     wanted = " or ".join([f"tcp port {server.port}"]
                          + [f"(tcp port {a} and tcp port {b})" for a, b in server.data_connections])
     subprocess.run(["tcpdump", "-n", "-r", str(raw), "-w", str(pcap), f"ip and ({wanted})"],

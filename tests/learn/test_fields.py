@@ -3,12 +3,8 @@ random and time fields, learned from captures and carried out by the emulator.""
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +20,7 @@ from scriptgen.model import Clock, Endpoint, Length, Message, Sender, Session, T
 from scriptgen.modelfile import dumps, loads, port_doc
 from scriptgen.params import LearnParams
 from tests.learn import tokenproto
+from tests.learn.loopback import capturing
 
 # -- encodings: the learner's decoders and the emulator's encoders agree -----------------
 
@@ -134,29 +131,17 @@ def test_model_v1_migrates_and_v2_round_trips(tmp_path):
 
 
 def _capture(tmp: Path, sessions: int, lengths: range) -> Path:
-    if shutil.which("tcpdump") is None or os.geteuid() != 0:
-        pytest.skip("needs tcpdump and root to capture on loopback")
     server = tokenproto.Server()
     pcap = tmp / "tokenproto.pcap"
-    log = open(tmp / "tcpdump.log", "w+b")  # noqa: SIM115
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-n", "-s", "0", "-w", str(pcap),
-                             f"tcp port {server.port}"], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 10
-        while b"listening on" not in (log.seek(0) or log.read()):
-            assert time.monotonic() < deadline and dump.poll() is None, "tcpdump did not start"
-            time.sleep(0.05)
-        rng = random.Random(7)
-        for _ in range(sessions):
-            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-                assert tokenproto.converse(tokenproto.socket_exchange(sock), rng, lengths) == []
-            time.sleep(0.03)  # the capture spans a few seconds, as a real one would
-        time.sleep(0.3)
+        with capturing(pcap, f"tcp port {server.port}", tmp / "tcpdump.log"):
+            rng = random.Random(7)
+            for _ in range(sessions):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                    assert tokenproto.converse(tokenproto.socket_exchange(sock), rng, lengths) == []
+                time.sleep(0.03)  # the capture spans a few seconds, as a real one would
     finally:
-        dump.send_signal(signal.SIGINT)
-        dump.wait(10)
         server.stop()
-        log.close()
     return pcap
 
 
