@@ -246,10 +246,10 @@ def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
             if len(value) >= params.link_min_length:
                 answer = answer.replace(value, b"\x00")
         answers.append(answer)
-    threshold = params.answer_split
-    if all(_TEXT.fullmatch(m.answer[:_ANSWER_BYTES]) for m in cluster.members):
+    text = all(_TEXT.fullmatch(m.answer[:_ANSWER_BYTES]) for m in cluster.members)
+    threshold = _split_at(text, params)
+    if text:
         answers = [_DIGITS.sub(b"0", a) for a in answers]
-        threshold = min(threshold, _TEXT_SPLIT)
     parts: list[tuple[bytes, list[int]]] = []  # (representative answer, member positions)
     lengths = [member.answer_length for member in cluster.members]
     for k, answer in enumerate(_without_nonces(answers, lengths)):
@@ -300,12 +300,17 @@ def _by_future(positions: list[int], members: list[Request], params: LearnParams
     return [ks for _, ks in groups]
 
 
+def _split_at(text: bool, params: LearnParams) -> float:
+    """The distance beyond which two answers are different decisions of the server."""
+    return min(params.answer_split, _TEXT_SPLIT) if text else params.answer_split
+
+
 def _same_answer(a: bytes, b: bytes, params: LearnParams) -> bool:
     """As the answer-aware split compares answers (digits masked in text)."""
-    if _TEXT.fullmatch(a) and _TEXT.fullmatch(b):
+    text = bool(_TEXT.fullmatch(a) and _TEXT.fullmatch(b))
+    if text:
         a, b = _DIGITS.sub(b"0", a), _DIGITS.sub(b"0", b)
-        return a == b or align.distance(a, b) <= min(params.answer_split, _TEXT_SPLIT)
-    return a == b or align.distance(a, b) <= params.answer_split
+    return a == b or align.distance(a, b) <= _split_at(text, params)
 
 
 def _follow(edge: RawEdge) -> tuple[tuple[bytes, bytes], ...]:
