@@ -176,6 +176,16 @@ def test_a_request_answered_by_its_nearest_transition_gets_its_own_name_repeated
     assert run(m, [b"QUIT\r\n"]).answers[1] == b"221 bye\r\n"  # an exact match is answered as learned
 
 
+def test_a_piece_shared_by_the_ends_of_two_words_is_not_an_echo():
+    # "+PONG\r\n" and "PING\r\n" share "NG\r\n": an unknown command nearest to PING got
+    # "+POZE\r\n" (DBSIZE's end put in its place).
+    sessions = [session((b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"), port=6379),
+                session((b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"$1\r\nv\r\n"), port=6379)]
+    out = run(machine(sessions, macro=0.0), [b"*1\r\n$6\r\nDBSIZE\r\n"])
+    assert out.unmatched == ["nearest"]
+    assert out.answers[1] == b"+PONG\r\n"
+
+
 def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned():
     # The headers came in another order: "Connection: close" moved, it did not change.
     sessions = [session((b"HEAD / HTTP/1.1\r\nConnection: close\r\nUser-Agent: scanner/1.0\r\n\r\n",

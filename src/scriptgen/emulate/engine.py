@@ -227,6 +227,15 @@ def _common_start(a: bytes, b: bytes) -> float:
     return n / _PREFIX_BYTES
 
 
+def _whole(text: bytes, start: int, size: int) -> bool:
+    """Whether text[start:start+size] cuts no word in two: "NG\\r\\n" is in both "PING\\r\\n"
+    and "+PONG\\r\\n", but as the end of two different words, not as a value repeated."""
+    end = start + size
+    first, last = text[start : start + 1], text[end - 1 : end]
+    return ((start == 0 or not first.isalnum() or not text[start - 1 : start].isalnum())
+            and (end == len(text) or not last.isalnum() or not text[end : end + 1].isalnum()))
+
+
 def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple[bytes, bytes]]:
     """(ours) For a request matched to its nearest transition: the pieces of that
     transition's sample request its answer repeats, each with what stands in their place
@@ -245,9 +254,11 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
         return len(data) if end else 0
 
     pairs = []
-    for a, _, size in repeated:
+    for a, b, size in repeated:
         old = sample[a : a + size]
-        if size >= _MIN_ECHO and old not in data:  # still there (headers reordered): unchanged
+        if size < _MIN_ECHO or not (_whole(sample, a, size) and _whole(answer, b, size)):
+            continue
+        if old not in data:  # still there (headers reordered): unchanged
             new = data[where(a, False) : where(a + size, True)]
             if new:
                 pairs.append((old, new))
