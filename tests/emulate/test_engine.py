@@ -239,3 +239,18 @@ def test_among_similar_samples_the_one_that_begins_as_the_request_does_answers()
     out = run(machine(sessions, macro=0.0), [request])
     assert out.unmatched == ["nearest"]
     assert out.answers[1] == b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+def test_among_similar_samples_the_one_with_the_same_first_line_answers():
+    # curl's request for a directory wget fetched, its headers curl's: byte for byte closer
+    # to curl's request for a file in it. The first line says what is asked for.
+    curl = b"Host: 127.0.0.1\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n"
+    wget = (b"Host: 127.0.0.1\r\nUser-Agent: Wget/1.21.3\r\nAccept: */*\r\nAccept-Encoding: identity\r\n"
+            b"Connection: Keep-Alive\r\n\r\n")
+    listing, csv = b"HTTP/1.1 200 OK\r\n\r\nIndex of /files/", b"HTTP/1.1 200 OK\r\n\r\nprice list"
+    sessions = [session((b"GET /files/ HTTP/1.1\r\n" + wget, listing), port=80),
+                session((b"GET /files/prices.csv HTTP/1.1\r\n" + curl, csv), port=80)]
+    out = run(machine(sessions, macro=0.0), [b"GET /files/ HTTP/1.1\r\n" + curl])
+    assert out.unmatched == ["nearest"]
+    assert out.answers[1] == listing
+

@@ -215,6 +215,7 @@ _Match = tuple[_Transition, "re.Match[bytes] | None"]
 _MIN_ECHO = 4  # bytes a repeated piece must have (shorter ones repeat by chance)
 _PREFIX_WEIGHT = 0.25  # a nearest sample beginning as the request does: up to this much more similar
 _PREFIX_BYTES = 32
+_LINE_WEIGHT = 1.0  # a nearest sample whose first line is the request's: this much more similar
 
 
 def _common_start(a: bytes, b: bytes) -> float:
@@ -225,6 +226,15 @@ def _common_start(a: bytes, b: bytes) -> float:
             break
         n += 1
     return n / _PREFIX_BYTES
+
+
+def _same_line(line: bytes | None, sample: bytes) -> float:
+    """How similar the sample's first line is to the request's (`line`; None when the
+    request has no line break): 0 when either has none."""
+    end = sample.find(b"\n")
+    if line is None or end < 0:
+        return 0.0
+    return difflib.SequenceMatcher(None, line, sample[:end], autojunk=False).ratio()
 
 
 def _whole(text: bytes, start: int, size: int) -> bool:
@@ -871,8 +881,13 @@ class Emulator:
         most similar to `data`, if at least the floor. Among those, one that begins as the
         request does is preferred (_PREFIX_WEIGHT): the start of a message says what it is
         (a command, a method, an opcode), and nmap's `HEAD /` with its headers in another
-        order was more similar, byte for byte, to its `GET /nmaplowercheck...`."""
+        order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The first
+        line counts twice (_LINE_WEIGHT): in a text protocol it names the command and its
+        object, what follows is detail (curl's `GET /files/` is wget's `GET /files/` with
+        other headers, not curl's `GET /files/prices.csv`)."""
         head = data[: self.params.compare_bytes]
+        end = head.find(b"\n")
+        line = head[:end] if end >= 0 else None
         matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", b"", autojunk=False)
         matcher.set_seq1(head)
         floor = self.params.similarity_floor
@@ -883,11 +898,11 @@ class Emulator:
             # The quick upper bounds rule most candidates out before the full ratio.
             for quick in (matcher.real_quick_ratio, matcher.quick_ratio):
                 bound = quick()
-                if bound < floor or bound + _PREFIX_WEIGHT <= best_key:
+                if bound < floor or bound + _PREFIX_WEIGHT + _LINE_WEIGHT <= best_key:
                     break
             else:
                 score = matcher.ratio()
-                key = score + _PREFIX_WEIGHT * _common_start(head, sample)
+                key = score + _PREFIX_WEIGHT * _common_start(head, sample) + _LINE_WEIGHT * _same_line(line, sample)
                 if score >= floor and key > best_key:
                     best, best_key = t, key
         return best
