@@ -253,4 +253,8 @@ def test_among_similar_samples_the_one_with_the_same_first_line_answers():
     out = run(machine(sessions, macro=0.0), [b"GET /files/ HTTP/1.1\r\n" + curl])
     assert out.unmatched == ["nearest"]
     assert out.answers[1] == listing
+    # A request of one line is its line: its start (the command) still decides.
+    sessions = [session((b"SIZE notes.txt\r\n", b"213 21\r\n"), banner=BANNER),
+                session((b"RETR plan.txt\r\n", b"150 Opening plan.txt\r\n"), banner=BANNER)]
+    assert run(machine(sessions, macro=0.0), [b"SIZE plan.txt\r\n"]).answers[1] == b"213 21\r\n"
 

@@ -230,7 +230,7 @@ def _common_start(a: bytes, b: bytes) -> float:
 
 def _same_line(line: bytes | None, sample: bytes) -> float:
     """How similar the sample's first line is to the request's (`line`; None when the
-    request has no line break): 0 when either has none."""
+    request is not several lines): 0 when either has none."""
     end = sample.find(b"\n")
     if line is None or end < 0:
         return 0.0
@@ -887,7 +887,7 @@ class Emulator:
         other headers, not curl's `GET /files/prices.csv`)."""
         head = data[: self.params.compare_bytes]
         end = head.find(b"\n")
-        line = head[:end] if end >= 0 else None
+        line = head[:end] if 0 <= end < len(head) - 1 else None  # a request of one line is its line
         matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", b"", autojunk=False)
         matcher.set_seq1(head)
         floor = self.params.similarity_floor
