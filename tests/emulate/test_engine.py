@@ -156,7 +156,7 @@ def test_pipelined_requests_are_split_and_answered_in_order():
 
 
 def test_pipelined_unknown_lines_are_cut_at_the_models_terminator():
-    t = run(ftp(), [b"XYZ1\r\nXYZ2\r\nSYST\r\n"])
+    t = run(ftp(), [b"ZZZZ1\r\nZZZZ2\r\nSYST\r\n"])
     assert t.answers[1] == b"215 UNIX Type: L8\r\n" and t.unmatched == ["silence", "silence"]
 
 
@@ -184,6 +184,17 @@ def test_a_piece_shared_by_the_ends_of_two_words_is_not_an_echo():
     out = run(machine(sessions, macro=0.0), [b"*1\r\n$6\r\nDBSIZE\r\n"])
     assert out.unmatched == ["nearest"]
     assert out.answers[1] == b"+PONG\r\n"
+
+
+def test_an_unknown_command_near_another_gets_its_own_name_and_argument_repeated():
+    # Half similar (0.56) to the one unknown command of the capture; its three-letter
+    # argument is in the answer twice, once inside "args", which stays.
+    sessions = [session((b"*2\r\n$13\r\nNOSUCHCOMMAND\r\n$3\r\narg\r\n",
+                         b"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'arg' \r\n"), port=6379),
+                session((b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"), port=6379)]
+    out = run(machine(sessions, macro=0.0), [b"*2\r\n$15\r\nFLUSHEVERYTHING\r\n$3\r\nnow\r\n"])
+    assert out.unmatched == ["nearest"]
+    assert out.answers[1] == b"-ERR unknown command 'FLUSHEVERYTHING', with args beginning with: 'now' \r\n"
 
 
 def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned():

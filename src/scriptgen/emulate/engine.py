@@ -55,7 +55,7 @@ class EmulatorParams:
     idle_gap: float = 0.5
     """Seconds without new bytes after which input that matches nothing is a request."""
 
-    similarity_floor: float = 0.6
+    similarity_floor: float = 0.5
     """Unmatched input takes the transition with the most similar sample request, if at
     least this similar (difflib ratio over the first `compare_bytes` bytes)."""
 
@@ -212,7 +212,7 @@ class _Transition:
 
 _Match = tuple[_Transition, "re.Match[bytes] | None"]
 
-_MIN_ECHO = 4  # bytes a repeated piece must have (shorter ones repeat by chance)
+_MIN_ECHO = 3  # bytes a repeated piece must have (shorter ones repeat by chance)
 _PREFIX_WEIGHT = 0.25  # a nearest sample beginning as the request does: up to this much more similar
 _PREFIX_BYTES = 32
 _LINE_WEIGHT = 1.0  # a nearest sample whose first line is the request's: this much more similar
@@ -237,42 +237,68 @@ def _same_line(line: bytes | None, sample: bytes) -> float:
     return difflib.SequenceMatcher(None, line, sample[:end], autojunk=False).ratio()
 
 
-def _whole(text: bytes, start: int, size: int) -> bool:
-    """Whether text[start:start+size] cuts no word in two: "NG\\r\\n" is in both "PING\\r\\n"
-    and "+PONG\\r\\n", but as the end of two different words, not as a value repeated."""
-    end = start + size
-    first, last = text[start : start + 1], text[end - 1 : end]
-    return ((start == 0 or not first.isalnum() or not text[start - 1 : start].isalnum())
-            and (end == len(text) or not last.isalnum() or not text[end : end + 1].isalnum()))
+_WORDS = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")  # a word, or one byte of anything else
 
 
 def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple[bytes, bytes]]:
     """(ours) For a request matched to its nearest transition: the pieces of that
     transition's sample request its answer repeats, each with what stands in their place
     in the request at hand. A transition learned from one request cannot have a link, but
-    its answer to an unseen name should repeat the name (EHLO, ECHO, an unknown command)."""
-    sample, data = sample[:limit], data[:limit]
-    repeated = difflib.SequenceMatcher(None, sample, answer[: limit * 4], autojunk=False).get_matching_blocks()
-    if not any(size >= _MIN_ECHO for _, _, size in repeated):
+    its answer to an unseen name should repeat the name (EHLO, ECHO, an unknown command).
+    Compared word by word, never cutting one: "PING" and "+PONG" share "NG", two
+    different words; an unknown command's "arg" is in "args" too."""
+    s, d, a = _WORDS.findall(sample[:limit]), _WORDS.findall(data[:limit]), _WORDS.findall(answer[: limit * 4])
+    # Where the answer has each pair of words, and each word long enough alone: where a
+    # run of the sample's words may start (a byte of binary is a word: pairs keep it quick).
+    at: dict[bytes | tuple[bytes, bytes], list[int]] = {}
+    for j, w in enumerate(a):
+        if len(w) >= _MIN_ECHO:
+            at.setdefault(w, []).append(j)
+        if j + 1 < len(a):
+            at.setdefault((w, a[j + 1]), []).append(j)
+    pieces = []  # (first word, words): the longest run of the sample's words the answer has, from each word
+    i = 0
+    while i < len(s):
+        starts = at.get(s[i], []) + (at.get((s[i], s[i + 1]), []) if i + 1 < len(s) else [])
+        n = max((_run(s, i, a, j) for j in starts), default=0)
+        if n and sum(len(w) for w in s[i : i + n]) >= _MIN_ECHO:
+            pieces.append((i, n))
+        i += n or 1
+    if not pieces:
         return []
-    ops = difflib.SequenceMatcher(None, sample, data, autojunk=False).get_opcodes()
+    ops = difflib.SequenceMatcher(None, s, d, autojunk=False).get_opcodes()
 
-    def where(i: int, end: bool) -> int:  # position i of the sample, in data
+    def where(i: int, end: bool) -> int:  # word i of the sample, in data
         for tag, i1, i2, j1, j2 in ops:
             if (i1 < i <= i2) if end else (i1 <= i < i2):
-                return j1 + i - i1 if tag == "equal" else (j2 if end else j1)
-        return len(data) if end else 0
+                if tag == "equal" or i2 - i1 == j2 - j1:  # word for word
+                    return j1 + i - i1
+                return j2 if end else j1
+        return len(d) if end else 0
 
     pairs = []
-    for a, b, size in repeated:
-        old = sample[a : a + size]
-        if size < _MIN_ECHO or not (_whole(sample, a, size) and _whole(answer, b, size)):
-            continue
+    for i, n in pieces:
+        old = b"".join(s[i : i + n])
         if old not in data:  # still there (headers reordered): unchanged
-            new = data[where(a, False) : where(a + size, True)]
+            new = b"".join(d[where(i, False) : where(i + n, True)])
             if new:
                 pairs.append((old, new))
     return pairs
+
+
+def _run(s: list[bytes], i: int, a: list[bytes], j: int) -> int:
+    """How many words s[i:] and a[j:] have in common at their start."""
+    n = 0
+    while i + n < len(s) and j + n < len(a) and s[i + n] == a[j + n]:
+        n += 1
+    return n
+
+
+def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
+    """`text` with `old` replaced by `new` where it stands as whole words."""
+    before = rb"(?<![A-Za-z0-9])" if old[:1].isalnum() else b""
+    after = rb"(?![A-Za-z0-9])" if old[-1:].isalnum() else b""
+    return re.sub(before + re.escape(old) + after, lambda _: new, text)
 
 
 class _State:
@@ -790,7 +816,7 @@ class Emulator:
         answer = self._render(state.label, values, now, port, host)
         if self._echo is not None:
             for old, new in _echoes(*self._echo, answer, self.params.compare_bytes):
-                answer = answer.replace(old, new)
+                answer = _replace_words(answer, old, new)
             self._echo = None
         if self.params.pace:
             self._ready_at = max(self._ready_at, now + state.delay)
