@@ -16,7 +16,7 @@ from tests.evaluate.servers import echo, serving
 SERVER = ("10.0.0.2", 7)
 WORDS = [b"alpha", b"bravo", b"charlie", b"delta", b"echo", b"foxtrot", b"golf", b"hotel", b"india", b"juliett"]
 JSON_KEYS = {"target", "transport", "port", "client", "start", "requests", "similarity", "exact", "carried",
-             "closed", "failure", "error", "answers"}
+             "closed", "failure", "error", "seen", "answers"}
 ANSWER_KEYS = {"index", "request", "request_len", "expected", "expected_len", "got", "got_len", "sent",
                "similarity", "exact", "fallback"}
 
@@ -59,11 +59,27 @@ def _model(tmp_path: Path, capture: Path) -> Path:
 def test_holdout_prints_a_table_per_port(tmp_path, capsys):
     assert main(["evaluate", "--holdout", "5", "--jobs", "1", str(_capture(tmp_path))]) == 0
     out, err = capsys.readouterr()
-    header, row, notes = out.splitlines()
+    header, row, notes, seen = out.splitlines()
     assert header.split() == ["target", "port", "sessions", "answers", "similarity", "exact", "carried"]
     assert row.split() == ["in-process", "tcp/7", "2", "6", "1.000", "1.000", "1.000", "(2/2)"]
     assert notes == "tcp/7: not carried: none; unmatched requests: none"
+    # Each held-out session echoes a word no learned session sent: carried by the link.
+    assert seen == ("tcp/7: 0/2 held out sessions sent only requests the learned sessions had sent (0 carried); "
+                    "the others sent a request it never saw")
     assert "learning without every 5th session" in err
+
+
+def test_holdout_json_says_which_sessions_sent_only_what_the_learner_saw(tmp_path, capsys):
+    pkts = []
+    for i in range(10):  # every session sends the same two requests but the 10th (held out)
+        word = b"zulu" if i == 9 else b"alpha"
+        pkts += conversation(("10.0.0.1", 40000 + i), SERVER, exchanges=[
+            (b"", b"200 echo ready\r\n"), (b"ECHO " + word + b"\r\n", b"250 " + word + b"\r\n"),
+            (b"QUIT\r\n", b"221 bye\r\n")])
+    capture = write_pcap(tmp_path / "same.pcap", [ethernet(p) for p in pkts])
+    assert main(["evaluate", "--holdout", "5", "--jobs", "1", "--json", str(capture)]) == 0
+    held = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(h["client"], h["seen"]) for h in held] == [("10.0.0.1:40004", True), ("10.0.0.1:40009", False)]
 
 
 def test_model_then_captures_json_one_object_per_session(tmp_path, capsys):

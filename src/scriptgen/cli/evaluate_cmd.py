@@ -68,8 +68,10 @@ examples:
 output: a table per (target, transport/port): sessions, answers, mean similarity (over
 answers), exact share, carried share; then why sessions were not carried (at their first
 failing answer: error, closed, silent, different) and, in process, how many requests no
-transition matched (by the emulator's fallback). --json writes instead one object per
-session per line (docs/evaluate.md lists the keys).
+transition matched (by the emulator's fallback); with --holdout, how many held-out
+sessions sent only requests the learned sessions had sent (the rest asked for something
+the capture never showed the learner). --json writes instead one object per session per
+line (docs/evaluate.md lists the keys).
 
 exit codes: 0 ok (whatever the scores); 2 usage; 3 a capture or the model cannot be read,
 or the target cannot be reached at all; 4 a capture is damaged (partial results printed)."""
@@ -297,6 +299,7 @@ def session_json(s: SessionScore, limit: int = 2048) -> dict[str, Any]:
         "closed": s.closed,
         "failure": {"index": s.failure[0], "reason": s.failure[1]} if s.failure else None,
         "error": s.error,
+        "seen": s.seen,
         "answers": [
             {
                 "index": a.index,
@@ -332,5 +335,9 @@ def _print_table(report: Report, out: TextIO) -> None:
         if p.target == "in-process":
             unmatched = ", ".join(f"{kind} {n}" for kind, n in fallbacks.items()) or "none"
             line += f"; unmatched requests: {unmatched}"
+        seen = p.seen()
+        if seen is not None:  # how much of the held out the capture let the learner see
+            line += (f"\n{p.transport}/{p.port}: {seen[0]}/{len(p.sessions)} held out sessions sent only requests "
+                     f"the learned sessions had sent ({seen[1]} carried); the others sent a request it never saw")
         out.write(line + "\n")
     out.flush()

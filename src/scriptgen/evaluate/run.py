@@ -15,7 +15,7 @@ scriptgen.emulate, scriptgen.evaluate.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scriptgen.emulate import EmulatorParams, Machine
 from scriptgen.params import EvaluateParams
@@ -108,6 +108,14 @@ def evaluate_model(model: Model, sessions: Iterable[Session], params: EvaluatePa
     return Report(tuple(reports), skipped)
 
 
+def _requests(sessions: Iterable[Session]) -> dict[tuple[str, int], set[bytes]]:
+    """Every request the sessions sent, per (transport, server port)."""
+    sent: dict[tuple[str, int], set[bytes]] = {}
+    for s in sessions:
+        sent.setdefault((s.transport.value, s.server_port), set()).update(script(s)[0].requests)
+    return sent
+
+
 def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnParams | None = None,
                      params: EvaluateParams | None = None, emulator: EmulatorParams | None = None, *,
                      folds: Sequence[int] | None = None) -> tuple[list[Model], Report]:
@@ -124,8 +132,13 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
         model = learn(train, learn_params)
         models.append(model)
         report = evaluate_model(model, test, params, emulator)
+        sent = _requests(train)
         for p in report.ports:
-            merged.setdefault((p.target, p.transport, p.port), []).extend(p.sessions)
+            known = sent.get((p.transport, p.port), set())
+            seen = {(str(s.client), s.start): all(r in known for r in script(s)[0].requests) for s in test
+                    if (s.transport.value, s.server_port) == (p.transport, p.port)}
+            merged.setdefault((p.target, p.transport, p.port), []).extend(
+                replace(score, seen=seen.get((score.client, score.start))) for score in p.sessions)
         for reason, n in report.skipped.items():
             _skip(skipped, reason, n)
     ports = tuple(

@@ -77,6 +77,9 @@ class SessionScore:
     carried: bool
     failure: tuple[int, str] | None  # (answer index, one of FAILURES)
     error: str | None = None
+    seen: bool | None = None
+    """With a holdout: whether the sessions learned from sent every request of this one,
+    byte for byte (None: not known)."""
 
     @property
     def similarity(self) -> float:
@@ -122,6 +125,16 @@ class PortReport:
     @property
     def carried_share(self) -> float:
         return self.carried / len(self.sessions) if self.sessions else 1.0
+
+    def seen(self) -> tuple[int, int] | None:
+        """With a holdout: (sessions whose every request the learned sessions sent, how
+        many of those were carried); None when not known. The others asked for something
+        the capture never showed the learner."""
+        known = [s for s in self.sessions if s.seen is not None]
+        if not known:
+            return None
+        seen = [s for s in known if s.seen]
+        return len(seen), sum(s.carried for s in seen)
 
     def failures(self) -> dict[str, int]:
         """Sessions not carried, by the reason at their first failing answer."""
