@@ -252,14 +252,10 @@ class EventLog(Queue):
         self._failing: set[str] = set()
         self._thread.start()
 
-    def write(self, events: list[dict[str, Any]]) -> None:
-        """Write `events` now, in the caller's thread (the writer process has no event loop
-        to spare: a queue and a thread there only took turns with it)."""
+    def _write(self, events: list[dict[str, Any]]) -> None:
         batch = [(e, _serialise(e)) for e in events]
         for sink in self.sinks:
             self._write_to(sink, batch)
-
-    _write = write
 
     def _closed(self) -> None:
         for sink in self.sinks:

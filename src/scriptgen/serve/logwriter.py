@@ -127,8 +127,7 @@ def _child_env() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    """The child: read batches from stdin and write each at once with an EventLog, until
-    stdin closes."""
+    """The child: read batches from stdin, write them with an EventLog, until stdin closes."""
     log_dir, interval, events, json_lines, sqlite, user = argv
     params = LogParams(flush_interval=float(interval), flush_events=int(events))
     log = EventLog(open_sinks(log_dir, json_lines=json_lines == "1", sqlite=sqlite == "1"), params)
@@ -138,7 +137,8 @@ def main(argv: list[str]) -> int:
     try:
         while True:
             kind = source.read(1)
-            if kind == _FLUSH:  # every batch before it is written: batches are written as they come
+            if kind == _FLUSH:
+                log.flush()
                 answer.write(_FLUSH)
                 answer.flush()
                 continue
@@ -154,7 +154,8 @@ def main(argv: list[str]) -> int:
             # marshal: plain data (events hold str, int, float, bool, None, lists), never code run
             sensor, batch = marshal.loads(source.read(size))
             log.sensor = sensor
-            log.write(batch)
+            for event in batch:
+                log.emit(event)
     finally:
         log.close()
     return 0

@@ -50,7 +50,6 @@ from scriptgen.emulate import (
     Connect,
     Emulator,
     EmulatorParams,
-    Event,
     Input,
     Listen,
     Machine,
@@ -325,7 +324,6 @@ class _Session:
         "started_wall",
         "timer",
         "timer_at",
-        "unlogged",
         "unmatched",
     )
 
@@ -342,7 +340,6 @@ class _Session:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.inputs = self.unmatched = self.bytes_in = self.bytes_out = 0
-        self.unlogged: list[Event] = []  # carried out, not logged yet (pump)
         self.done = False
         self.parent: _Session | None = None  # the session whose data channel this is
         self.data: _Channels | None = None  # this session's data channels, once it has one
@@ -392,56 +389,40 @@ class _Session:
             self.fail(exc)
 
     def pump(self) -> None:
-        """Carry out the engine's events until it needs data (or time). Answers go out at
-        once; the log events of a turn follow when the engine waits (or before any other
-        event of the session): the client does not wait for the log."""
+        """Carry out the engine's events until it needs data (or time)."""
         conn = self.conn
         assert conn is not None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        try:
-            while not self.done:
-                event = conn.next_event(now)
-                if isinstance(event, NeedData):
-                    self._arm(loop, now, event.wake_at)
-                    return
-                if isinstance(event, Send):
-                    self.bytes_out += len(event.data)
-                    self.unlogged.append(event)
-                    self.send(event.data)
-                elif isinstance(event, Input):
-                    self.inputs += 1
-                    self.unlogged.append(event)
-                    if self.inputs > self.server.params.max_requests:
-                        self.close("max-requests")
-                elif isinstance(event, Unmatched):
-                    self.unmatched += 1
-                    self.unlogged.append(event)
-                elif isinstance(event, Close):
-                    self.close(event.reason)
-                elif isinstance(event, Listen):
-                    conn.listening(*self.channels().listen())
-                elif isinstance(event, Connect):
-                    self.channels().connect(event.port)
-                elif isinstance(event, Channel):
-                    self.channels().serve(event.machine, event.request)
-        finally:
-            if self.unlogged:
-                self._log_unlogged()
-
-    def _log_unlogged(self) -> None:
-        events, self.unlogged = self.unlogged, []
-        for event in events:
+        while not self.done:
+            event = conn.next_event(now)
+            if isinstance(event, NeedData):
+                self._arm(loop, now, event.wake_at)
+                return
             if isinstance(event, Send):
+                self.bytes_out += len(event.data)
                 self.emit_data("scriptgen.session.output", event.data, f"state {event.state}: answer",
                                state=event.state)
+                self.send(event.data)
             elif isinstance(event, Input):
+                self.inputs += 1
                 self.emit_data("scriptgen.session.input", event.data, f"state {event.source} -> {event.state}: input",
                                state=event.state, source=event.source, transition=event.transition)
+                if self.inputs > self.server.params.max_requests:
+                    self.close("max-requests")
             elif isinstance(event, Unmatched):
+                self.unmatched += 1
                 self.emit_data("scriptgen.session.unmatched", event.data,
                                f"state {event.state}: unmatched input ({event.fallback})",
                                state=event.state, fallback=event.fallback)
+            elif isinstance(event, Close):
+                self.close(event.reason)
+            elif isinstance(event, Listen):
+                conn.listening(*self.channels().listen())
+            elif isinstance(event, Connect):
+                self.channels().connect(event.port)
+            elif isinstance(event, Channel):
+                self.channels().serve(event.machine, event.request)
 
     def channels(self) -> _Channels:
         if self.data is None:
@@ -522,8 +503,6 @@ class _Session:
         return f"[{self.src_ip}]:{self.src_port}" if ":" in self.src_ip else f"{self.src_ip}:{self.src_port}"
 
     def emit(self, eventid: str, message: str, payload: int = 0, **keys: Any) -> None:
-        if self.unlogged:  # what came before, first
-            self._log_unlogged()
         event = {
             "eventid": eventid, "timestamp": timestamp(time.time()), "sensor": self.server.sensor,
             "message": message, "session": self.id, "transport": self.transport_name,
