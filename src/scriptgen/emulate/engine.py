@@ -260,7 +260,7 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
     i = 0
     while i < len(s):
         starts = at.get(s[i], []) + (at.get((s[i], s[i + 1]), []) if i + 1 < len(s) else [])
-        n = max((_run(s, i, a, j) for j in starts), default=0)
+        n = max((_common_words(s, i, a, j) for j in starts), default=0)
         if n and sum(len(w) for w in s[i : i + n]) >= _MIN_ECHO:
             pieces.append((i, n))
         i += n or 1
@@ -286,7 +286,7 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
     return pairs
 
 
-def _run(s: list[bytes], i: int, a: list[bytes], j: int) -> int:
+def _common_words(s: list[bytes], i: int, a: list[bytes], j: int) -> int:
     """How many words s[i:] and a[j:] have in common at their start."""
     n = 0
     while i + n < len(s) and j + n < len(a) and s[i + n] == a[j + n]:
@@ -917,6 +917,7 @@ class Emulator:
         matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", b"", autojunk=False)
         matcher.set_seq1(head)
         floor = self.params.similarity_floor
+        bonus = _PREFIX_WEIGHT + (_LINE_WEIGHT if line is not None else 0.0)  # the most a key adds to a ratio
         best, best_key = None, -1.0
         for t in candidates:
             sample = t.sample[: self.params.compare_bytes]
@@ -924,7 +925,7 @@ class Emulator:
             # The quick upper bounds rule most candidates out before the full ratio.
             for quick in (matcher.real_quick_ratio, matcher.quick_ratio):
                 bound = quick()
-                if bound < floor or bound + _PREFIX_WEIGHT + _LINE_WEIGHT <= best_key:
+                if bound < floor or bound + bonus <= best_key:
                     break
             else:
                 score = matcher.ratio()
