@@ -25,10 +25,10 @@ from tests.e2e.report import ProtocolReport
 FLOORS = {
     "ftp": 6 / 9,  # measured 7/9
     "ftp-seen": 8 / 9,  # issue 8: the data-channel tools with training names (and nmap -sV); measured 9/9
-    "redis": 8 / 11,  # measured 9/11
+    "redis": 9 / 11,  # measured 10/11 (9/11 before the unknown command was answered)
     "http": 7 / 10,  # measured 9/10 and 8/10 (nmap's GET / meets the 404 wildcard in some captures)
     "smtp": 6 / 7,  # measured 7/7
-    "smb": 5 / 9,  # measured 6/9 and 7/9 (anonymous rpcclient varies: which NTLM sample is nearest)
+    "smb": 5 / 9,  # measured 6/9 and 7/9, 7/9 in the last three runs (anonymous rpcclient varies: which NTLM sample is nearest)
 }
 
 
