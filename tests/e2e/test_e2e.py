@@ -28,7 +28,7 @@ FLOORS = {
     "redis": 9 / 11,  # measured 10/11 (9/11 before the unknown command was answered)
     "http": 7 / 10,  # measured 9/10 and 8/10 (nmap's GET / meets the 404 wildcard in some captures)
     "smtp": 6 / 7,  # measured 7/7
-    "smb": 5 / 9,  # measured 6/9 and 7/9, 7/9 in the last three runs (anonymous rpcclient varies: which NTLM sample is nearest)
+    "smb": 5 / 9,  # measured 6/9 and 7/9 (anonymous rpcclient varies: which NTLM sample is nearest)
 }
 
 
