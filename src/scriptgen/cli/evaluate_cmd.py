@@ -199,9 +199,7 @@ def run(args: argparse.Namespace) -> int:
     from scriptgen.learn.channels import with_channels
 
     # Every port is read: a data channel (scriptgen.learn.channels) uses a port of its own.
-    wanted = frozenset(args.ports or ())
-    sessions = with_channels(list(read_sessions(captures, CaptureParams(), stats=stats)),
-                             lambda s: not wanted or s.server_port in wanted)
+    sessions = with_channels(list(read_sessions(captures, CaptureParams(), stats=stats)), args.ports or ())
     folds = list(range(args.holdout)) if args.holdout and args.all_folds else None
 
     if address is not None:

@@ -55,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     macros, micros = grid(args.macro), grid(args.micro)
     stats = CaptureStats()
-    wanted = frozenset(args.ports or ())  # every port is read: data channels use ports of their own
-    sessions = [s for s in with_channels(list(read_sessions(args.captures, stats=stats)),
-                                         lambda s: not wanted or s.server_port in wanted) if s.messages]
+    # Every port is read: data channels use ports of their own.
+    sessions = [s for s in with_channels(list(read_sessions(args.captures, stats=stats)), args.ports or ())
+                if s.messages]
     if not sessions:
         warn("error: no sessions with data in the captures" + (" on the given ports" if args.ports else ""))
         return 3

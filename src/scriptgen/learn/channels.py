@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from scriptgen.model import Endpoint, Message, Sender, Session, Transport
@@ -79,11 +79,13 @@ def find_channels(sessions: Sequence[Session]) -> dict[int, ChildLink]:
     return links
 
 
-def with_channels(sessions: Sequence[Session], keep: Callable[[Session], bool]) -> list[Session]:
-    """The sessions `keep` accepts that are not data channels, with the data channels of
-    those (whatever port a channel used)."""
+def with_channels(sessions: Sequence[Session], ports: Collection[int]) -> list[Session]:
+    """The sessions on server `ports` (every port when empty) that are not data channels,
+    with the data channels of those (whatever port a channel used)."""
     links = find_channels(sessions)
-    return [s for i, s in enumerate(sessions) if keep(sessions[links[i].parent] if i in links else s)]
+    wanted = frozenset(ports)
+    return [s for i, s in enumerate(sessions)
+            if not wanted or (sessions[links[i].parent] if i in links else s).server_port in wanted]
 
 
 def _parent_of(child: int, s: Session, candidates: deque[int], sessions: Sequence[Session]) -> ChildLink | None:
