@@ -277,6 +277,7 @@ class Result:
     elapsed: float = 0.0
     latencies: list[float] = field(default_factory=list)
     cpu: float = 0.0
+    client_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -291,6 +292,10 @@ class Result:
     @property
     def cpu_per_session(self) -> float:
         return self.cpu / self.sessions * 1e6 if self.sessions else float("nan")
+
+    @property
+    def client_cpu_per_session(self) -> float:
+        return self.client_cpu / self.sessions * 1e6 if self.sessions else float("nan")
 
 
 async def drive(port: int, clients: int, duration: float, result: Result) -> None:
@@ -333,8 +338,17 @@ async def drive(port: int, clients: int, duration: float, result: Result) -> Non
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
+    """CPU time of `pid`, its reaped children and its live children (serve's log writer
+    process runs for the whole bench: it is never reaped while measured)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # a child that ended meanwhile: its time is in its parent's cutime
+        return 0.0
+    total = sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            total += cpu_seconds(int(child))
+    return total
 
 
 def rss(pid: int) -> int:
@@ -380,11 +394,18 @@ class ServerProcess:
 
 def load_phase(server: ServerProcess, clients: int, duration: float) -> Result:
     result = Result(server.kind, clients)
-    before = cpu_seconds(server.proc.pid)
+    before, client_before = cpu_seconds(server.proc.pid), time.process_time()
     asyncio.run(drive(server.port, clients, duration, result))
-    time.sleep(0.3)  # the fork server reaps its last children
+    result.client_cpu = time.process_time() - client_before
+    time.sleep(0.3)  # the fork server reaps its last children; the log writer catches up
     result.cpu = cpu_seconds(server.proc.pid) - before
     return result
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def idle_phase(server: ServerProcess, count: int) -> float:
@@ -417,6 +438,8 @@ def main() -> int:
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--levels", default="1,100,1000", help="concurrent clients per phase (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per phase (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="phases per server and level, interleaved; medians are reported (default: %(default)s)")
     parser.add_argument("--servers", default="serve,bare-protocol,bare-streams,fork",
                         help="servers to measure (default: %(default)s)")
     parser.add_argument("--fork-levels", default="1,100",
@@ -446,31 +469,46 @@ def main() -> int:
     loop_name = "uvloop" if _has_uvloop() else "asyncio"
     print(f"bench_serve: {os.cpu_count()} cores, Python {sys.version.split()[0]}, event loop {loop_name}, "
           f"{args.duration:g}s per phase")
-    results: dict[tuple[str, int], Result] = {}
+    results: dict[tuple[str, int], list[Result]] = {}
     idle: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         model = Path(tmp) / "ftp.json"
         write_model(model)
-        print(f"{'server':<14} {'clients':>7} {'sessions/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6} "
-              f"{'unfinished':>10} {'cpu us/session':>14}")
-        for kind in servers:
-            server = ServerProcess(kind, model, Path(tmp) / kind, args)
-            try:
-                for clients in levels:
-                    if kind == "fork" and clients not in fork_levels:
-                        continue
-                    r = load_phase(server, clients, args.duration)
-                    results[(kind, clients)] = r
-                    print(f"{kind:<14} {clients:>7} {r.rate:>10.0f} {r.pct(0.5):>8.2f} {r.pct(0.99):>8.2f} "
-                          f"{r.failed:>6} {r.unfinished:>10} {r.cpu_per_session:>14.0f}", flush=True)
-                    time.sleep(0.5)
-                if kind == "fork" and server.note:
-                    print(f"  (fork: {server.note}, at most {args.fork_children} processes)")
+        print(f"{'server':<14} {'clients':>7} {'round':>5} {'sessions/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'failed':>6} {'unfinished':>10} {'cpu us/session':>14} {'client cpu':>10}")
+        running: dict[str, ServerProcess] = {}
+        try:
+            for kind in servers:
+                running[kind] = ServerProcess(kind, model, Path(tmp) / kind, args)
+            # Phases interleaved: each round runs every server once at each level, in an order
+            # that rotates, so that a slow spell of the machine falls on all of them alike.
+            for clients in levels:
+                kinds = [k for k in servers if k != "fork" or clients in fork_levels]
+                for round_ in range(args.rounds):
+                    shift = round_ % len(kinds)
+                    for kind in kinds[shift:] + kinds[:shift]:
+                        r = load_phase(running[kind], clients, args.duration)
+                        results.setdefault((kind, clients), []).append(r)
+                        print(f"{kind:<14} {clients:>7} {round_ + 1:>5} {r.rate:>10.0f} {r.pct(0.5):>8.2f} "
+                              f"{r.pct(0.99):>8.2f} {r.failed:>6} {r.unfinished:>10} {r.cpu_per_session:>14.0f} "
+                              f"{r.client_cpu_per_session:>10.0f}", flush=True)
+                        time.sleep(0.5)
+            if "fork" in running and running["fork"].note:
+                print(f"  (fork: {running['fork'].note}, at most {args.fork_children} processes)")
+            for kind, server in running.items():
                 if args.idle and kind != "fork":
                     idle[kind] = idle_phase(server, args.idle)
-            finally:
+        finally:
+            for server in running.values():
                 server.stop()
     ok = True
+    print(f"\nmedians over {args.rounds} rounds (cpu: the server process and its children, the log writer's "
+          "included)")
+    print(f"{'server':<14} {'clients':>7} {'sessions/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/session':>14}")
+    for (kind, clients), runs in results.items():
+        print(f"{kind:<14} {clients:>7} {median([r.rate for r in runs]):>10.0f} "
+              f"{median([r.pct(0.5) for r in runs]):>8.2f} {median([r.pct(0.99) for r in runs]):>8.2f} "
+              f"{median([r.cpu_per_session for r in runs]):>14.0f}")
     print()
     for clients in levels:
         serve = results.get(("serve", clients))
@@ -478,13 +516,16 @@ def main() -> int:
             continue
         for base in ("bare-protocol", "bare-streams", "fork"):
             other = results.get((base, clients))
-            if other is None or not other.rate:
+            if other is None or not all(r.rate for r in other):
                 continue
-            ratio = serve.rate / other.rate
-            cpu_ratio = other.cpu_per_session / serve.cpu_per_session
+            # Each round's ratio compares phases run next to each other; the median of those.
+            ratios = [a.rate / b.rate for a, b in zip(serve, other)]
+            ratio = median(ratios)
+            cpu = median([a.cpu_per_session / b.cpu_per_session for a, b in zip(serve, other)])
             target = "  (target >= 0.8)" if base.startswith("bare") else ""
-            print(f"{clients:>5} clients: serve / {base:<13} sessions/s {ratio:#7.3g}, "
-                  f"server CPU per session {1 / cpu_ratio:#6.3g}x{target}")
+            spread = f" [{min(ratios):.2f}-{max(ratios):.2f}]" if len(ratios) > 1 else ""
+            print(f"{clients:>5} clients: serve / {base:<13} sessions/s {ratio:#7.3g}{spread}, "
+                  f"server CPU per session {cpu:#6.3g}x{target}")
             if base == "bare-protocol" and ratio < 0.8:
                 ok = False
     if idle:
