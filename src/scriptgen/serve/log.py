@@ -2,9 +2,10 @@
 
 The server's event loop only appends each event to a queue (`EventLog.emit`, a lock and
 a list append). One writer thread takes the queue every `flush_interval` seconds, or as
-soon as `flush_events` are waiting, serialises each event once, and hands the batch to
-every sink: JSON lines (one object per line, flushed after each batch) and SQLite (WAL
-mode, one transaction per batch). Sinks are isolated: one that raises is reported
+soon as `flush_events` are waiting, and prepares the batch once (`prepare`: each event's
+JSON text and the SQLite rows it makes, plain tuples of strings and numbers) for every
+sink: JSON lines (one object per line, flushed after each batch) and SQLite (WAL mode, one
+transaction per batch). Sinks are isolated (`Sinks`): one that raises is reported
 (`scriptgen.log.error` on the others, a line on stderr) and retried with the next batch,
 and never stops the others. `close()` writes everything still queued.
 
@@ -22,19 +23,44 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from scriptgen.serve.events import timestamp
 from scriptgen.params import LogParams
 
-__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "EventLog", "JsonLinesSink", "Log", "Queue", "Sink", "SqliteSink",
-           "open_sinks"]
+__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "JsonLinesSink", "Log", "Queue", "Sink", "Sinks",
+           "SqliteSink", "open_sinks", "prepare"]
 
 JSON_NAME = "events.jsonl"
 SQLITE_NAME = "events.sqlite"
 
-Batch = Sequence[tuple[dict[str, Any], str]]
-"""Events with their JSON text (serialised once, shared by the sinks)."""
+class Batch(NamedTuple):
+    """A batch of events as the sinks write it: made once by `prepare`, shared by the
+    sinks, and sent as it is (marshal) to the writer process."""
+
+    events: list[tuple[str, str, str | None, str]]
+    """(eventid, timestamp, session, JSON text) of every event, in order."""
+    opened: list[tuple[Any, ...]]
+    """A `sessions` row (its columns up to `parent`) for each session.connect."""
+    closed: list[tuple[Any, ...]]
+    """(end, duration, inputs, unmatched, bytes_in, bytes_out, reason, path, session) for
+    each session.closed."""
+
+
+def prepare(events: Sequence[dict[str, Any]]) -> Batch:
+    """Each event serialised once, and the rows of the `sessions` table it makes."""
+    batch = Batch([], [], [])
+    for e in events:
+        eventid = e["eventid"]
+        batch.events.append((eventid, e["timestamp"], e.get("session"), _serialise(e)))
+        if eventid == "scriptgen.session.connect":
+            batch.opened.append((e["session"], e["transport"], e["src_ip"], e["src_port"], e["dst_ip"],
+                                 e["dst_port"], e["model"], e["model_port"], e["sensor"], e["timestamp"],
+                                 e.get("parent")))
+        elif eventid == "scriptgen.session.closed":
+            batch.closed.append((e["timestamp"], e["duration"], e["inputs"], e["unmatched"], e["bytes_in"],
+                                 e["bytes_out"], e["reason"], _encode(e["path"]), e["session"]))
+    return batch
 
 
 class Sink(Protocol):
@@ -57,7 +83,7 @@ class JsonLinesSink:
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, batch: Batch) -> None:
-        self._file.write("".join(f"{line}\n" for _, line in batch))
+        self._file.write("".join([f"{line}\n" for _, _, _, line in batch.events]))
         self._file.flush()
 
     def close(self) -> None:
@@ -116,29 +142,18 @@ class SqliteSink:
             self._db.execute("ALTER TABLE sessions ADD COLUMN parent TEXT")
 
     def write(self, batch: Batch) -> None:
-        rows = [(e["eventid"], e["timestamp"], e.get("session"), line) for e, line in batch]
-        opened = [
-            (e["session"], e["transport"], e["src_ip"], e["src_port"], e["dst_ip"], e["dst_port"],
-             e["model"], e["model_port"], e["sensor"], e["timestamp"], e.get("parent"))
-            for e, _ in batch if e["eventid"] == "scriptgen.session.connect"
-        ]
-        closed = [
-            (e["timestamp"], e["duration"], e["inputs"], e["unmatched"], e["bytes_in"], e["bytes_out"],
-             e["reason"], json.dumps(e["path"], separators=(",", ":")), e["session"])
-            for e, _ in batch if e["eventid"] == "scriptgen.session.closed"
-        ]
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT INTO events (eventid, timestamp, session, json) VALUES (?, ?, ?, ?)", rows)
-            if opened:
+            db.executemany("INSERT INTO events (eventid, timestamp, session, json) VALUES (?, ?, ?, ?)", batch.events)
+            if batch.opened:
                 db.executemany(
                     "INSERT OR REPLACE INTO sessions (session, transport, src_ip, src_port, dst_ip, dst_port, "
-                    "model, model_port, sensor, start, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", opened)
-            if closed:
+                    "model, model_port, sensor, start, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.opened)
+            if batch.closed:
                 db.executemany(
                     "UPDATE sessions SET end = ?, duration = ?, inputs = ?, unmatched = ?, bytes_in = ?, "
-                    "bytes_out = ?, reason = ?, path = ? WHERE session = ?", closed)
+                    "bytes_out = ?, reason = ?, path = ? WHERE session = ?", batch.closed)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -241,23 +256,22 @@ class Queue:
                         return
 
 
-class EventLog(Queue):
-    """The event log written by a thread of this process: each event serialised once and
-    handed to every sink."""
+class Sinks:
+    """Every sink written with each batch, isolated from each other: one that raises is
+    counted, reported once per streak of failures (`scriptgen.log.error` on the others, a
+    line on stderr) and retried with the next batch."""
 
-    def __init__(self, sinks: Sequence[Sink], params: LogParams | None = None, sensor: str = "") -> None:
-        super().__init__(params, sensor)
+    def __init__(self, sinks: Sequence[Sink], sensor: str = "") -> None:
         self.sinks = list(sinks)
+        self.sensor = sensor
         self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
         self._failing: set[str] = set()
-        self._thread.start()
 
-    def _write(self, events: list[dict[str, Any]]) -> None:
-        batch = [(e, _serialise(e)) for e in events]
+    def write(self, batch: Batch) -> None:
         for sink in self.sinks:
             self._write_to(sink, batch)
 
-    def _closed(self) -> None:
+    def close(self) -> None:
         for sink in self.sinks:
             try:
                 sink.close()
@@ -274,12 +288,11 @@ class EventLog(Queue):
             self._failing.add(sink.name)
             error = f"{type(exc).__name__}: {exc}"
             _warn(f"log sink {sink.name} failed: {error} (retried with every batch)")
-            event = {
+            report = prepare([{
                 "eventid": "scriptgen.log.error", "timestamp": timestamp(time.time()), "sensor": self.sensor,
                 "message": f"log sink {sink.name} failed: {error}", "sink": sink.name, "error": error,
                 "failures": self.failures[sink.name],
-            }
-            report = [(event, json.dumps(event, separators=(",", ":")))]
+            }])
             for other in self.sinks:
                 if other is not sink:
                     try:
@@ -290,6 +303,24 @@ class EventLog(Queue):
         if sink.name in self._failing:
             self._failing.discard(sink.name)
             _warn(f"log sink {sink.name} writes again")
+
+
+class EventLog(Queue):
+    """The event log written by a thread of this process: each batch prepared once and
+    handed to every sink."""
+
+    def __init__(self, sinks: Sequence[Sink], params: LogParams | None = None, sensor: str = "") -> None:
+        super().__init__(params, sensor)
+        self._sinks = Sinks(sinks, sensor)
+        self.failures = self._sinks.failures
+        self._thread.start()
+
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        self._sinks.sensor = self.sensor
+        self._sinks.write(prepare(events))
+
+    def _closed(self) -> None:
+        self._sinks.close()
 
 
 def _make_encoder() -> Callable[[dict[str, Any]], str]:

@@ -1,15 +1,17 @@
 """Serve stage: the event log written by a process of its own.
 
-`EventLog` (log.py) writes from a thread of the serving process: its JSON encoding and
-SQLite inserts hold the interpreter lock the event loop needs, and the two take turns
-(measured: the log cost the server 168 us of CPU per 7-event session on uvloop, of which
-70 us of real work). `ProcessLog` keeps only the queue in the serving process: a forwarder
-thread marshals each batch (a microsecond an event) and writes it to a pipe; a child
-process (`python -m scriptgen.serve.logwriter`) runs an `EventLog` on the same files.
+`EventLog` (log.py) writes from a thread of the serving process: its SQLite inserts hold
+the interpreter lock the event loop needs, and the two take turns (measured: the log cost
+the server 168 us of CPU per 7-event session on uvloop, of which 70 us of real work).
+`ProcessLog` keeps the queue in the serving process: a forwarder thread prepares each
+batch (`log.prepare`: JSON text and SQLite rows, 3 us an event) and writes it to a pipe,
+marshalled; a child process (`python -m scriptgen.serve.logwriter`) hands it to the sinks
+as it arrives. Tuples of strings cost the child a fifth of what rebuilding the event dicts
+did, and it has no JSON to encode.
 
 The same interface as EventLog (emit, flush, close, dropped, sensor, params). Nothing is
 lost when the child dies: the batch it did not take, and every later one, are written by
-an EventLog in this process instead (a warning says so). The child drops privileges to
+the forwarder thread itself instead (a warning says so). The child drops privileges to
 `user` after opening the files, as the server does after binding.
 
 Inputs: event dicts. Outputs: the files of log.py, in `log_dir`. Standard library only.
@@ -25,7 +27,7 @@ import sys
 from typing import Any
 
 from scriptgen.params import LogParams
-from scriptgen.serve.log import EventLog, Queue, _warn, open_sinks
+from scriptgen.serve.log import Batch, Queue, Sinks, _warn, open_sinks, prepare
 from scriptgen.serve.runtime import drop_privileges
 
 __all__ = ["ProcessLog", "main"]
@@ -45,11 +47,11 @@ class ProcessLog(Queue):
         self._log_dir, self._json, self._sqlite = log_dir, json_lines, sqlite
         for sink in open_sinks(log_dir, json_lines=json_lines, sqlite=sqlite):  # fail here, not in the child
             sink.close()
-        argv = [sys.executable, "-m", "scriptgen.serve.logwriter", log_dir, str(self.params.flush_interval),
-                str(self.params.flush_events), "1" if json_lines else "0", "1" if sqlite else "0", user or ""]
+        argv = [sys.executable, "-m", "scriptgen.serve.logwriter", log_dir, "1" if json_lines else "0",
+                "1" if sqlite else "0", user or ""]
         self._child: subprocess.Popen[bytes] | None = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env())
-        self._fallback: EventLog | None = None
+        self._fallback: Sinks | None = None
         self._thread.start()
 
     def _closed(self) -> None:
@@ -71,16 +73,18 @@ class ProcessLog(Queue):
     # -- the forwarder thread -----------------------------------------------------------------
 
     def _write(self, events: list[dict[str, Any]]) -> None:
+        batch = prepare(events)
         if self._fallback is None:
-            data = marshal.dumps((self.sensor, events))
+            data = marshal.dumps((self.sensor, tuple(batch)))
             if self._send(_BATCH + _HEADER.pack(len(data)) + data):
                 return
-        self._in_process().sensor = self.sensor
-        for event in events:
-            self._in_process().emit(event)
+        fallback = self._in_process()
+        fallback.sensor = self.sensor
+        fallback.write(batch)
 
     def _settle(self) -> None:
-        """Wait until the child has written everything sent so far."""
+        """Wait until the child has written everything sent so far (the fallback writes
+        as it goes)."""
         if self._fallback is None and self._send(_FLUSH):
             child = self._child
             assert child is not None and child.stdout is not None
@@ -90,8 +94,6 @@ class ProcessLog(Queue):
             except OSError:
                 pass
             self._lost("stopped answering")
-        if self._fallback is not None:
-            self._fallback.flush()
 
     def _send(self, data: bytes) -> bool:
         child = self._child
@@ -111,10 +113,10 @@ class ProcessLog(Queue):
         _warn(f"event log writer process {what} (exit code {code}): writing the log from the server process")
         self._in_process()
 
-    def _in_process(self) -> EventLog:
+    def _in_process(self) -> Sinks:
         if self._fallback is None:
-            self._fallback = EventLog(open_sinks(self._log_dir, json_lines=self._json, sqlite=self._sqlite),
-                                      self.params, self.sensor)
+            self._fallback = Sinks(open_sinks(self._log_dir, json_lines=self._json, sqlite=self._sqlite),
+                                   self.sensor)
         return self._fallback
 
 
@@ -127,18 +129,16 @@ def _child_env() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    """The child: read batches from stdin, write them with an EventLog, until stdin closes."""
-    log_dir, interval, events, json_lines, sqlite, user = argv
-    params = LogParams(flush_interval=float(interval), flush_events=int(events))
-    log = EventLog(open_sinks(log_dir, json_lines=json_lines == "1", sqlite=sqlite == "1"), params)
+    """The child: read batches from stdin and write each as it arrives, until stdin closes."""
+    log_dir, json_lines, sqlite, user = argv
+    sinks = Sinks(open_sinks(log_dir, json_lines=json_lines == "1", sqlite=sqlite == "1"))
     if user:
         drop_privileges(user, [log_dir] + [os.path.join(log_dir, n) for n in os.listdir(log_dir)])
     source, answer = sys.stdin.buffer, sys.stdout.buffer
     try:
         while True:
             kind = source.read(1)
-            if kind == _FLUSH:
-                log.flush()
+            if kind == _FLUSH:  # everything before it is written: batches are written as they come
                 answer.write(_FLUSH)
                 answer.flush()
                 continue
@@ -151,13 +151,11 @@ def main(argv: list[str]) -> int:
             if size > _MAX_FRAME:
                 _warn(f"event log writer: a batch of {size} bytes refused")
                 return 1
-            # marshal: plain data (events hold str, int, float, bool, None, lists), never code run
-            sensor, batch = marshal.loads(source.read(size))
-            log.sensor = sensor
-            for event in batch:
-                log.emit(event)
+            # marshal: plain data (tuples and lists of str, int, float, None), never code run
+            sinks.sensor, fields = marshal.loads(source.read(size))
+            sinks.write(Batch(*fields))
     finally:
-        log.close()
+        sinks.close()
     return 0
 
 
