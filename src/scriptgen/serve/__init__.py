@@ -11,7 +11,7 @@ Model ports in (compiled by scriptgen.emulate); sockets served and events logged
     await server.run()                # until SIGTERM/SIGINT; drains, logs the stop
     log.close()                       # writes what is queued
 
-Imports: scriptgen.emulate, scriptgen.errors, scriptgen (version), the standard library.
+Imports: scriptgen.emulate, scriptgen.errors, scriptgen (version), the standard library, orjson.
 """
 
 from scriptgen.errors import ServeError

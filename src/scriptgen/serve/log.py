@@ -10,20 +10,21 @@ transaction per batch). Sinks are isolated (`Sinks`): one that raises is reporte
 and never stops the others. `close()` writes everything still queued.
 
 Inputs: event dicts. Outputs: files in the log directory (`events.jsonl`,
-`events.sqlite`; the schema is in docs/events.md). Imports the standard library only.
+`events.sqlite`; the schema is in docs/events.md). Imports the standard library and orjson.
 """
 
 from __future__ import annotations
 
 import json
-import json.encoder
 import os
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
+
+import orjson
 
 from scriptgen.serve.events import timestamp
 from scriptgen.params import LogParams
@@ -205,7 +206,7 @@ class Queue:
                 return
             self._pending.append(event)
             self._pending_bytes += size
-            if len(self._pending) >= self.params.flush_events:
+            if len(self._pending) == self.params.flush_events:  # once a batch, not once an event
                 self._wake.set()
 
     def flush(self, timeout: float = 10.0) -> None:
@@ -323,31 +324,16 @@ class EventLog(Queue):
         self._sinks.close()
 
 
-def _make_encoder() -> Callable[[dict[str, Any]], str]:
-    """json.dumps(event, separators=(",", ":")), without building an encoder per call: half
-    the cost, and the writer serialises every event (the C encoder, when there is one)."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return json.JSONEncoder(separators=(",", ":")).encode
-
-    def default(value: Any) -> Any:
-        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-    chunks = make(None, default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
-
-    def encode(event: dict[str, Any]) -> str:
-        return "".join(chunks(event, 0))
-
-    return encode
-
-
-_encode = _make_encoder()
+def _encode(value: Any) -> str:
+    """Compact JSON (orjson: a third of the C encoder's time, and this runs for every event)."""
+    return orjson.dumps(value).decode()
 
 
 def _serialise(event: dict[str, Any]) -> str:
     try:
         return _encode(event)
-    except (TypeError, ValueError) as exc:  # a bug in an event's making: keep its id and say so
+    except (TypeError, ValueError) as exc:  # a bug in an event's making (or a lone surrogate in a
+        # str, which orjson refuses): keep its id and say so
         _warn(f"event {event.get('eventid')!r} cannot be written as JSON: {exc}")
         return json.dumps({k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
                            for k, v in event.items()}, separators=(",", ":"))

@@ -159,6 +159,13 @@ class Server:
         self._suppressed = 0
         self.channels_pending = 0  # data channel listeners and connections out being set up
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the server runs on (sessions ask here: asyncio.get_running_loop() makes a
+        getpid system call each time, to notice a fork)."""
+        assert self._loop is not None, "the server is not started"
+        return self._loop
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> list[Bound]:
@@ -355,7 +362,7 @@ class _Session:
         if not self.server.admit(self):
             self.done = True
             return False
-        self.started = self.last_data = asyncio.get_running_loop().time()
+        self.started = self.last_data = self.server.loop.time()
         self.started_wall = time.time()
         return True
 
@@ -379,7 +386,7 @@ class _Session:
         if self.done or self.conn is None:
             return
         try:
-            now = asyncio.get_running_loop().time()
+            now = self.server.loop.time()
             if data:
                 self.last_data = now
                 self.bytes_in += len(data)
@@ -392,7 +399,7 @@ class _Session:
         """Carry out the engine's events until it needs data (or time)."""
         conn = self.conn
         assert conn is not None
-        loop = asyncio.get_running_loop()
+        loop = self.server.loop
         now = loop.time()
         while not self.done:
             event = conn.next_event(now)
@@ -450,7 +457,7 @@ class _Session:
             return
         try:
             params = self.server.params
-            now = asyncio.get_running_loop().time()
+            now = self.server.loop.time()
             idle = params.udp_idle_timeout if self.transport_name == "udp" else params.idle_timeout
             if now >= self.started + params.max_session:
                 self.close("max-duration")
@@ -459,7 +466,7 @@ class _Session:
             elif self.conn is not None:
                 self.pump()
             else:
-                self._arm(asyncio.get_running_loop(), now, None)
+                self._arm(self.server.loop, now, None)
         except Exception as exc:  # per-session isolation (STYLE habit 7)
             self.fail(exc)
 
@@ -490,7 +497,7 @@ class _Session:
             self.shut(reason)
         finally:
             conn = self.conn
-            duration = round(asyncio.get_running_loop().time() - self.started, 6)
+            duration = round(self.server.loop.time() - self.started, 6)
             self.emit("scriptgen.session.closed",
                       f"closed ({reason}) after {duration:.3f}s, {self.inputs} inputs, {self.unmatched} unmatched",
                       state=conn.state if conn else None, reason=reason, path=list(conn.path) if conn else [],
@@ -560,7 +567,7 @@ class _TcpSession(_Session, asyncio.Protocol):
         self._reading()
         if not self.feeding:
             self.feeding = True
-            asyncio.get_running_loop().call_soon(self._feed_piece)
+            self.server.loop.call_soon(self._feed_piece)
 
     def _feed_piece(self) -> None:
         self.feeding = False
@@ -574,7 +581,7 @@ class _TcpSession(_Session, asyncio.Protocol):
         self.feed(piece)
         if backlog and not self.done:
             self.feeding = True
-            asyncio.get_running_loop().call_soon(self._feed_piece)
+            self.server.loop.call_soon(self._feed_piece)
             return
         self.backlog = None
         if self.eof_pending:
@@ -866,13 +873,13 @@ class _DataSession(_TcpSession):
         if parent.done:
             self.close("parent")
             return True
-        self._arm(asyncio.get_running_loop(), self.started, None)
+        self._arm(self.server.loop, self.started, None)
         self.owner.arrived(self)
         return True
 
     def start(self, machine: Machine, request: bytes) -> None:
         try:
-            now = asyncio.get_running_loop().time()
+            now = self.server.loop.time()
             self.conn = Emulator(machine, now, wall=time.time(), first=request)
             early, self.early = bytes(self.early), bytearray()
             if early:
@@ -890,7 +897,7 @@ class _DataSession(_TcpSession):
         if not data:
             self.early_eof = True
             return
-        self.last_data = asyncio.get_running_loop().time()
+        self.last_data = self.server.loop.time()
         self.bytes_in += len(data)
         self.early += data
         if len(self.early) > self.server.params.max_buffered:
