@@ -21,6 +21,8 @@ from scriptgen.serve import (
     LogParams,
     ServeError,
     SqliteSink,
+    check_event,
+    open_sinks,
     recent_sessions,
 )
 from tests.serve.cli import main as cli_main
@@ -122,6 +124,30 @@ def test_a_full_queue_drops_and_counts(tmp_path, capsys):
     gate.set()
     log.close()
     assert "dropping events" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["thread", "process"])
+def test_a_session_record_becomes_its_event_in_the_writer(tmp_path, where):
+    from scriptgen.serve import ProcessLog
+
+    log = EventLog(open_sinks(str(tmp_path))) if where == "thread" else ProcessLog(str(tmp_path))
+    head = ("hp1", "6bcc157c00000001", "tcp", "203.0.113.7", 53266, "192.0.2.1", 21)
+    log.emit(("scriptgen.session.input", 1738324800.25, head, "state 0 -> 1: input",
+              {"data": b"USER dave\r\n", "size": 11, "truncated": False, "state": 1, "source": 0, "transition": 0}))
+    log.emit(("scriptgen.session.output", 1738324800.5, head, "state 1: answer",
+              {"data": b"A" * 50, "size": 70, "truncated": True, "state": 1}))
+    log.close()
+    first, second = read_events(tmp_path)
+    expected = {  # docs/events.md's example, key for key and in its order
+        "eventid": "scriptgen.session.input", "timestamp": "2025-01-31T12:00:00.250000Z", "sensor": "hp1",
+        "message": "state 0 -> 1: input b'USER dave\\r\\n'", "session": "6bcc157c00000001", "transport": "tcp",
+        "src_ip": "203.0.113.7", "src_port": 53266, "dst_ip": "192.0.2.1", "dst_port": 21,
+        "data": "VVNFUiBkYXZlDQo=", "size": 11, "truncated": False, "state": 1, "source": 0, "transition": 0}
+    assert first == expected and list(first) == list(expected)
+    assert second["message"] == f"state 1: answer {b'A' * 48!r}..." and second["data"] == "QUFB" * 16 + "QUE="
+    assert check_event(first) == [] and check_event(second) == []
+    rows = sqlite3.connect(tmp_path / "events.sqlite").execute("SELECT json FROM events ORDER BY id").fetchall()
+    assert [json.loads(r[0]) for r in rows] == [first, second]
 
 
 def test_sqlite_is_wal_and_holds_sessions_and_events(tmp_path):

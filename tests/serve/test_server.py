@@ -172,6 +172,10 @@ def test_a_client_that_does_not_read_is_cut_off(tmp_path):
         sock.close()
     (closed,) = [e for e in srv.events() if e["eventid"] == "scriptgen.session.closed" and e["reason"] != "eof"]
     assert closed["reason"] == "max-buffered"
+    # --log-data-bytes: the first 16 bytes of each 64 KiB answer kept, its size in full
+    outputs = [e for e in srv.events() if e["eventid"] == "scriptgen.session.output" and e["size"] == len(big)]
+    assert outputs and all(e["truncated"] and e["data"] == "WFhYWFhYWFhYWFhYWFhYWA==" for e in outputs)
+    assert outputs[0]["message"].endswith(f" {b'X' * 16!r}...")
 
 
 def test_max_requests(tmp_path):

@@ -6,17 +6,22 @@ shared with Cowrie keep Cowrie's names and meaning, so the same log pipelines re
 `eventid`, `timestamp` (ISO 8601 UTC, microseconds, `Z`), `session`, `src_ip`,
 `src_port`, `dst_ip`, `dst_port`, `sensor`, `message`.
 
+A session event leaves the event loop as a `Record`, a tuple of what happened, and is
+made into its event (`expand`) by the log's writer: the timestamp text, the base64 of the
+bytes and the message's preview of them are written out there, off the loop (bench_serve).
+
 Inputs: nothing (this is data). Output: `CATALOGUE`, `COMMON_KEYS`, `SESSION_KEYS`,
-`timestamp()`, `check_event()`. Imports the standard library only.
+`Record`, `expand()`, `timestamp()`, `check_event()`. Imports the standard library only.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CATALOGUE", "COMMON_KEYS", "SESSION_KEYS", "EventSpec", "check_event", "timestamp"]
+__all__ = ["CATALOGUE", "COMMON_KEYS", "SESSION_KEYS", "EventSpec", "Record", "check_event", "expand", "timestamp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,27 @@ CATALOGUE: dict[str, EventSpec] = {
         },
     ),
 }
+
+
+Record = tuple[str, float, tuple[Any, ...], str, dict[str, Any]]
+"""A session event as the loop queues it: (eventid, time.time(), the session's head:
+(sensor, *SESSION_KEYS values), message, the event's own keys). Bytes (`data`) are raw, at
+most `--log-data-bytes` of them; `size` is their full length."""
+
+_PREVIEW = 48  # bytes of `data` the message shows
+
+
+def expand(record: Record) -> dict[str, Any]:
+    """The event a record stands for: common keys, session keys, its own keys, in that order."""
+    eventid, t, head, message, own = record
+    data = own.get("data")
+    if isinstance(data, (bytes, bytearray)):
+        message = f"{message} {bytes(data[:_PREVIEW])!r}{'...' if own['size'] > _PREVIEW else ''}"
+        own = {**own, "data": base64.b64encode(data).decode("ascii")}
+    event = {"eventid": eventid, "timestamp": timestamp(t), "sensor": head[0], "message": message}
+    event.update(zip(SESSION_KEYS, head[1:]))
+    event.update(own)
+    return event
 
 
 _second: tuple[int, str] = (-1, "")  # the last second formatted (a cache: one tuple, swapped whole)

@@ -1,10 +1,10 @@
 """Serve stage: the event log. Events (dicts, see events.py) in; JSON lines and SQLite out.
 
-The server's event loop only appends each event to a queue (`EventLog.emit`, a lock and
-a list append). One writer thread takes the queue every `flush_interval` seconds, or as
-soon as `flush_events` are waiting, and prepares the batch once (`prepare`: each event's
-JSON text and the SQLite rows it makes, plain tuples of strings and numbers) for every
-sink: JSON lines (one object per line, flushed after each batch) and SQLite (WAL mode, one
+The server's event loop only appends each event (a dict, or a session event's record:
+events.py) to a queue (`EventLog.emit`, a lock and a list append). One writer thread takes
+the queue every `flush_interval` seconds, or as soon as `flush_events` are waiting, and
+prepares the batch once (`prepare`: records expanded, each event's JSON text and the SQLite
+rows it makes, plain tuples of strings and numbers) for every sink: JSON lines (one object per line, flushed after each batch) and SQLite (WAL mode, one
 transaction per batch). Sinks are isolated (`Sinks`): one that raises is reported
 (`scriptgen.log.error` on the others, a line on stderr) and retried with the next batch,
 and never stops the others. `close()` writes everything still queued.
@@ -26,10 +26,10 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from scriptgen.serve.events import timestamp
+from scriptgen.serve.events import Record, expand, timestamp
 from scriptgen.params import LogParams
 
-__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "JsonLinesSink", "Log", "Queue", "Sink", "Sinks",
+__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "Item", "JsonLinesSink", "Log", "Queue", "Sink", "Sinks",
            "SqliteSink", "open_sinks", "prepare"]
 
 JSON_NAME = "events.jsonl"
@@ -48,10 +48,15 @@ class Batch(NamedTuple):
     each session.closed."""
 
 
-def prepare(events: Sequence[dict[str, Any]]) -> Batch:
+Item = dict[str, Any] | Record
+"""What the log queues: an event, or a session event's record (made into its event here)."""
+
+
+def prepare(items: Sequence[Item]) -> Batch:
     """Each event serialised once, and the rows of the `sessions` table it makes."""
     batch = Batch([], [], [])
-    for e in events:
+    for item in items:
+        e = item if isinstance(item, dict) else expand(item)
         eventid = e["eventid"]
         batch.events.append((eventid, e["timestamp"], e.get("session"), _serialise(e)))
         if eventid == "scriptgen.session.connect":
@@ -171,7 +176,7 @@ class Log(Protocol):
     sensor: str
     dropped: int
 
-    def emit(self, event: dict[str, Any], size: int = 0) -> None: ...
+    def emit(self, event: Item, size: int = 0) -> None: ...
 
     def flush(self, timeout: float = 10.0) -> None: ...
 
@@ -189,14 +194,14 @@ class Queue:
         self.dropped = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Item] = []
         self._markers: list[threading.Event] = []  # flush() callers waiting for a write
         self._pending_bytes = 0
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def emit(self, event: dict[str, Any], size: int = 0) -> None:
-        """Queue one event; `size` is its payload size (bounds the queue's memory)."""
+    def emit(self, event: Item, size: int = 0) -> None:
+        """Queue one event (or record); `size` is its payload size (bounds the queue's memory)."""
         with self._lock:
             if (len(self._pending) >= self.params.max_queued_events
                     or self._pending_bytes + size > self.params.max_queued_bytes):
@@ -226,7 +231,7 @@ class Queue:
         self._thread.join()
         self._closed()
 
-    def _write(self, events: list[dict[str, Any]]) -> None:
+    def _write(self, events: list[Item]) -> None:
         raise NotImplementedError
 
     def _settle(self) -> None:
@@ -316,7 +321,7 @@ class EventLog(Queue):
         self.failures = self._sinks.failures
         self._thread.start()
 
-    def _write(self, events: list[dict[str, Any]]) -> None:
+    def _write(self, events: list[Item]) -> None:
         self._sinks.sensor = self.sensor
         self._sinks.write(prepare(events))
 

@@ -1,13 +1,12 @@
 """Serve stage: the event log written by a process of its own.
 
-`EventLog` (log.py) writes from a thread of the serving process: its SQLite inserts hold
-the interpreter lock the event loop needs, and the two take turns (measured: the log cost
-the server 168 us of CPU per 7-event session on uvloop, of which 70 us of real work).
-`ProcessLog` keeps the queue in the serving process: a forwarder thread prepares each
-batch (`log.prepare`: JSON text and SQLite rows, 3 us an event) and writes it to a pipe,
-marshalled; a child process (`python -m scriptgen.serve.logwriter`) hands it to the sinks
-as it arrives. Tuples of strings cost the child a fifth of what rebuilding the event dicts
-did, and it has no JSON to encode.
+`EventLog` (log.py) writes from a thread of the serving process: its encoding and SQLite
+inserts hold the interpreter lock the event loop needs, and the two take turns.
+`ProcessLog` keeps only the queue in the serving process: a forwarder thread marshals each
+batch as the loop queued it (session events as records: tuples, raw bytes; about a
+microsecond an event) and writes it to a pipe; a child process (`python -m
+scriptgen.serve.logwriter`) prepares it (`log.prepare`: records made into events, JSON,
+SQLite rows) and hands it to the sinks as it arrives.
 
 The same interface as EventLog (emit, flush, close, dropped, sensor, params). Nothing is
 lost when the child dies: the batch it did not take, and every later one, are written by
@@ -24,10 +23,9 @@ import os
 import struct
 import subprocess
 import sys
-from typing import Any
 
 from scriptgen.params import LogParams
-from scriptgen.serve.log import Batch, Queue, Sinks, _warn, open_sinks, prepare
+from scriptgen.serve.log import Item, Queue, Sinks, _warn, open_sinks, prepare
 from scriptgen.serve.runtime import drop_privileges
 
 __all__ = ["ProcessLog", "main"]
@@ -72,15 +70,14 @@ class ProcessLog(Queue):
 
     # -- the forwarder thread -----------------------------------------------------------------
 
-    def _write(self, events: list[dict[str, Any]]) -> None:
-        batch = prepare(events)
+    def _write(self, events: list[Item]) -> None:
         if self._fallback is None:
-            data = marshal.dumps((self.sensor, tuple(batch)))
+            data = marshal.dumps((self.sensor, events))
             if self._send(_BATCH + _HEADER.pack(len(data)) + data):
                 return
         fallback = self._in_process()
         fallback.sensor = self.sensor
-        fallback.write(batch)
+        fallback.write(prepare(events))
 
     def _settle(self) -> None:
         """Wait until the child has written everything sent so far (the fallback writes
@@ -151,9 +148,9 @@ def main(argv: list[str]) -> int:
             if size > _MAX_FRAME:
                 _warn(f"event log writer: a batch of {size} bytes refused")
                 return 1
-            # marshal: plain data (tuples and lists of str, int, float, None), never code run
-            sinks.sensor, fields = marshal.loads(source.read(size))
-            sinks.write(Batch(*fields))
+            # marshal: plain data (dicts, tuples and lists of str, bytes, numbers, None), never code run
+            sinks.sensor, events = marshal.loads(source.read(size))
+            sinks.write(prepare(events))
     finally:
         sinks.close()
     return 0

@@ -30,7 +30,6 @@ Imports: scriptgen.emulate (the engine), and this package.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import secrets
 import signal
@@ -510,20 +509,17 @@ class _Session:
         return f"[{self.src_ip}]:{self.src_port}" if ":" in self.src_ip else f"{self.src_ip}:{self.src_port}"
 
     def emit(self, eventid: str, message: str, payload: int = 0, **keys: Any) -> None:
-        event = {
-            "eventid": eventid, "timestamp": timestamp(time.time()), "sensor": self.server.sensor,
-            "message": message, "session": self.id, "transport": self.transport_name,
-            "src_ip": self.src_ip, "src_port": self.src_port, "dst_ip": self.dst_ip, "dst_port": self.dst_port,
-        }
-        event.update(keys)
-        self.server.log.emit(event, payload)
+        """Queue this session's event as a record (events.py): the log's writer makes the
+        event of it, off the loop."""
+        head = (self.server.sensor, self.id, self.transport_name, self.src_ip, self.src_port, self.dst_ip,
+                self.dst_port)
+        self.server.log.emit((eventid, time.time(), head, message, keys), payload)
 
     def emit_data(self, eventid: str, data: bytes, message: str, **keys: Any) -> None:
+        """An event with bytes: at most `data_bytes` of them kept (the message shows the first)."""
         cap = self.server.log.params.data_bytes
-        kept = data[:cap]
-        text = base64.b64encode(kept).decode("ascii")
-        self.emit(eventid, f"{message} {kept[:48]!r}{'...' if len(data) > 48 else ''}", len(text),
-                  data=text, size=len(data), truncated=len(data) > cap, **keys)
+        kept = data[:cap] if len(data) > cap else data
+        self.emit(eventid, message, len(kept), data=kept, size=len(data), truncated=len(data) > cap, **keys)
 
     # -- transport-specific ------------------------------------------------------------------
 
