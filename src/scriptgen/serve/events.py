@@ -181,12 +181,14 @@ def expand(record: Record) -> dict[str, Any]:
     """The event a record stands for: common keys, session keys, its own keys, in that order."""
     eventid, t, head, message, own = record
     data = own.get("data")
-    if isinstance(data, (bytes, bytearray)):
+    if data is not None:
         message = f"{message} {bytes(data[:_PREVIEW])!r}{'...' if own['size'] > _PREVIEW else ''}"
-        own = {**own, "data": base64.b64encode(data).decode("ascii")}
-    event = {"eventid": eventid, "timestamp": timestamp(t), "sensor": head[0], "message": message}
-    event.update(zip(SESSION_KEYS, head[1:]))
+    event = {"eventid": eventid, "timestamp": timestamp(t), "sensor": head[0], "message": message,
+             "session": head[1], "transport": head[2], "src_ip": head[3], "src_port": head[4], "dst_ip": head[5],
+             "dst_port": head[6]}  # SESSION_KEYS
     event.update(own)
+    if data is not None:
+        event["data"] = base64.b64encode(data).decode("ascii")
     return event
 
 

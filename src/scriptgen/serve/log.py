@@ -1,15 +1,16 @@
-"""Serve stage: the event log. Events (dicts, see events.py) in; JSON lines and SQLite out.
+"""Serve stage: the event log. Events (dicts, or session records: events.py) in; JSON
+lines and SQLite out.
 
-The server's event loop only appends each event (a dict, or a session event's record:
-events.py) to a queue (`EventLog.emit`, a lock and a list append). One writer thread takes
-the queue every `flush_interval` seconds, or as soon as `flush_events` are waiting, and
-prepares the batch once (`prepare`: records expanded, each event's JSON text and the SQLite
-rows it makes, plain tuples of strings and numbers) for every sink: JSON lines (one object per line, flushed after each batch) and SQLite (WAL mode, one
-transaction per batch). Sinks are isolated (`Sinks`): one that raises is reported
-(`scriptgen.log.error` on the others, a line on stderr) and retried with the next batch,
-and never stops the others. `close()` writes everything still queued.
+The server's event loop only appends each item to a queue (`EventLog.emit`, a lock and a
+list append). One writer thread takes the queue every `flush_interval` seconds, or as soon
+as `flush_events` are waiting, and prepares the batch once (`prepare`: records made into
+events, each event's JSON text and the SQLite rows it makes, plain tuples of strings and
+numbers) for every sink: JSON lines (one object per line, flushed after each batch) and
+SQLite (WAL mode, one transaction per batch). Sinks are isolated (`Sinks`): one that
+raises is reported (`scriptgen.log.error` on the others, a line on stderr) and retried
+with the next batch, and never stops the others. `close()` writes everything still queued.
 
-Inputs: event dicts. Outputs: files in the log directory (`events.jsonl`,
+Inputs: events and records. Outputs: files in the log directory (`events.jsonl`,
 `events.sqlite`; the schema is in docs/events.md). Imports the standard library and orjson.
 """
 
@@ -29,8 +30,8 @@ import orjson
 from scriptgen.serve.events import Record, expand, timestamp
 from scriptgen.params import LogParams
 
-__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "Item", "JsonLinesSink", "Log", "Queue", "Sink", "Sinks",
-           "SqliteSink", "open_sinks", "prepare"]
+__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "Item", "JsonLinesSink", "Log", "Queue",
+           "Sink", "Sinks", "SqliteSink", "open_sinks", "prepare"]
 
 JSON_NAME = "events.jsonl"
 SQLITE_NAME = "events.sqlite"

@@ -290,7 +290,7 @@ class Server:
         self._refused_logged += 1
         reason = "max-connections" if self._accepting else "shutdown"
         session.emit("scriptgen.session.refused", f"refused {session.peer()}: {reason}",
-                     reason=reason, suppressed=self._suppressed)
+                     {"reason": reason, "suppressed": self._suppressed})
         self._suppressed = 0
         return False
 
@@ -374,7 +374,7 @@ class _Session:
             ln = self.listener
             self.emit("scriptgen.session.connect",
                       f"new connection: {self.peer()} -> {self.dst_ip}:{self.dst_port} [session {self.id}]",
-                      state=self.conn.state, model=ln.model, model_port=ln.model_port, parent=None)
+                      {"state": self.conn.state, "model": ln.model, "model_port": ln.model_port, "parent": None})
             self.pump()
         except Exception as exc:  # per-session isolation (STYLE habit 7)
             self.fail(exc)
@@ -408,19 +408,19 @@ class _Session:
             if isinstance(event, Send):
                 self.bytes_out += len(event.data)
                 self.emit_data("scriptgen.session.output", event.data, f"state {event.state}: answer",
-                               state=event.state)
+                               {"state": event.state})
                 self.send(event.data)
             elif isinstance(event, Input):
                 self.inputs += 1
                 self.emit_data("scriptgen.session.input", event.data, f"state {event.source} -> {event.state}: input",
-                               state=event.state, source=event.source, transition=event.transition)
+                               {"state": event.state, "source": event.source, "transition": event.transition})
                 if self.inputs > self.server.params.max_requests:
                     self.close("max-requests")
             elif isinstance(event, Unmatched):
                 self.unmatched += 1
                 self.emit_data("scriptgen.session.unmatched", event.data,
                                f"state {event.state}: unmatched input ({event.fallback})",
-                               state=event.state, fallback=event.fallback)
+                               {"state": event.state, "fallback": event.fallback})
             elif isinstance(event, Close):
                 self.close(event.reason)
             elif isinstance(event, Listen):
@@ -477,7 +477,7 @@ class _Session:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         try:
             self.emit("scriptgen.session.error", f"internal error: {error}",
-                      state=self.conn.state if self.conn else None, error=error)
+                      {"state": self.conn.state if self.conn else None, "error": error})
         finally:
             self.close("error")
 
@@ -499,27 +499,28 @@ class _Session:
             duration = round(self.server.loop.time() - self.started, 6)
             self.emit("scriptgen.session.closed",
                       f"closed ({reason}) after {duration:.3f}s, {self.inputs} inputs, {self.unmatched} unmatched",
-                      state=conn.state if conn else None, reason=reason, path=list(conn.path) if conn else [],
-                      duration=duration, inputs=self.inputs, unmatched=self.unmatched,
-                      bytes_in=self.bytes_in, bytes_out=self.bytes_out)
+                      {"state": conn.state if conn else None, "reason": reason,
+                       "path": list(conn.path) if conn else [], "duration": duration, "inputs": self.inputs,
+                       "unmatched": self.unmatched, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out})
 
     # -- logging -----------------------------------------------------------------------------
 
     def peer(self) -> str:
         return f"[{self.src_ip}]:{self.src_port}" if ":" in self.src_ip else f"{self.src_ip}:{self.src_port}"
 
-    def emit(self, eventid: str, message: str, payload: int = 0, **keys: Any) -> None:
+    def emit(self, eventid: str, message: str, own: dict[str, Any], payload: int = 0) -> None:
         """Queue this session's event as a record (events.py): the log's writer makes the
-        event of it, off the loop."""
+        event of it, off the loop. `own`: the event's own keys (a dict, not keyword
+        arguments: matching those to parameters costs more than the rest of this)."""
         head = (self.server.sensor, self.id, self.transport_name, self.src_ip, self.src_port, self.dst_ip,
                 self.dst_port)
-        self.server.log.emit((eventid, time.time(), head, message, keys), payload)
+        self.server.log.emit((eventid, time.time(), head, message, own), payload)
 
-    def emit_data(self, eventid: str, data: bytes, message: str, **keys: Any) -> None:
+    def emit_data(self, eventid: str, data: bytes, message: str, own: dict[str, Any]) -> None:
         """An event with bytes: at most `data_bytes` of them kept (the message shows the first)."""
         cap = self.server.log.params.data_bytes
         kept = data[:cap] if len(data) > cap else data
-        self.emit(eventid, message, len(kept), data=kept, size=len(data), truncated=len(data) > cap, **keys)
+        self.emit(eventid, message, {"data": kept, "size": len(data), "truncated": len(data) > cap, **own}, len(kept))
 
     # -- transport-specific ------------------------------------------------------------------
 
@@ -730,7 +731,7 @@ class _Channels:
         self.owner.server.channels_pending -= 1
 
     def log(self, action: str, port: int | None, message: str, error: str | None = None) -> None:
-        self.owner.emit("scriptgen.session.channel", message, action=action, port=port, error=error)
+        self.owner.emit("scriptgen.session.channel", message, {"action": action, "port": port, "error": error})
 
     def listen(self) -> tuple[int | None, str | None]:
         """Bind a listener for one data connection on the address the client reached:
@@ -865,7 +866,8 @@ class _DataSession(_TcpSession):
         ln = self.listener
         self.emit("scriptgen.session.connect",
                   f"data channel of session {parent.id}: {self.peer()} <-> {self.dst_ip}:{self.dst_port} "
-                  f"[session {self.id}]", state=None, model=ln.model, model_port=ln.model_port, parent=parent.id)
+                  f"[session {self.id}]", {"state": None, "model": ln.model, "model_port": ln.model_port,
+                                           "parent": parent.id})
         if parent.done:
             self.close("parent")
             return True
