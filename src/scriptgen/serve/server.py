@@ -318,6 +318,7 @@ class _Session:
         "done",
         "dst_ip",
         "dst_port",
+        "head",
         "id",
         "inputs",
         "last_data",
@@ -340,6 +341,8 @@ class _Session:
         self.listener = listener
         self.id = ""
         self.src_ip, self.src_port, self.dst_ip, self.dst_port = "", 0, "", 0
+        # What every event of the session carries (events.Record), set once named.
+        self.head: tuple[Any, ...] = (server.sensor, "", self.transport_name, "", 0, "", 0)
         self.conn: Emulator | None = None
         self.started = self.last_data = 0.0
         self.started_wall = 0.0
@@ -358,6 +361,9 @@ class _Session:
         self.id = self.server.new_id()
         self.src_ip, self.src_port = str(src[0]), int(src[1])
         self.dst_ip, self.dst_port = str(dst[0]), int(dst[1])
+        # One tuple for all its events: marshal sends it once a batch.
+        self.head = (self.server.sensor, self.id, self.transport_name, self.src_ip, self.src_port, self.dst_ip,
+                     self.dst_port)
         if not self.server.admit(self):
             self.done = True
             return False
@@ -512,9 +518,7 @@ class _Session:
         """Queue this session's event as a record (events.py): the log's writer makes the
         event of it, off the loop. `own`: the event's own keys (a dict, not keyword
         arguments: matching those to parameters costs more than the rest of this)."""
-        head = (self.server.sensor, self.id, self.transport_name, self.src_ip, self.src_port, self.dst_ip,
-                self.dst_port)
-        self.server.log.emit((eventid, time.time(), head, message, own), payload)
+        self.server.log.emit((eventid, time.time(), self.head, message, own), payload)
 
     def emit_data(self, eventid: str, data: bytes, message: str, own: dict[str, Any]) -> None:
         """An event with bytes: at most `data_bytes` of them kept (the message shows the first)."""
