@@ -2,8 +2,8 @@
 `scriptgen serve`, against a bare asyncio server and a honeyd-style process per connection,
 all in one run on 127.0.0.1.
 
-    .venv/bin/python bench/bench_serve.py                 # ~2 minutes on 2 cores
-    .venv/bin/python bench/bench_serve.py --duration 5 --idle 10000 --check
+    .venv/bin/python bench/bench_serve.py                 # ~2.5 minutes on 2 cores
+    .venv/bin/python bench/bench_serve.py --servers serve,bare-protocol --idle 0 --rounds 5 --check
 
 What it does:
  1. Learns a small FTP-like model (banner, USER <name> echoed back, PASS, QUIT where the
@@ -28,15 +28,20 @@ What it does:
                      processes would need ~10 GB)
  3. Drives each with 1, 100 and 1000 concurrent clients (an asyncio Protocol client in
     this process) for --duration seconds: a session is connect, read the banner, send
-    "USER bench", read the answer, send "QUIT", read the answer, close. Prints sessions/s,
+    "USER bench", read the answer, send "QUIT", read the answer, close (8 events in
+    serve's log). Phases are interleaved: --rounds rounds, each running every server once
+    at each level, in an order that rotates, so that a slow spell of the (shared, virtual)
+    machine falls on all servers alike. Prints each phase, then medians: sessions/s,
     p50/p99 session latency, sessions that failed or did not finish in time, and the
-    server's CPU time per session (its own plus its reaped children's): the client shares
-    the machine, so CPU per session is the figure that does not depend on the client.
+    server's CPU time per session (its own, its reaped children's and its live children's:
+    serve's log writer process included). The client shares the machine, so CPU per
+    session is the figure that does not depend on the client.
  4. Opens --idle connections to each asyncio server, waits until the server holds them
     all, and divides the server's RSS growth by their number (RLIMIT_NOFILE is raised to
     the hard limit in every process).
- 5. Prints the ratios serve / bare (sessions/s, target >= 0.8) and bytes per idle
-    connection (target <= 8 KiB); --check exits 1 when a target is missed.
+ 5. Prints the ratios serve / bare (sessions/s: the median of the rounds' ratios, each
+    comparing phases run next to each other, and their range; target >= 0.8) and bytes per
+    idle connection (target <= 8 KiB); --check exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -363,11 +368,12 @@ def open_fds(pid: int) -> int:
 
 
 class ServerProcess:
-    def __init__(self, kind: str, model: Path, workdir: Path, args: argparse.Namespace) -> None:
+    def __init__(self, kind: str, model: Path, workdir: Path, args: argparse.Namespace,
+                 wrap: tuple[str, ...] = ()) -> None:
         self.kind = kind
         workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--server", kind, "--model", str(model), "--workdir", str(workdir),
+            [*wrap, sys.executable, __file__, "--server", kind, "--model", str(model), "--workdir", str(workdir),
              "--fork-children", str(args.fork_children), "--max-connections", str(args.idle + 2000)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
@@ -383,10 +389,10 @@ class ServerProcess:
                 self.port = int(line.split()[1])
                 return
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 15) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(15)
+            self.proc.wait(wait)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -400,6 +406,43 @@ def load_phase(server: ServerProcess, clients: int, duration: float) -> Result:
     time.sleep(0.3)  # the fork server reaps its last children; the log writer catches up
     result.cpu = cpu_seconds(server.proc.pid) - before
     return result
+
+
+def instructions(kind: str, model: Path, workdir: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """User-space instructions per session of the server process and of its children (the
+    log writer), counted by callgrind: repeatable, whatever else the machine does. Two runs,
+    of N and 2N sessions one after another from one client; the difference over N sessions
+    leaves out start-up and shutdown."""
+    counts = []
+    for run, sessions in enumerate((args.instructions, 2 * args.instructions)):
+        out = workdir / f"callgrind-{run}"
+        out.mkdir(parents=True)
+        wrap = ("valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/cg.%p",
+                f"--log-file={out}/valgrind.%p.log")
+        server = ServerProcess(kind, model, workdir / f"run-{run}", args, wrap)
+        try:
+            asyncio.run(drive_count(server.port, sessions))
+        finally:
+            server.stop(wait=300)
+        own = children = 0
+        for path in out.glob("cg.*"):
+            total = next(int(line.split()[1]) for line in path.read_text().splitlines()
+                         if line.startswith(("summary:", "totals:")))
+            if path.name == f"cg.{server.proc.pid}":
+                own += total
+            else:
+                children += total
+        counts.append((own, children))
+    (own1, child1), (own2, child2) = counts
+    return (own2 - own1) / args.instructions, (child2 - child1) / args.instructions
+
+
+async def drive_count(port: int, sessions: int) -> None:
+    loop = asyncio.get_running_loop()
+    for _ in range(sessions):
+        done: asyncio.Future[None] = loop.create_future()
+        transport, _ = await loop.create_connection(lambda done=done: _Client(done), "127.0.0.1", port)
+        await done
 
 
 def median(values: list[float]) -> float:
@@ -449,6 +492,10 @@ def main() -> int:
                         help="processes the fork server runs at once (default: %(default)s)")
     parser.add_argument("--idle", type=int, default=10_000,
                         help="idle connections for the memory measurement, 0 to skip (default: %(default)s)")
+    parser.add_argument("--instructions", type=int, default=0, metavar="N",
+                        help="instead of timing, count the instructions per session of each asyncio server and "
+                        "its children under valgrind's callgrind (runs of N and 2N sessions; 300 takes about "
+                        "2 minutes a server): figures that repeat to the thousandth on a shared machine")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument("--server", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -459,6 +506,8 @@ def main() -> int:
         run_server(args.server, args.model, args.workdir, args.fork_children, args.max_connections)
         return 0
 
+    if args.instructions:
+        return count_instructions(args)
     hard = raise_nofile()
     if args.idle and hard < args.idle + 1000:
         print(f"RLIMIT_NOFILE hard limit {hard}: --idle lowered to {hard - 1000}")
@@ -538,6 +587,26 @@ def main() -> int:
     if args.check and not ok:
         print("FAIL: a target was missed")
         return 1
+    return 0
+
+
+def count_instructions(args: argparse.Namespace) -> int:
+    servers = [k for k in args.servers.split(",") if k != "fork"]
+    print(f"bench_serve --instructions: callgrind, 1 client, {args.instructions} sessions "
+          f"(runs of {args.instructions} and {2 * args.instructions}), Python {sys.version.split()[0]}")
+    print(f"{'server':<14} {'server process':>14} {'its children':>12} {'total':>10}  instructions per session")
+    totals = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        model = Path(tmp) / "ftp.json"
+        write_model(model)
+        for kind in servers:
+            own, children = instructions(kind, model, Path(tmp) / kind, args)
+            totals[kind] = own + children
+            print(f"{kind:<14} {own / 1000:>13.0f}k {children / 1000:>11.0f}k {totals[kind] / 1000:>9.0f}k", flush=True)
+    if "serve" in totals:
+        for base in ("bare-protocol", "bare-streams"):
+            if totals.get(base):
+                print(f"serve / {base}: {totals['serve'] / totals[base]:.2f}x the instructions per session")
     return 0
 
 

@@ -182,7 +182,7 @@ def expand(record: Record) -> dict[str, Any]:
     eventid, t, head, message, own = record
     data = own.get("data")
     if data is not None:
-        message = f"{message} {bytes(data[:_PREVIEW])!r}{'...' if own['size'] > _PREVIEW else ''}"
+        message = f"{message} {data[:_PREVIEW]!r}{'...' if own['size'] > _PREVIEW else ''}"
     event = {"eventid": eventid, "timestamp": timestamp(t), "sensor": head[0], "message": message,
              "session": head[1], "transport": head[2], "src_ip": head[3], "src_port": head[4], "dst_ip": head[5],
              "dst_port": head[6]}  # SESSION_KEYS

@@ -90,7 +90,8 @@ class JsonLinesSink:
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, batch: Batch) -> None:
-        self._file.write("".join([f"{line}\n" for _, _, _, line in batch.events]))
+        if batch.events:
+            self._file.write("\n".join([line for _, _, _, line in batch.events]) + "\n")
         self._file.flush()
 
     def close(self) -> None:
