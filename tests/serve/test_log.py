@@ -247,12 +247,17 @@ def test_process_log_loses_nothing_when_its_process_dies(tmp_path, capsys):
         log.flush()
         log._child.kill()  # noqa: SLF001 - the failure under test
         log._child.wait()  # noqa: SLF001
-        for i in range(100, 300):
-            log.emit(event(i))
+        head = ("s", "6bcc157c00000001", "tcp", "203.0.113.7", 53266, "192.0.2.1", 21)
+        for i in range(100, 300):  # session records too: the server process now makes their events
+            log.emit(event(i) if i % 2 else ("scriptgen.session.output", 1738324800.5, head, str(i),
+                                             {"data": b"%d" % i, "size": len(b"%d" % i), "truncated": False,
+                                              "state": 1}))
         log.flush()
     finally:
         log.close()
-    assert [e["message"] for e in _lines(tmp_path / "events.jsonl")] == [str(i) for i in range(300)]
+    lines = _lines(tmp_path / "events.jsonl")
+    assert [e["message"].split()[0] for e in lines] == [str(i) for i in range(300)]
+    assert lines[100]["session"] == "6bcc157c00000001" and lines[100]["data"] == "MTAw" and check_event(lines[100]) == []
     assert "writing the log from the server process" in capsys.readouterr().err
 
 
