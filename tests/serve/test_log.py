@@ -150,6 +150,18 @@ def test_a_session_record_becomes_its_event_in_the_writer(tmp_path, where):
     assert [json.loads(r[0]) for r in rows] == [first, second]
 
 
+def test_a_broken_record_is_reported_in_its_place_and_the_others_are_written(tmp_path, capsys):
+    log = EventLog(open_sinks(str(tmp_path)))
+    log.emit(event(1))
+    log.emit(("scriptgen.session.output", 1738324800.5, ("s",), "state 1: answer", {"data": b"x"}))  # no size
+    log.emit(event(2))
+    log.close()
+    first, broken, last = read_events(tmp_path)
+    assert (first["message"], last["message"]) == ("1", "2") and broken["eventid"] == "scriptgen.log.error"
+    assert check_event(broken) == [] and "KeyError" in broken["error"]
+    assert "a session record cannot be written" in capsys.readouterr().err
+
+
 def test_sqlite_is_wal_and_holds_sessions_and_events(tmp_path):
     with ServerThread([listener("ftp")], tmp_path) as srv:
         with connect(srv.addr()) as sock:

@@ -36,9 +36,9 @@ __all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "Item", "J
 JSON_NAME = "events.jsonl"
 SQLITE_NAME = "events.sqlite"
 
+
 class Batch(NamedTuple):
-    """A batch of events as the sinks write it: made once by `prepare`, shared by the
-    sinks, and sent as it is (marshal) to the writer process."""
+    """A batch of events as the sinks write it: made once by `prepare`, shared by the sinks."""
 
     events: list[tuple[str, str, str | None, str]]
     """(eventid, timestamp, session, JSON text) of every event, in order."""
@@ -57,7 +57,14 @@ def prepare(items: Sequence[Item]) -> Batch:
     """Each event serialised once, and the rows of the `sessions` table it makes."""
     batch = Batch([], [], [])
     for item in items:
-        e = item if isinstance(item, dict) else expand(item)
+        try:
+            e = item if isinstance(item, dict) else expand(item)
+        except Exception as exc:  # a bug in a record's making: say so in its place, write the rest
+            error = f"{type(exc).__name__}: {exc}"
+            _warn(f"a session record cannot be written: {error}")
+            e = {"eventid": "scriptgen.log.error", "timestamp": timestamp(time.time()), "sensor": "",
+                 "message": f"unwritable session record {item!r:.300}", "sink": "all", "error": error,
+                 "failures": 1}
         eventid = e["eventid"]
         batch.events.append((eventid, e["timestamp"], e.get("session"), _serialise(e)))
         if eventid == "scriptgen.session.connect":
