@@ -16,8 +16,8 @@ Inputs: nothing (this is data). Output: `CATALOGUE`, `COMMON_KEYS`, `SESSION_KEY
 
 from __future__ import annotations
 
-import base64
 import time
+from binascii import b2a_base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +188,7 @@ def expand(record: Record) -> dict[str, Any]:
              "dst_port": head[6]}  # SESSION_KEYS
     event.update(own)
     if data is not None:
-        event["data"] = base64.b64encode(data).decode("ascii")
+        event["data"] = b2a_base64(data, newline=False).decode("ascii")  # base64.b64encode, less a call
     return event
 
 
