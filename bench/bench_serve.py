@@ -4,6 +4,8 @@ all in one run on 127.0.0.1.
 
     .venv/bin/python bench/bench_serve.py                 # ~2.5 minutes on 2 cores
     .venv/bin/python bench/bench_serve.py --servers serve,bare-protocol --idle 0 --rounds 5 --check
+    .venv/bin/python bench/bench_serve.py --instructions 300 --servers serve,bare-protocol
+                                                          # instructions per session (valgrind)
 
 What it does:
  1. Learns a small FTP-like model (banner, USER <name> echoed back, PASS, QUIT where the
