@@ -273,6 +273,22 @@ def test_process_log_loses_nothing_when_its_process_dies(tmp_path, capsys):
     assert "writing the log from the server process" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("json_lines, sqlite", [(True, False), (False, True)])
+def test_process_log_writes_only_the_sinks_asked_for(tmp_path, json_lines, sqlite):
+    from scriptgen.serve import ProcessLog
+
+    log = ProcessLog(str(tmp_path), json_lines=json_lines, sqlite=sqlite)  # --no-sqlite, --no-json
+    log.emit(event(1))
+    log.close()
+    assert (tmp_path / "events.jsonl").exists() is json_lines
+    assert (tmp_path / "events.sqlite").exists() is sqlite
+    if json_lines:
+        assert [e["message"] for e in _lines(tmp_path / "events.jsonl")] == ["1"]
+    else:
+        rows = sqlite3.connect(tmp_path / "events.sqlite").execute("SELECT json FROM events").fetchall()
+        assert [json.loads(r[0])["message"] for r in rows] == ["1"]
+
+
 def test_process_log_refuses_a_log_dir_it_cannot_write(tmp_path):
     from scriptgen.serve import ProcessLog
 
