@@ -269,3 +269,19 @@ def test_among_similar_samples_the_one_with_the_same_first_line_answers():
                 session((b"RETR plan.txt\r\n", b"150 Opening plan.txt\r\n"), banner=BANNER)]
     assert run(machine(sessions, macro=0.0), [b"SIZE plan.txt\r\n"]).answers[1] == b"213 21\r\n"
 
+
+
+def test_a_name_the_server_never_showed_is_answered_as_one_it_did_not_have():
+    # lftp's `cd` into a directory the listing did not show: byte for byte nearer to the `cd`
+    # into one it showed (250) than to the `cd` into one it did not (550).
+    listing = b"150 Here comes the listing.\r\ndrwxr-xr-x 2 1001 0 4096 Jun 03 projects\r\n-rw-r--r-- 1 1001 0 8 reports\r\n"
+    sessions = [session((b"LIST\r\n", listing), (b"CWD projects\r\n", b"250 Directory successfully changed.\r\n"),
+                        banner=BANNER),
+                session((b"LIST\r\n", listing), (b"CWD archive\r\n", b"550 Failed to change directory.\r\n"),
+                        banner=BANNER)]
+    m = machine(sessions, macro=0.0)
+    out = run(m, [b"LIST\r\n", b"CWD old-files\r\n"])
+    assert out.unmatched == ["nearest"] and out.answers[2] == b"550 Failed to change directory.\r\n"
+    # A name it showed is answered as the shown one was.
+    out = run(m, [b"LIST\r\n", b"CWD reports\r\n"])
+    assert out.unmatched == ["nearest"] and out.answers[2] == b"250 Directory successfully changed.\r\n"

@@ -161,7 +161,7 @@ Event = Send | Input | Unmatched | Close | NeedData | Listen | Connect | Channel
 
 class _Transition:
     __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample", "requests",
-                 "defaults", "announce", "channel")
+                 "defaults", "announce", "channel", "names", "first_name")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -208,6 +208,8 @@ class _Transition:
         self.literal = b"".join(fixed) if not self.groups else None  # matched by dict lookup
         self.requests = [base64.b64decode(pair[0]) for pair in doc["samples"]]  # seen on this edge
         self.sample = self.requests[0] if self.requests else b""
+        self.names = _names(self.sample[: params.compare_bytes])
+        self.first_name = _first_name(self.sample)
 
 
 _Match = tuple[_Transition, "re.Match[bytes] | None"]
@@ -238,6 +240,27 @@ def _same_line(line: bytes | None, sample: bytes) -> float:
 
 
 _WORDS = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")  # a word, or one byte of anything else
+
+# A file, directory, page or key name: a letter in it (not a version or a number).
+_NAMES = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z][A-Za-z0-9._-]*")
+_PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")  # one line of text
+_SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
+
+
+def _names(data: bytes) -> frozenset[bytes]:
+    return frozenset(_NAMES.findall(data))
+
+
+def _first_name(data: bytes) -> bytes:
+    """The request's first name: the command."""
+    m = _NAMES.search(data[:_PREFIX_BYTES])
+    return m.group() if m else b""
+
+
+def _shows(names: frozenset[bytes], shown: bytes) -> bool:
+    """Whether any of the names (of 3 bytes or more: shorter ones are anywhere) is in the
+    server's answers."""
+    return any(name in shown for name in names if len(name) >= 3)
 
 
 def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple[bytes, bytes]]:
@@ -515,6 +538,11 @@ class Machine:
         self.patterns = sorted((t for t in transitions.values() if t.literal is None), key=lambda t: (-t.weight, t.id))
         self.nearest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))[: self.params.nearest_candidates * 4]
         self.terminator = _delimiter([r for t in transitions.values() for r in t.requests])  # of every request
+        # Every answer's text, its data channels' included (a listing): the names the
+        # server has shown exist; a name it never showed is likely one it does not have.
+        self.shown: bytes = b"\n".join([base64.b64decode(part["bytes"]) for state in port_doc["states"]
+                                  for label in state["labels"] for part in label["parts"] if "bytes" in part]
+                                 + [t.channel.shown for t in transitions.values() if t.channel is not None])
         for state in self.states.values():
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
             state.watch = sorted(watch)
@@ -910,14 +938,22 @@ class Emulator:
         order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The first
         line counts twice (_LINE_WEIGHT): in a text protocol it names the command and its
         object, what follows is detail (curl's `GET /files/` is wget's `GET /files/` with
-        other headers, not curl's `GET /files/prices.csv`)."""
+        other headers, not curl's `GET /files/prices.csv`). For a request of one line of text
+        (a command and what it asks for), a sample of the same command counts more
+        (_SHOWN_WEIGHT) when what it asks for and what the request asks for are both names
+        the server has shown in an answer, or both names it never showed: lftp's `cd
+        old-files` is nearer to its `cd archive` (550: not there) than to its `cd projects`
+        (250: in the listing). Not for HTTP's or binary requests, where it measured worse."""
         head = data[: self.params.compare_bytes]
         end = head.find(b"\n")
         line = head[:end] if 0 <= end < len(head) - 1 else None  # a request of one line is its line
         matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", b"", autojunk=False)
         matcher.set_seq1(head)
         floor = self.params.similarity_floor
-        bonus = _PREFIX_WEIGHT + (_LINE_WEIGHT if line is not None else 0.0)  # the most a key adds to a ratio
+        names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
+        shown, first = self.machine.shown, _first_name(head)
+        # the most a key adds to a ratio
+        bonus = _PREFIX_WEIGHT + (_LINE_WEIGHT if line is not None else _SHOWN_WEIGHT)
         best, best_key = None, -1.0
         for t in candidates:
             sample = t.sample[: self.params.compare_bytes]
@@ -930,6 +966,9 @@ class Emulator:
             else:
                 score = matcher.ratio()
                 key = score + _PREFIX_WEIGHT * _common_start(head, sample) + _LINE_WEIGHT * _same_line(line, sample)
+                ours, theirs = names - t.names, t.names - names  # what each asks for that the other does not
+                if names and first == t.first_name and ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
+                    key += _SHOWN_WEIGHT
                 if score >= floor and key > best_key:
                     best, best_key = t, key
         return best
