@@ -257,10 +257,9 @@ def _first_name(data: bytes) -> bytes:
     return m.group() if m else b""
 
 
-def _shows(names: frozenset[bytes], shown: bytes) -> bool:
-    """Whether any of the names (of 3 bytes or more: shorter ones are anywhere) is in the
-    server's answers."""
-    return any(name in shown for name in names if len(name) >= 3)
+def _shows(names: frozenset[bytes], shown: frozenset[bytes]) -> bool:
+    """Whether any of the names is one of the server's answers' (Machine.shown)."""
+    return not names.isdisjoint(shown)
 
 
 def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple[bytes, bytes]]:
@@ -538,11 +537,13 @@ class Machine:
         self.patterns = sorted((t for t in transitions.values() if t.literal is None), key=lambda t: (-t.weight, t.id))
         self.nearest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))[: self.params.nearest_candidates * 4]
         self.terminator = _delimiter([r for t in transitions.values() for r in t.requests])  # of every request
-        # Every answer's text, its data channels' included (a listing): the names the
+        # The names in every answer, its data channels' included (a listing): the names the
         # server has shown exist; a name it never showed is likely one it does not have.
-        self.shown: bytes = b"\n".join([base64.b64decode(part["bytes"]) for state in port_doc["states"]
-                                  for label in state["labels"] for part in label["parts"] if "bytes" in part]
-                                 + [t.channel.shown for t in transitions.values() if t.channel is not None])
+        # A set, looked up per name: not a search of every answer per request.
+        self.shown: frozenset[bytes] = frozenset(
+            name for state in port_doc["states"] for label in state["labels"] for part in label["parts"]
+            if "bytes" in part for name in _NAMES.findall(base64.b64decode(part["bytes"])) if len(name) >= 3
+        ).union(*(t.channel.shown for t in transitions.values() if t.channel is not None))
         for state in self.states.values():
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
             state.watch = sorted(watch)
@@ -953,7 +954,7 @@ class Emulator:
         names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
         shown, first = self.machine.shown, _first_name(head)
         # the most a key adds to a ratio
-        bonus = _PREFIX_WEIGHT + (_LINE_WEIGHT if line is not None else _SHOWN_WEIGHT)
+        bonus = _PREFIX_WEIGHT + (_LINE_WEIGHT if line is not None else _SHOWN_WEIGHT if names else 0.0)
         best, best_key = None, -1.0
         for t in candidates:
             sample = t.sample[: self.params.compare_bytes]
