@@ -285,3 +285,14 @@ def test_a_name_the_server_never_showed_is_answered_as_one_it_did_not_have():
     # A name it showed is answered as the shown one was.
     out = run(m, [b"LIST\r\n", b"CWD reports\r\n"])
     assert out.unmatched == ["nearest"] and out.answers[2] == b"250 Directory successfully changed.\r\n"
+
+
+@TRICKLE
+def test_among_similar_samples_one_of_the_same_command_answers(trickle):
+    # Redis: a GET of the key a DEL was seen for is byte for byte nearer to that DEL than
+    # to the GET of another key. The command is the request's first name.
+    sessions = [session((b"*2\r\n$3\r\nDEL\r\n$8\r\napp:name\r\n", b":1\r\n"), port=6379),
+                session((b"*2\r\n$3\r\nGET\r\n$11\r\napp:version\r\n", b"$5\r\n3.2.1\r\n"), port=6379)]
+    out = run(machine(sessions, macro=0.0), [b"*2\r\n$3\r\nGET\r\n$8\r\napp:name\r\n"], trickle=trickle)
+    assert out.unmatched == ["nearest"]
+    assert out.answers[1] == b"$5\r\n3.2.1\r\n"

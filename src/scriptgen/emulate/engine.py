@@ -245,6 +245,7 @@ _WORDS = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")  # a word, or one byte of any
 _NAMES = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z][A-Za-z0-9._-]*")
 _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")  # one line of text
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
+_COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
 
 
 def _names(data: bytes) -> frozenset[bytes]:
@@ -939,7 +940,10 @@ class Emulator:
         order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The first
         line counts twice (_LINE_WEIGHT): in a text protocol it names the command and its
         object, what follows is detail (curl's `GET /files/` is wget's `GET /files/` with
-        other headers, not curl's `GET /files/prices.csv`). For a request of one line of text
+        other headers, not curl's `GET /files/prices.csv`). A sample of the same command (the
+        first name: FTP's verb, Redis's first argument) counts more again (_COMMAND_WEIGHT):
+        Redis's `GET app:name` is a GET of another key, not the `DEL app:name` it shares more
+        bytes with. For a request of one line of text
         (a command and what it asks for), a sample of the same command counts more
         (_SHOWN_WEIGHT) when what it asks for and what the request asks for are both names
         the server has shown in an answer, or both names it never showed: lftp's `cd
@@ -954,7 +958,7 @@ class Emulator:
         names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
         shown, first = self.machine.shown, _first_name(head)
         # the most a key adds to a ratio
-        bonus = _PREFIX_WEIGHT + (_LINE_WEIGHT if line is not None else _SHOWN_WEIGHT if names else 0.0)
+        bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + (_LINE_WEIGHT if line is not None else _SHOWN_WEIGHT if names else 0.0)
         best, best_key = None, -1.0
         for t in candidates:
             sample = t.sample[: self.params.compare_bytes]
@@ -968,6 +972,8 @@ class Emulator:
                 score = matcher.ratio()
                 key = score + _PREFIX_WEIGHT * _common_start(head, sample) + _LINE_WEIGHT * _same_line(line, sample)
                 ours, theirs = names - t.names, t.names - names  # what each asks for that the other does not
+                if first and first == t.first_name:
+                    key += _COMMAND_WEIGHT
                 if names and first == t.first_name and ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
                     key += _SHOWN_WEIGHT
                 if score >= floor and key > best_key:
