@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from scriptgen.emulate import Close, Emulator, Input, Listen, Machine, NeedData, Send, Unmatched
+from scriptgen.emulate import Close, Emulator, Listen, Machine, NeedData, Send, Unmatched
 from scriptgen.errors import TargetError
 from scriptgen.params import EvaluateParams
 
