@@ -296,3 +296,19 @@ def test_among_similar_samples_one_of_the_same_command_answers(trickle):
     out = run(machine(sessions, macro=0.0), [b"*2\r\n$3\r\nGET\r\n$8\r\napp:name\r\n"], trickle=trickle)
     assert out.unmatched == ["nearest"]
     assert out.answers[1] == b"$5\r\n3.2.1\r\n"
+
+
+def test_requests_answered_alike_are_microclustered_again():
+    # nmap's HTTP probes: GET (frequent), HEAD, TRACE and OPTIONS of / (200) among made-up
+    # methods (405). No method is frequent in the whole cluster, so each answer had one
+    # wildcard method, and the heavier 405 one took GET too. Among the 200s GET is
+    # frequent: a literal of its own, the others still a wildcard.
+    made_up = (b"KNHN", b"OHDG", b"QZTW", b"XPLR", b"MNBV", b"PLKJ", b"WERT", b"ZXCV")
+    sessions = [session((m + b" / HTTP/1.1\r\n\r\n", b"405 Not Allowed"), port=80) for m in made_up]
+    sessions += [session((m + b" / HTTP/1.1\r\n\r\n", b"200 OK"), port=80)
+                 for m in (b"GET", b"GET", b"GET", b"GET", b"HEAD", b"TRACE", b"OPTIONS")]
+    m = machine(sessions, macro=1.0)
+    for method, answer in ((b"GET", b"200 OK"), (b"ABCD", b"405 Not Allowed")):
+        assert run(m, [method + b" / HTTP/1.1\r\n\r\n"]).answers[1] == answer
+    # Where microclustering them again would leave no wildcard (each value a literal of its
+    # own), they stay one: the test above this one keeps its unknown users' wildcard.

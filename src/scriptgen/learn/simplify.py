@@ -212,9 +212,23 @@ def _region_analysis(edges: list[Request], params: LearnParams) -> list[Cluster]
     heads = [e.request[: params.max_align_bytes] for e in edges]
     rows = align.multiple_alignment(heads)
     tails = [e.request[params.max_align_bytes :] for e in edges]
+    return _split(edges, rows, tails, params)
+
+
+def _split(edges: list[Request], rows: list[list[int]], tails: list[bytes], params: LearnParams,
+           again: bool = False) -> list[Cluster]:
+    """Microclusters, each split by answer and by what came next (_by_answer). (ours) Each
+    part of several requests is split the same way `again`: a value too rare in the whole
+    cluster may be frequent among the requests of one answer (nmap's GET among its
+    made-up methods: one wildcard per answer, the heavier 405 one took GET). Kept only
+    where some part still holds several distinct requests: a wildcard for the values never
+    seen, as the whole was (unknown users each answered 530 stay one wildcard)."""
     weights = [e.weight for e in edges]
+    groups = microclusters(rows, weights, params, [e.answer for e in edges])
+    if again and len(groups) > 1 and all(len({edges[i].request for i in g}) == 1 for g in groups):
+        groups = [list(range(len(edges)))]
     result = []
-    for group in microclusters(rows, weights, params, [e.answer for e in edges]):
+    for group in groups:
         cluster = _cluster([edges[i] for i in group], [rows[i] for i in group], [tails[i] for i in group], params)
         parts = _by_answer(cluster, params)
         if len(parts) == 1:
@@ -222,8 +236,8 @@ def _region_analysis(edges: list[Request], params: LearnParams) -> list[Cluster]
             continue
         for part in parts:
             members = [group[k] for k in part]
-            result.append(_cluster([edges[i] for i in members], [rows[i] for i in members],
-                                   [tails[i] for i in members], params))
+            result.extend(_split([edges[i] for i in members], [rows[i] for i in members],
+                                 [tails[i] for i in members], params, True))
     return result
 
 
