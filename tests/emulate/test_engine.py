@@ -40,6 +40,14 @@ def ftp():
     return machine(ftp_sessions())
 
 
+def nearest_answer(sessions, request: bytes, trickle: bool = False) -> bytes:
+    """The answer to `request`, one request of its own, taken as nearest (asserted) by a
+    model of `sessions` in which every request is its own transition."""
+    out = run(machine(sessions, macro=0.0), [request], trickle=trickle)
+    assert out.unmatched == ["nearest"]
+    return out.answers[1]
+
+
 TRICKLE = pytest.mark.parametrize("trickle", [False, True], ids=["whole", "trickled"])
 
 
@@ -181,9 +189,7 @@ def test_a_piece_shared_by_the_ends_of_two_words_is_not_an_echo():
     # "+POZE\r\n" (DBSIZE's end put in its place).
     sessions = [session((b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"), port=6379),
                 session((b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"$1\r\nv\r\n"), port=6379)]
-    out = run(machine(sessions, macro=0.0), [b"*1\r\n$6\r\nDBSIZE\r\n"])
-    assert out.unmatched == ["nearest"]
-    assert out.answers[1] == b"+PONG\r\n"
+    assert nearest_answer(sessions, b"*1\r\n$6\r\nDBSIZE\r\n") == b"+PONG\r\n"
 
 
 def test_an_unknown_command_near_another_gets_its_own_name_and_argument_repeated():
@@ -192,9 +198,8 @@ def test_an_unknown_command_near_another_gets_its_own_name_and_argument_repeated
     sessions = [session((b"*2\r\n$13\r\nNOSUCHCOMMAND\r\n$3\r\narg\r\n",
                          b"-ERR unknown command 'NOSUCHCOMMAND', with args beginning with: 'arg' \r\n"), port=6379),
                 session((b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"), port=6379)]
-    out = run(machine(sessions, macro=0.0), [b"*2\r\n$15\r\nFLUSHEVERYTHING\r\n$3\r\nnow\r\n"])
-    assert out.unmatched == ["nearest"]
-    assert out.answers[1] == b"-ERR unknown command 'FLUSHEVERYTHING', with args beginning with: 'now' \r\n"
+    answer = nearest_answer(sessions, b"*2\r\n$15\r\nFLUSHEVERYTHING\r\n$3\r\nnow\r\n")
+    assert answer == b"-ERR unknown command 'FLUSHEVERYTHING', with args beginning with: 'now' \r\n"
 
 
 def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned():
@@ -202,9 +207,8 @@ def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned()
     sessions = [session((b"HEAD / HTTP/1.1\r\nConnection: close\r\nUser-Agent: scanner/1.0\r\n\r\n",
                          b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"), port=80),
                 session((b"QUIT\r\n", b"221 bye\r\n"), port=80)]
-    out = run(machine(sessions, macro=0.0), [b"HEAD / HTTP/1.1\r\nUser-Agent: scanner/2.0\r\nConnection: close\r\n\r\n"])
-    assert out.unmatched == ["nearest"]
-    assert out.answers[1] == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+    request = b"HEAD / HTTP/1.1\r\nUser-Agent: scanner/2.0\r\nConnection: close\r\n\r\n"
+    assert nearest_answer(sessions, request) == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
 
 
 def test_requests_answered_alike_that_lead_to_different_states_stay_apart():
@@ -247,9 +251,7 @@ def test_among_similar_samples_the_one_that_begins_as_the_request_does_answers()
                 session((b"GET /nmaplowercheck1 HTTP/1.1\r\nConnection: close\r\n" + ua + b"Host: 127.0.0.1\r\n\r\n",
                          b"HTTP/1.1 404 Not Found\r\n\r\n"), port=80)]
     request = b"HEAD / HTTP/1.1\r\nConnection: close\r\n" + ua + b"Host: 127.0.0.1\r\n\r\n"
-    out = run(machine(sessions, macro=0.0), [request])
-    assert out.unmatched == ["nearest"]
-    assert out.answers[1] == b"HTTP/1.1 200 OK\r\n\r\n"
+    assert nearest_answer(sessions, request) == b"HTTP/1.1 200 OK\r\n\r\n"
 
 
 def test_among_similar_samples_the_one_with_the_same_first_line_answers():
@@ -261,9 +263,7 @@ def test_among_similar_samples_the_one_with_the_same_first_line_answers():
     listing, csv = b"HTTP/1.1 200 OK\r\n\r\nIndex of /files/", b"HTTP/1.1 200 OK\r\n\r\nprice list"
     sessions = [session((b"GET /files/ HTTP/1.1\r\n" + wget, listing), port=80),
                 session((b"GET /files/prices.csv HTTP/1.1\r\n" + curl, csv), port=80)]
-    out = run(machine(sessions, macro=0.0), [b"GET /files/ HTTP/1.1\r\n" + curl])
-    assert out.unmatched == ["nearest"]
-    assert out.answers[1] == listing
+    assert nearest_answer(sessions, b"GET /files/ HTTP/1.1\r\n" + curl) == listing
     # A request of one line is its line: its start (the command) still decides.
     sessions = [session((b"SIZE notes.txt\r\n", b"213 21\r\n"), banner=BANNER),
                 session((b"RETR plan.txt\r\n", b"150 Opening plan.txt\r\n"), banner=BANNER)]
@@ -293,9 +293,7 @@ def test_among_similar_samples_one_of_the_same_command_answers(trickle):
     # to the GET of another key. The command is the request's first name.
     sessions = [session((b"*2\r\n$3\r\nDEL\r\n$8\r\napp:name\r\n", b":1\r\n"), port=6379),
                 session((b"*2\r\n$3\r\nGET\r\n$11\r\napp:version\r\n", b"$5\r\n3.2.1\r\n"), port=6379)]
-    out = run(machine(sessions, macro=0.0), [b"*2\r\n$3\r\nGET\r\n$8\r\napp:name\r\n"], trickle=trickle)
-    assert out.unmatched == ["nearest"]
-    assert out.answers[1] == b"$5\r\n3.2.1\r\n"
+    assert nearest_answer(sessions, b"*2\r\n$3\r\nGET\r\n$8\r\napp:name\r\n", trickle=trickle) == b"$5\r\n3.2.1\r\n"
 
 
 def test_requests_answered_alike_are_microclustered_again():
