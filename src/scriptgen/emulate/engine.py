@@ -971,11 +971,13 @@ class Emulator:
             else:
                 score = matcher.ratio()
                 key = score + _PREFIX_WEIGHT * _common_start(head, sample) + _LINE_WEIGHT * _same_line(line, sample)
-                ours, theirs = names - t.names, t.names - names  # what each asks for that the other does not
-                if first and first == t.first_name:
+                same_command = first == t.first_name
+                if same_command and first:
                     key += _COMMAND_WEIGHT
-                if names and first == t.first_name and ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
-                    key += _SHOWN_WEIGHT
+                if same_command and names:
+                    ours, theirs = names - t.names, t.names - names  # what each asks for that the other does not
+                    if ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
+                        key += _SHOWN_WEIGHT
                 if score >= floor and key > best_key:
                     best, best_key = t, key
         return best
