@@ -130,6 +130,7 @@ def announce(port: int) -> None:
 async def serve_server(model: str, workdir: str, max_connections: int, kind: str = "serve") -> None:
     from scriptgen.modelfile import load, port_doc
     from scriptgen.serve import EventLog, ProcessLog, ServeParams, Server, open_sinks, plan_listeners
+    from scriptgen.serve.runtime import freeze_loaded
 
     docs = [port_doc(p) for p in load(model).ports]
     listeners = plan_listeners([(model, docs)], ["127.0.0.1"], {(None, 21): 0})
@@ -140,6 +141,7 @@ async def serve_server(model: str, workdir: str, max_connections: int, kind: str
     server = Server(listeners, log, ServeParams(max_connections=max_connections, backlog=4096), sensor="bench")
     (bound,) = await server.start()
     server.announce()
+    freeze_loaded()  # as `scriptgen serve` does
     announce(bound.port)
     try:
         await server.run()

@@ -20,7 +20,7 @@ from scriptgen.serve import (
     plan_listeners,
 )
 from scriptgen.serve.log import Log
-from scriptgen.serve.runtime import drop_privileges, raise_file_limit
+from scriptgen.serve.runtime import drop_privileges, freeze_loaded, raise_file_limit
 from scriptgen.serve.runtime import run as run_loop
 
 __all__ = ["add_parser", "port_mapping", "run"]
@@ -177,6 +177,7 @@ async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.N
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]  # asyncio or uvloop
     warn(f"serving {len(bound)} listener(s) on {loop_name}; logging to {args.log_dir}; SIGTERM or ^C to stop")
     server.announce()
+    freeze_loaded()
     reason = await server.run()
     warn(f"stopped ({reason}): {server.accepted} sessions, {server.forced} closed at shutdown, "
          f"{server.refused} refused")

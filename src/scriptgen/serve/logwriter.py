@@ -26,7 +26,7 @@ import sys
 
 from scriptgen.params import LogParams
 from scriptgen.serve.log import Item, Queue, Sinks, _warn, open_sinks, prepare
-from scriptgen.serve.runtime import drop_privileges
+from scriptgen.serve.runtime import drop_privileges, freeze_loaded
 
 __all__ = ["ProcessLog", "main"]
 
@@ -131,6 +131,7 @@ def main(argv: list[str]) -> int:
     sinks = Sinks(open_sinks(log_dir, json_lines=json_lines == "1", sqlite=sqlite == "1"))
     if user:
         drop_privileges(user, [log_dir] + [os.path.join(log_dir, n) for n in os.listdir(log_dir)])
+    freeze_loaded()
     source, answer = sys.stdin.buffer, sys.stdout.buffer
     try:
         while True:

@@ -6,6 +6,7 @@ the process state changed. Standard library only (uvloop optional, imported by n
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 import pwd
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 from scriptgen.errors import ServeError
 
-__all__ = ["drop_privileges", "loop_factory", "raise_file_limit", "run"]
+__all__ = ["drop_privileges", "freeze_loaded", "loop_factory", "raise_file_limit", "run"]
 
 T = TypeVar("T")
 
@@ -35,6 +36,18 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     factory, _ = loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def freeze_loaded() -> None:
+    """Tune the cyclic garbage collector for serving. Call once, when serving starts.
+
+    Every object alive now (the models, the server) leaves the collector's reach, so a full
+    collection walks only what sessions made since. A session's objects (records, events)
+    live milliseconds and hold no cycles: collecting after 20,000 new objects rather than
+    700 lets most of them be freed before the collector ever visits them."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 def raise_file_limit(wanted: int) -> int:
