@@ -538,7 +538,7 @@ def main() -> int:
         print(f"RLIMIT_NOFILE hard limit {hard}: --idle lowered to {hard - 1000}")
         args.idle = max(0, hard - 1000)
     levels = [int(x) for x in args.levels.split(",")]
-    fork_levels = {int(x) for x in args.fork_levels.split(",")}
+    fork_levels = {int(x) for x in args.fork_levels.split(",") if x.strip()}  # "": none
     servers = args.servers.split(",")
     loop_name = "uvloop" if _has_uvloop() else "asyncio"
     print(f"bench_serve: {os.cpu_count()} cores, Python {sys.version.split()[0]}, event loop {loop_name}, "
