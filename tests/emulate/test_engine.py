@@ -72,6 +72,15 @@ def test_unmatched_input_takes_the_nearest_transition_above_the_floor(trickle):
 
 
 @TRICKLE
+def test_an_unknown_command_is_not_taken_for_a_goodbye(trickle):
+    # After SYST the capture only ever saw QUIT, answered by closing. CDUP is as similar
+    # to it as the floor asks, but another command: the connection stays open.
+    t = run(ftp(), [b"SYST\r\n", b"CDUP\r\n", b"QUIT\r\n"], trickle=trickle)
+    assert t.answers[2] != b"221 Bye.\r\n" and t.unmatched[0] in ("nearest", "silence")
+    assert t.answers[3] == b"221 Bye.\r\n" and t.closed == "server"
+
+
+@TRICKLE
 def test_unmatched_garbage_is_met_with_silence_and_the_state_is_kept(trickle):
     t = run(ftp(), [b"\x00\x01\x02\xff" * 10, b"SYST\r\n"], trickle=trickle)
     assert t.unmatched == ["silence"]

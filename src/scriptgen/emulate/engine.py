@@ -948,7 +948,10 @@ class Emulator:
         (_SHOWN_WEIGHT) when what it asks for and what the request asks for are both names
         the server has shown in an answer, or both names it never showed: lftp's `cd
         old-files` is nearer to its `cd archive` (550: not there) than to its `cd projects`
-        (250: in the listing). Not for HTTP's or binary requests, where it measured worse."""
+        (250: in the listing). Not for HTTP's or binary requests, where it measured worse.
+        Nor is such a one-line request of text taken for a sample of another command that
+        the server answered by closing: an unknown command is not a goodbye (HTTP's closes
+        follow the request's version and headers, not its method)."""
         head = data[: self.params.compare_bytes]
         end = head.find(b"\n")
         line = head[:end] if 0 <= end < len(head) - 1 else None  # a request of one line is its line
@@ -961,6 +964,8 @@ class Emulator:
         bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + (_LINE_WEIGHT if line is not None else _SHOWN_WEIGHT if names else 0.0)
         best, best_key = None, -1.0
         for t in candidates:
+            if names and first != t.first_name and self.machine.states[t.target].closes_here:
+                continue  # another command is no goodbye: FTP's CDUP is not the QUIT it resembles
             sample = t.sample[: self.params.compare_bytes]
             matcher.set_seq2(sample)
             # The quick upper bounds rule most candidates out before the full ratio.
