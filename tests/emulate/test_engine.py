@@ -81,6 +81,14 @@ def test_an_unknown_command_is_not_taken_for_a_goodbye(trickle):
 
 
 @TRICKLE
+def test_a_line_of_text_like_nothing_learned_is_answered_rather_than_met_with_silence(trickle):
+    # HELP is about a third like every request learned (below the nearest floor): a text
+    # protocol's server answers every command, so its most similar sample answers.
+    t = run(ftp(), [b"HELP\r\n"], trickle=trickle)
+    assert t.unmatched == ["nearest"] and t.answers[1] != b"" and t.closed is None
+
+
+@TRICKLE
 def test_unmatched_garbage_is_met_with_silence_and_the_state_is_kept(trickle):
     t = run(ftp(), [b"\x00\x01\x02\xff" * 10, b"SYST\r\n"], trickle=trickle)
     assert t.unmatched == ["silence"]
@@ -173,7 +181,7 @@ def test_pipelined_requests_are_split_and_answered_in_order():
 
 
 def test_pipelined_unknown_lines_are_cut_at_the_models_terminator():
-    t = run(ftp(), [b"ZZZZ1\r\nZZZZ2\r\nSYST\r\n"])
+    t = run(ftp(), [b"ZZZZZZZZ1\r\nZZZZZZZZ2\r\nSYST\r\n"])  # lines less than line_floor like any learned
     assert t.answers[1] == b"215 UNIX Type: L8\r\n" and t.unmatched == ["silence", "silence"]
 
 

@@ -21,10 +21,10 @@ request. Among matching transitions the one whose fixed bytes explain most of th
 wins (then the heavier, then the older). When none matches (docs/emulator.md), strongest
 evidence first: the same bytes learned in another state (preferably after the same
 answer); the transition of this state whose sample request is most similar, if at least
-`similarity_floor`; another state's pattern; the model's most similar sample; else
-silence, or closing where the real server closed more often than not. A most-similar
-transition answers as it answered its sample, with the sample's pieces it repeated
-replaced by the request's own.
+`similarity_floor`; another state's pattern; the model's most similar sample (for a request
+of one line of text, down to `line_floor`); else silence, or closing where the real server
+closed more often than not. A most-similar transition answers as it answered its sample,
+with the sample's pieces it repeated replaced by the request's own.
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ class EmulatorParams:
     similarity_floor: float = 0.5
     """Unmatched input takes the transition with the most similar sample request, if at
     least this similar (difflib ratio over the first `compare_bytes` bytes)."""
+
+    line_floor: float = 0.3
+    """A request of one line of text that nothing else answers takes the model's most
+    similar sample request if at least this similar (rather than silence): a text
+    protocol's server answers every command, if only to refuse it."""
 
     compare_bytes: int = 256
     """Bytes compared when looking for the nearest transition (bounds the cost)."""
@@ -804,6 +809,8 @@ class Emulator:
                     match = self._elsewhere(state, data, patterns=True)
                     if match is None:
                         t = self._nearest(self.machine.nearest, data)
+                        if t is None:
+                            t = self._nearest(self.machine.nearest, data, self.params.line_floor)
             if match is not None:
                 self._events.append(Unmatched(data, state.id, "elsewhere"))
         if match is None:
@@ -932,9 +939,11 @@ class Emulator:
 
         return max(found, key=rank)
 
-    def _nearest(self, candidates: list[_Transition], data: bytes) -> _Transition | None:
+    def _nearest(self, candidates: list[_Transition], data: bytes, line_floor: float | None = None
+                 ) -> _Transition | None:
         """The candidate (this state's, or the model's heaviest) whose sample request is
-        most similar to `data`, if at least the floor. Among those, one that begins as the
+        most similar to `data`, if at least the floor (`line_floor`, when given, instead:
+        the last resort, for a request of one line of text only). Among those, one that begins as the
         request does is preferred (_PREFIX_WEIGHT): the start of a message says what it is
         (a command, a method, an opcode), and nmap's `HEAD /` with its headers in another
         order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The first
@@ -959,6 +968,10 @@ class Emulator:
         matcher.set_seq1(head)
         floor = self.params.similarity_floor
         names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
+        if line_floor is not None:  # the last resort, for a request of one line of text only
+            if not names:
+                return None
+            floor = line_floor
         shown, first = self.machine.shown, _first_name(head)
         # the most a key adds to a ratio
         bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + (_LINE_WEIGHT if line is not None else _SHOWN_WEIGHT if names else 0.0)
