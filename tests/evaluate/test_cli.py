@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from tests.evaluate.servers import echo, serving
 SERVER = ("10.0.0.2", 7)
 WORDS = [b"alpha", b"bravo", b"charlie", b"delta", b"echo", b"foxtrot", b"golf", b"hotel", b"india", b"juliett"]
 JSON_KEYS = {"target", "transport", "port", "client", "start", "requests", "similarity", "exact", "carried",
-             "closed", "failure", "error", "seen", "answers"}
+             "closed", "failure", "error", "seen", "varied", "answers"}
 ANSWER_KEYS = {"index", "request", "request_len", "expected", "expected_len", "got", "got_len", "sent",
                "similarity", "exact", "fallback"}
 
@@ -80,6 +81,31 @@ def test_holdout_json_says_which_sessions_sent_only_what_the_learner_saw(tmp_pat
     assert main(["evaluate", "--holdout", "5", "--jobs", "1", "--json", str(capture)]) == 0
     held = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(h["client"], h["seen"]) for h in held] == [("10.0.0.1:40004", True), ("10.0.0.1:40009", False)]
+
+
+def test_failures_where_the_capture_server_itself_varied_are_told_apart(tmp_path, capsys):
+    # Every session asks the same CHALLENGE; the server answers a fresh nonce each time (a
+    # token the emulator makes fresh too). A failure there is no emulator's fault, and
+    # the report says so; a failure at an answer the server always gave alike is not.
+    rng = random.Random(7)
+    pkts = []
+    for i in range(10):
+        nonce = "".join(rng.choice("0123456789abcdef") for _ in range(16)).encode()
+        pkts += conversation(("10.0.0.1", 40000 + i), SERVER, exchanges=[
+            (b"", b"200 ready\r\n"), (b"CHALLENGE\r\n", b"334 " + nonce + b"\r\n"), (b"QUIT\r\n", b"221 bye\r\n")])
+    capture = write_pcap(tmp_path / "nonce.pcap", [ethernet(p) for p in pkts])
+    assert main(["evaluate", "--holdout", "5", "--jobs", "1", "--json", str(capture)]) == 0
+    held = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(h["failure"], h["varied"]) for h in held] == [({"index": 1, "reason": "different"}, True)] * 2
+    assert main(["evaluate", "--holdout", "5", "--jobs", "1", str(capture)]) == 0
+    assert ("tcp/7: not carried: different 2 (2 at an answer the capture's server gave differently to the "
+            "same conversation in another session: a nonce, a time)") in capsys.readouterr().out
+
+    other = write_pcap(tmp_path / "other.pcap", [ethernet(p) for i in range(3) for p in conversation(
+        ("10.0.0.1", 41000 + i), SERVER, exchanges=[(b"", b"554 go away\r\n"), (b"QUIT\r\n", b"221 bye\r\n")])])
+    assert main(["evaluate", str(_model(tmp_path, capture)), str(other), "--json"]) == 0
+    held = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(h["failure"], h["varied"]) for h in held] == [({"index": 0, "reason": "different"}, False)] * 3
 
 
 def test_model_then_captures_json_one_object_per_session(tmp_path, capsys):

@@ -67,7 +67,9 @@ examples:
 
 output: a table per (target, transport/port): sessions, answers, mean similarity (over
 answers), exact share, carried share; then why sessions were not carried (at their first
-failing answer: error, closed, silent, different) and, in process, how many requests no
+failing answer: error, closed, silent, different; and how many failed at an answer the
+capture's server itself gave differently to the same conversation in another session: a
+nonce, a time, which no server reproduces) and, in process, how many requests no
 transition matched (by the emulator's fallback); with --holdout, how many held-out
 sessions sent only requests the learned sessions had sent (the rest asked for something
 the capture never showed the learner). --json writes instead one object per session per
@@ -298,6 +300,7 @@ def session_json(s: SessionScore, limit: int = 2048) -> dict[str, Any]:
         "failure": {"index": s.failure[0], "reason": s.failure[1]} if s.failure else None,
         "error": s.error,
         "seen": s.seen,
+        "varied": s.varied,
         "answers": [
             {
                 "index": a.index,
@@ -329,6 +332,9 @@ def _print_table(report: Report, out: TextIO) -> None:
     for p in report.ports:
         failures = ", ".join(f"{reason} {n}" for reason, n in p.failures().items() if n) or "none"
         line = f"{p.transport}/{p.port}: not carried: {failures}"
+        if p.varied():  # failures no server avoids: the capture's own server answered otherwise
+            line += (f" ({p.varied()} at an answer the capture's server gave differently to the same "
+                     f"conversation in another session: a nonce, a time)")
         fallbacks = p.fallbacks()
         if p.target == "in-process":
             unmatched = ", ".join(f"{kind} {n}" for kind, n in fallbacks.items()) or "none"

@@ -14,6 +14,7 @@ scriptgen.emulate, scriptgen.evaluate.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -52,15 +53,48 @@ def script(session: Session) -> tuple[Script, bytes, list[tuple[bytes, bytes]]]:
     return script, banner, pairs
 
 
-def _replay(key: tuple[str, int], group: Sequence[Session], target: Target, params: EvaluateParams) -> PortReport:
+def _conversations(requests: Sequence[bytes]) -> list[bytes]:
+    """A digest of the requests before each answer: [()] for the banner, then requests[:i]
+    for the answer to request i (the conversation up to that answer, in constant space)."""
+    h = hashlib.blake2b(digest_size=16)
+    digests = [h.digest()]
+    for r in requests:
+        h.update(len(r).to_bytes(8, "big"))
+        h.update(r)
+        digests.append(h.digest())
+    return digests
+
+
+def _varying(groups: Iterable[Sequence[Session]]) -> set[bytes]:
+    """The conversations (_conversations) the capture's server answered differently in
+    different sessions (of one port: pass each port's sessions as one group)."""
+    varying: set[bytes] = set()
+    for group in groups:
+        first: dict[bytes, bytes] = {}  # conversation -> a digest of the first answer recorded
+        for s in group:
+            recorded, banner, pairs = script(s)
+            for conversation, answer in zip(_conversations(recorded.requests), [banner, *(a for _, a in pairs)]):
+                digest = hashlib.blake2b(answer, digest_size=16).digest()
+                if first.setdefault(conversation, digest) != digest:
+                    varying.add(conversation)
+    return varying
+
+
+def _replay(key: tuple[str, int], group: Sequence[Session], target: Target, params: EvaluateParams,
+            varying: set[bytes] | None = None) -> PortReport:
+    """`varying`: the conversations the server varied on (default: among `group`)."""
     recorded = [script(s) for s in group]
+    if varying is None:
+        varying = _varying([group])
     outcomes = target.run_all([r[0] for r in recorded])
-    scores = tuple(
-        score_session(target=target.name, transport=key[0], port=key[1], client=str(s.client), start=s.start,
-                      banner=banner, turns=pairs, outcome=outcome, params=params)
-        for s, (_, banner, pairs), outcome in zip(group, recorded, outcomes)
-    )
-    return PortReport(target.name, key[0], key[1], scores)
+    scores = []
+    for s, (played, banner, pairs), outcome in zip(group, recorded, outcomes):
+        score = score_session(target=target.name, transport=key[0], port=key[1], client=str(s.client),
+                              start=s.start, banner=banner, turns=pairs, outcome=outcome, params=params)
+        if score.failure is not None and _conversations(played.requests)[score.failure[0]] in varying:
+            score = replace(score, varied=True)
+        scores.append(score)
+    return PortReport(target.name, key[0], key[1], tuple(scores))
 
 
 def _skip(skipped: dict[str, int], reason: str, n: int = 1) -> None:
@@ -93,8 +127,11 @@ def evaluate(sessions: Iterable[Session], target: Target, params: EvaluateParams
 
 
 def evaluate_model(model: Model, sessions: Iterable[Session], params: EvaluateParams | None = None,
-                   emulator: EmulatorParams | None = None) -> Report:
-    """Replay every session in process against the model's machine for its port."""
+                   emulator: EmulatorParams | None = None,
+                   varying: dict[tuple[str, int], set[bytes]] | None = None) -> Report:
+    """Replay every session in process against the model's machine for its port.
+    `varying`: per port, the conversations the capture's server varied on (default: found
+    among the sessions replayed)."""
     params = params or EvaluateParams()
     skipped: dict[str, int] = {}
     reports = []
@@ -104,7 +141,7 @@ def evaluate_model(model: Model, sessions: Iterable[Session], params: EvaluatePa
             _skip(skipped, "no_model", len(group))
             continue
         target = InProcessTarget(Machine(port_doc(port_model), emulator), params)
-        reports.append(_replay(key, group, target, params))
+        reports.append(_replay(key, group, target, params, varying.get(key) if varying is not None else None))
     return Report(tuple(reports), skipped)
 
 
@@ -124,6 +161,8 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
     per fold) and one report, the folds' sessions together per port."""
     learn_params = learn_params or LearnParams()
     everything = list(sessions)
+    # Where the server varied, over the whole capture: one fold holds too few sessions.
+    varying = {key: _varying([group]) for key, group in _replayable(everything, {}).items()}
     models: list[Model] = []
     merged: dict[tuple[str, str, int], list[SessionScore]] = {}
     skipped: dict[str, int] = {}
@@ -131,7 +170,7 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
         train, test = holdout(everything, k, fold)
         model = learn(train, learn_params)
         models.append(model)
-        report = evaluate_model(model, test, params, emulator)
+        report = evaluate_model(model, test, params, emulator, varying)
         sent = _requests(train)
         for p in report.ports:
             known = sent.get((p.transport, p.port), set())

@@ -80,6 +80,10 @@ class SessionScore:
     seen: bool | None = None
     """With a holdout: whether the sessions learned from sent every request of this one,
     byte for byte (None: not known)."""
+    varied: bool = False
+    """Not carried, and at the failing answer the capture's server itself answered the same
+    conversation (the same requests, in order, up to there) differently in another session:
+    a nonce, a challenge, a time. No server reproduces that answer byte for byte."""
 
     @property
     def similarity(self) -> float:
@@ -135,6 +139,10 @@ class PortReport:
             return None
         seen = [s for s in known if s.seen]
         return len(seen), sum(s.carried for s in seen)
+
+    def varied(self) -> int:
+        """Sessions not carried where the capture's server itself varied (SessionScore.varied)."""
+        return sum(s.varied for s in self.sessions)
 
     def failures(self) -> dict[str, int]:
         """Sessions not carried, by the reason at their first failing answer."""
