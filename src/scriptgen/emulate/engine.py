@@ -943,10 +943,11 @@ class Emulator:
                  ) -> _Transition | None:
         """The candidate (this state's, or the model's heaviest) whose sample request is
         most similar to `data`, if at least the floor (`line_floor`, when given, instead:
-        the last resort, for a request of one line of text only). Among those, one that begins as the
-        request does is preferred (_PREFIX_WEIGHT): the start of a message says what it is
-        (a command, a method, an opcode), and nmap's `HEAD /` with its headers in another
-        order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The first
+        the last resort, for a request of one line of text only). Among those, one that
+        begins as the request does is preferred (_PREFIX_WEIGHT): the start of a message
+        says what it is (a command, a method, an opcode), and nmap's `HEAD /` with its
+        headers in another order was more similar, byte for byte, to its `GET
+        /nmaplowercheck...`. The first
         line counts twice (_LINE_WEIGHT): in a text protocol it names the command and its
         object, what follows is detail (curl's `GET /files/` is wget's `GET /files/` with
         other headers, not curl's `GET /files/prices.csv`). A sample of the same command (the

@@ -54,8 +54,8 @@ def script(session: Session) -> tuple[Script, bytes, list[tuple[bytes, bytes]]]:
 
 
 def _conversations(requests: Sequence[bytes]) -> list[bytes]:
-    """A digest of the requests before each answer: [()] for the banner, then requests[:i]
-    for the answer to request i (the conversation up to that answer, in constant space)."""
+    """For each answer (the banner, then the answer to request i), a digest of the requests
+    sent before it: the conversation up to that answer, in constant space."""
     h = hashlib.blake2b(digest_size=16)
     digests = [h.digest()]
     for r in requests:
@@ -65,18 +65,17 @@ def _conversations(requests: Sequence[bytes]) -> list[bytes]:
     return digests
 
 
-def _varying(groups: Iterable[Sequence[Session]]) -> set[bytes]:
+def _varying(group: Sequence[Session]) -> set[bytes]:
     """The conversations (_conversations) the capture's server answered differently in
-    different sessions (of one port: pass each port's sessions as one group)."""
+    different sessions of `group` (the sessions of one port)."""
     varying: set[bytes] = set()
-    for group in groups:
-        first: dict[bytes, bytes] = {}  # conversation -> a digest of the first answer recorded
-        for s in group:
-            recorded, banner, pairs = script(s)
-            for conversation, answer in zip(_conversations(recorded.requests), [banner, *(a for _, a in pairs)]):
-                digest = hashlib.blake2b(answer, digest_size=16).digest()
-                if first.setdefault(conversation, digest) != digest:
-                    varying.add(conversation)
+    first: dict[bytes, bytes] = {}  # conversation -> a digest of the first answer recorded
+    for s in group:
+        recorded, banner, pairs = script(s)
+        for conversation, answer in zip(_conversations(recorded.requests), [banner, *(a for _, a in pairs)]):
+            digest = hashlib.blake2b(answer, digest_size=16).digest()
+            if first.setdefault(conversation, digest) != digest:
+                varying.add(conversation)
     return varying
 
 
@@ -85,7 +84,7 @@ def _replay(key: tuple[str, int], group: Sequence[Session], target: Target, para
     """`varying`: the conversations the server varied on (default: among `group`)."""
     recorded = [script(s) for s in group]
     if varying is None:
-        varying = _varying([group])
+        varying = _varying(group)
     outcomes = target.run_all([r[0] for r in recorded])
     scores = []
     for s, (played, banner, pairs), outcome in zip(group, recorded, outcomes):
@@ -162,7 +161,7 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
     learn_params = learn_params or LearnParams()
     everything = list(sessions)
     # Where the server varied, over the whole capture: one fold holds too few sessions.
-    varying = {key: _varying([group]) for key, group in _replayable(everything, {}).items()}
+    varying = {key: _varying(group) for key, group in _replayable(everything, {}).items()}
     models: list[Model] = []
     merged: dict[tuple[str, str, int], list[SessionScore]] = {}
     skipped: dict[str, int] = {}
