@@ -69,7 +69,7 @@ output: a table per (target, transport/port): sessions, answers, mean similarity
 answers), exact share, carried share; then why sessions were not carried (at their first
 failing answer: error, closed, silent, different; and how many failed at an answer the
 capture's server itself gave differently to the same conversation in another session: a
-nonce, a time, which no server reproduces) and, in process, how many requests no
+nonce, a time, maybe no fault of the target) and, in process, how many requests no
 transition matched (by the emulator's fallback); with --holdout, how many held-out
 sessions sent only requests the learned sessions had sent (the rest asked for something
 the capture never showed the learner). --json writes instead one object per session per
@@ -332,7 +332,7 @@ def _print_table(report: Report, out: TextIO) -> None:
     for p in report.ports:
         failures = ", ".join(f"{reason} {n}" for reason, n in p.failures().items() if n) or "none"
         line = f"{p.transport}/{p.port}: not carried: {failures}"
-        if p.varied():  # failures no server avoids: the capture's own server answered otherwise
+        if p.varied():  # maybe no fault of the target: the capture's own server answered otherwise
             line += (f" ({p.varied()} at an answer the capture's server gave differently to the same "
                      f"conversation in another session: a nonce, a time)")
         fallbacks = p.fallbacks()

@@ -83,7 +83,7 @@ class SessionScore:
     varied: bool = False
     """Not carried, and at the failing answer the capture's server itself answered the same
     conversation (the same requests, in order, up to there) differently in another session:
-    a nonce, a challenge, a time. No server reproduces that answer byte for byte."""
+    a nonce, a challenge, a time: the failure may be no fault of the target."""
 
     @property
     def similarity(self) -> float:
