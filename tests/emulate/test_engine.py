@@ -81,11 +81,20 @@ def test_an_unknown_command_is_not_taken_for_a_goodbye(trickle):
 
 
 @TRICKLE
-def test_a_line_of_text_like_nothing_learned_is_answered_rather_than_met_with_silence(trickle):
+def test_text_like_nothing_learned_is_answered_rather_than_met_with_silence(trickle):
     # HELP is about a third like every request learned (below the nearest floor): a text
     # protocol's server answers every command, so its most similar sample answers.
     t = run(ftp(), [b"HELP\r\n"], trickle=trickle)
     assert t.unmatched == ["nearest"] and t.answers[1] != b"" and t.closed is None
+    # Several lines too: an HTTP/1.0 request without headers, a third like curl's.
+    pages = [session((b"GET /" + p + b" HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: curl/8.0\r\n"
+                      b"Accept: */*\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + p[:2]), port=80)
+             for p in (b"index.html", b"about.html", b"news.html")]
+    t = run(machine(pages), [b"GET / HTTP/1.0\r\n\r\n"], trickle=trickle)
+    assert t.unmatched == ["nearest"] and t.answers[1].startswith(b"HTTP/1.1 200 OK")
+    # Bytes that are not text still meet silence (binary garbage, scans).
+    t = run(machine(pages), [b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"], trickle=trickle)
+    assert t.unmatched == ["silence"] and t.answers == [b"", b""]
 
 
 @TRICKLE
@@ -181,7 +190,7 @@ def test_pipelined_requests_are_split_and_answered_in_order():
 
 
 def test_pipelined_unknown_lines_are_cut_at_the_models_terminator():
-    t = run(ftp(), [b"ZZZZZZZZ1\r\nZZZZZZZZ2\r\nSYST\r\n"])  # lines less than line_floor like any learned
+    t = run(ftp(), [b"ZZZZZZZZ1\r\nZZZZZZZZ2\r\nSYST\r\n"])  # lines less than text_floor like any learned
     assert t.answers[1] == b"215 UNIX Type: L8\r\n" and t.unmatched == ["silence", "silence"]
 
 

@@ -22,7 +22,7 @@ wins (then the heavier, then the older). When none matches (docs/emulator.md), s
 evidence first: the same bytes learned in another state (preferably after the same
 answer); the transition of this state whose sample request is most similar, if at least
 `similarity_floor`; another state's pattern; the model's most similar sample (for a request
-of one line of text, down to `line_floor`); else silence, or closing where the real server
+of text, down to `text_floor`); else silence, or closing where the real server
 closed more often than not. A most-similar transition answers as it answered its sample,
 with the sample's pieces it repeated replaced by the request's own.
 """
@@ -59,9 +59,9 @@ class EmulatorParams:
     """Unmatched input takes the transition with the most similar sample request, if at
     least this similar (difflib ratio over the first `compare_bytes` bytes)."""
 
-    line_floor: float = 0.3
-    """A request of one line of text that nothing else answers takes the model's most
-    similar sample request if at least this similar (rather than silence): a text
+    text_floor: float = 0.3
+    """A request of text (printable lines) that nothing else answers takes the model's
+    most similar sample request if at least this similar (rather than silence): a text
     protocol's server answers every command, if only to refuse it."""
 
     compare_bytes: int = 256
@@ -249,6 +249,7 @@ _WORDS = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")  # a word, or one byte of any
 # A file, directory, page or key name: a letter in it (not a version or a number).
 _NAMES = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z][A-Za-z0-9._-]*")
 _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")  # one line of text
+_TEXT = re.compile(rb"[\x20-\x7e\t\r\n]*")  # lines of text
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
 
@@ -304,10 +305,16 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
                 return j2 if end else j1
         return len(d) if end else 0
 
+    # In text, words of the sample the request has nothing in place of: a piece holding one
+    # is left as learned (difflib took HTTP/1.0's "0" for curl/8.0's, and HTTP/1.1 became
+    # "HTTP/1."). Not in binary, where such pieces measured better replaced.
+    text = _TEXT.fullmatch(sample[:limit]) is not None
+    dropped = {i for tag, i1, i2, _, _ in ops if text and tag == "delete" for i in range(i1, i2)}
     pairs = []
     for i, n in pieces:
         old = b"".join(s[i : i + n])
-        if old not in data:  # still there (headers reordered): unchanged
+        # Unchanged where the request still has it (headers reordered) or a word was dropped.
+        if old not in data and dropped.isdisjoint(range(i, i + n)):
             new = b"".join(d[where(i, False) : where(i + n, True)])
             if new:
                 pairs.append((old, new))
@@ -810,7 +817,7 @@ class Emulator:
                     if match is None:
                         t = self._nearest(self.machine.nearest, data)
                         if t is None:
-                            t = self._nearest(self.machine.nearest, data, self.params.line_floor)
+                            t = self._nearest(self.machine.nearest, data, self.params.text_floor)
             if match is not None:
                 self._events.append(Unmatched(data, state.id, "elsewhere"))
         if match is None:
@@ -939,11 +946,11 @@ class Emulator:
 
         return max(found, key=rank)
 
-    def _nearest(self, candidates: list[_Transition], data: bytes, line_floor: float | None = None
+    def _nearest(self, candidates: list[_Transition], data: bytes, text_floor: float | None = None
                  ) -> _Transition | None:
         """The candidate (this state's, or the model's heaviest) whose sample request is
-        most similar to `data`, if at least the floor (`line_floor`, when given, instead:
-        the last resort, for a request of one line of text only). Among those, one that
+        most similar to `data`, if at least the floor (`text_floor`, when given, instead:
+        the last resort, for a request of text only). Among those, one that
         begins as the request does is preferred (_PREFIX_WEIGHT): the start of a message
         says what it is (a command, a method, an opcode), and nmap's `HEAD /` with its
         headers in another order was more similar, byte for byte, to its `GET
@@ -969,10 +976,10 @@ class Emulator:
         matcher.set_seq1(head)
         floor = self.params.similarity_floor
         names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
-        if line_floor is not None:  # the last resort, for a request of one line of text only
-            if not names:
+        if text_floor is not None:  # the last resort, for a request of text only
+            if not _TEXT.fullmatch(head):
                 return None
-            floor = line_floor
+            floor = text_floor
         shown, first = self.machine.shown, _first_name(head)
         # the most a key adds to a ratio
         bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + (_LINE_WEIGHT if line is not None else _SHOWN_WEIGHT if names else 0.0)
