@@ -22,9 +22,9 @@ wins (then the heavier, then the older). When none matches (docs/emulator.md), s
 evidence first: the same bytes learned in another state (preferably after the same
 answer); the transition of this state whose sample request is most similar, if at least
 `similarity_floor`; another state's pattern; the model's most similar sample (for a request
-of text, down to `text_floor`); else silence, or closing where the real server
-closed more often than not. A most-similar transition answers as it answered its sample,
-with the sample's pieces it repeated replaced by the request's own.
+of text, down to `text_floor`); else silence, or closing where the real server closed more
+often than not. A most-similar transition answers as it answered its sample, with the
+sample's pieces it repeated replaced by the request's own.
 """
 
 from __future__ import annotations
@@ -308,8 +308,8 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
     # In text, words of the sample the request has nothing in place of: a piece holding one
     # is left as learned (difflib took HTTP/1.0's "0" for curl/8.0's, and HTTP/1.1 became
     # "HTTP/1."). Not in binary, where such pieces measured better replaced.
-    text = _TEXT.fullmatch(sample[:limit]) is not None
-    dropped = {i for tag, i1, i2, _, _ in ops if text and tag == "delete" for i in range(i1, i2)}
+    dropped = ({i for tag, i1, i2, _, _ in ops if tag == "delete" for i in range(i1, i2)}
+               if _TEXT.fullmatch(sample[:limit]) else set())
     pairs = []
     for i, n in pieces:
         old = b"".join(s[i : i + n])
@@ -950,11 +950,10 @@ class Emulator:
                  ) -> _Transition | None:
         """The candidate (this state's, or the model's heaviest) whose sample request is
         most similar to `data`, if at least the floor (`text_floor`, when given, instead:
-        the last resort, for a request of text only). Among those, one that
-        begins as the request does is preferred (_PREFIX_WEIGHT): the start of a message
-        says what it is (a command, a method, an opcode), and nmap's `HEAD /` with its
-        headers in another order was more similar, byte for byte, to its `GET
-        /nmaplowercheck...`. The first
+        the last resort, for a request of text only). Among those, one that begins as the
+        request does is preferred (_PREFIX_WEIGHT): the start of a message says what it is
+        (a command, a method, an opcode), and nmap's `HEAD /` with its headers in another
+        order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The first
         line counts twice (_LINE_WEIGHT): in a text protocol it names the command and its
         object, what follows is detail (curl's `GET /files/` is wget's `GET /files/` with
         other headers, not curl's `GET /files/prices.csv`). A sample of the same command (the
