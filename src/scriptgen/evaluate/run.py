@@ -45,7 +45,11 @@ class Report:
             yield from p.sessions
 
 
-def script(session: Session) -> tuple[Script, bytes, list[tuple[bytes, bytes]]]:
+Recorded = tuple[Script, bytes, list[tuple[bytes, bytes]]]
+"""What a client replaying a session sends, and the recorded banner and turns (`script`)."""
+
+
+def script(session: Session) -> Recorded:
     """What a client replaying `session` sends, and the recorded banner and turns."""
     banner, steps = turns(session)
     pairs = [(request, answer) for request, answer, _ in steps]
@@ -65,14 +69,13 @@ def _conversations(requests: Sequence[bytes]) -> list[bytes]:
     return digests
 
 
-def _varying(group: Sequence[Session]) -> set[bytes]:
+def _varying(recorded: Iterable[Recorded]) -> set[bytes]:
     """The conversations (_conversations) the capture's server answered differently in
-    different sessions of `group` (the sessions of one port)."""
+    different sessions (the `script`s of one port's sessions)."""
     varying: set[bytes] = set()
     first: dict[bytes, bytes] = {}  # conversation -> a digest of the first answer recorded
-    for s in group:
-        recorded, banner, pairs = script(s)
-        for conversation, answer in zip(_conversations(recorded.requests), [banner, *(a for _, a in pairs)]):
+    for played, banner, pairs in recorded:
+        for conversation, answer in zip(_conversations(played.requests), [banner, *(a for _, a in pairs)]):
             digest = hashlib.blake2b(answer, digest_size=16).digest()
             if first.setdefault(conversation, digest) != digest:
                 varying.add(conversation)
@@ -84,7 +87,7 @@ def _replay(key: tuple[str, int], group: Sequence[Session], target: Target, para
     """`varying`: the conversations the server varied on (default: among `group`)."""
     recorded = [script(s) for s in group]
     if varying is None:
-        varying = _varying(group)
+        varying = _varying(recorded)
     outcomes = target.run_all([r[0] for r in recorded])
     scores = []
     for s, (played, banner, pairs), outcome in zip(group, recorded, outcomes):
@@ -144,11 +147,12 @@ def evaluate_model(model: Model, sessions: Iterable[Session], params: EvaluatePa
     return Report(tuple(reports), skipped)
 
 
-def _requests(sessions: Iterable[Session]) -> dict[tuple[str, int], set[bytes]]:
-    """Every request the sessions sent, per (transport, server port)."""
+def _requests(sessions: Iterable[Session], scripts: dict[int, Recorded]) -> dict[tuple[str, int], set[bytes]]:
+    """Every request the sessions sent, per (transport, server port). `scripts`: each
+    session's `script`, by id()."""
     sent: dict[tuple[str, int], set[bytes]] = {}
     for s in sessions:
-        sent.setdefault((s.transport.value, s.server_port), set()).update(script(s)[0].requests)
+        sent.setdefault((s.transport.value, s.server_port), set()).update(scripts[id(s)][0].requests)
     return sent
 
 
@@ -160,8 +164,9 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
     per fold) and one report, the folds' sessions together per port."""
     learn_params = learn_params or LearnParams()
     everything = list(sessions)
+    scripts = {id(s): script(s) for s in everything}  # worked out once, not once a fold
     # Where the server varied, over the whole capture: one fold holds too few sessions.
-    varying = {key: _varying(group) for key, group in _replayable(everything, {}).items()}
+    varying = {key: _varying(scripts[id(s)] for s in group) for key, group in _replayable(everything, {}).items()}
     models: list[Model] = []
     merged: dict[tuple[str, str, int], list[SessionScore]] = {}
     skipped: dict[str, int] = {}
@@ -170,10 +175,10 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
         model = learn(train, learn_params)
         models.append(model)
         report = evaluate_model(model, test, params, emulator, varying)
-        sent = _requests(train)
+        sent = _requests(train, scripts)
         for p in report.ports:
             known = sent.get((p.transport, p.port), set())
-            seen = {(str(s.client), s.start): all(r in known for r in script(s)[0].requests) for s in test
+            seen = {(str(s.client), s.start): all(r in known for r in scripts[id(s)][0].requests) for s in test
                     if (s.transport.value, s.server_port) == (p.transport, p.port)}
             merged.setdefault((p.target, p.transport, p.port), []).extend(
                 replace(score, seen=seen.get((score.client, score.start))) for score in p.sessions)
