@@ -959,12 +959,12 @@ class Emulator:
         other headers, not curl's `GET /files/prices.csv`). A sample of the same command (the
         first name: FTP's verb, Redis's first argument) counts more again (_COMMAND_WEIGHT):
         Redis's `GET app:name` is a GET of another key, not the `DEL app:name` it shares more
-        bytes with. For a request of one line of text
-        (a command and what it asks for), a sample of the same command counts more
-        (_SHOWN_WEIGHT) when what it asks for and what the request asks for are both names
-        the server has shown in an answer, or both names it never showed: lftp's `cd
-        old-files` is nearer to its `cd archive` (550: not there) than to its `cd projects`
-        (250: in the listing). Not for HTTP's or binary requests, where it measured worse.
+        bytes with. For a request of one line of text (a command and what it asks for), a
+        sample of the same command counts more (_SHOWN_WEIGHT) when what it asks for and
+        what the request asks for are both names the server has shown in an answer, or
+        both names it never showed: lftp's `cd old-files` is nearer to its `cd archive`
+        (550: not there) than to its `cd projects` (250: in the listing). Not for HTTP's or
+        binary requests, where it measured worse.
         Nor is such a one-line request of text taken for a sample of another command that
         the server answered by closing: an unknown command is not a goodbye (HTTP's closes
         follow the request's version and headers, not its method)."""
