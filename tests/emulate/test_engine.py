@@ -297,6 +297,27 @@ def test_among_similar_samples_the_one_with_the_same_first_line_answers():
 
 
 
+@TRICKLE
+def test_a_sample_with_the_requests_first_line_beats_a_wildcard_match(trickle):
+    # nmap's probes for missing pages, one header order, answered 404: a wildcard over the
+    # path. Its favicon fetch came with its headers in another order. A favicon request in
+    # the first order matches the wildcard, but the first line says what it asks for.
+    ua = b"User-Agent: Mozilla/5.0 (compatible; Nmap Scripting Engine; https://nmap.org/book/nse.html)\r\n"
+    missing, icon = b"HTTP/1.1 404 Not Found\r\n\r\nnot found", b"HTTP/1.1 200 OK\r\n\r\nGIF89a icon"
+    sessions = [session((b"GET /" + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + ua + b"\r\n",
+                         missing), port=80) for p in (b"HNAP1", b"evox/about", b"nmaplowercheck1795347741")]
+    sessions.append(session((b"GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1\r\n" + ua + b"Connection: close\r\n\r\n",
+                             icon), port=80))
+    m = machine(sessions)
+    asked = b"GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + ua + b"\r\n"
+    assert any(t.literal is None and t.regex.fullmatch(asked) for t in m.transitions.values())  # the 404s' wildcard
+    t = run(m, [asked], trickle=trickle)
+    assert t.answers[1] == icon and t.unmatched == ["nearest"]
+    # Another missing page still matches the wildcard, and is answered as the 404s were.
+    t = run(m, [asked.replace(b"favicon.ico", b".git/HEAD")], trickle=trickle)
+    assert t.answers[1] == missing and t.unmatched == []
+
+
 def test_a_name_the_server_never_showed_is_answered_as_one_it_did_not_have():
     # lftp's `cd` into a directory the listing did not show: byte for byte nearer to the `cd`
     # into one it showed (250) than to the `cd` into one it did not (550).

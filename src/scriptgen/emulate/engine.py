@@ -18,7 +18,9 @@ transition and either the pattern ends in fixed bytes that the input ends with (
 terminator such as "\\r\\n"), or no more bytes arrive within `match_gap` seconds; bytes that
 match nothing are taken as a request after `idle_gap` seconds. A datagram is always one
 request. Among matching transitions the one whose fixed bytes explain most of the input
-wins (then the heavier, then the older). When none matches (docs/emulator.md), strongest
+wins (then the heavier, then the older), unless the match went through a mutating region
+and another transition saw a sample with the request's first line. When none matches
+(docs/emulator.md), strongest
 evidence first: the same bytes learned in another state (preferably after the same
 answer); the transition of this state whose sample request is most similar, if at least
 `similarity_floor`; another state's pattern; the model's most similar sample (for a request
@@ -166,7 +168,7 @@ Event = Send | Input | Unmatched | Close | NeedData | Listen | Connect | Channel
 
 class _Transition:
     __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample", "requests",
-                 "defaults", "announce", "channel", "names", "first_name")
+                 "defaults", "announce", "channel", "names", "first_name", "lines")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -215,6 +217,8 @@ class _Transition:
         self.sample = self.requests[0] if self.requests else b""
         self.names = _names(self.sample[: params.compare_bytes])
         self.first_name = _first_name(self.sample)
+        # The first line of each sample request of text (HTTP's request line), with it.
+        self.lines = {_first_line(r): r for r in reversed(self.requests) if _TEXT.fullmatch(r[: params.compare_bytes])}
 
 
 _Match = tuple[_Transition, "re.Match[bytes] | None"]
@@ -252,6 +256,11 @@ _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")  # one line of text
 _TEXT = re.compile(rb"[\x20-\x7e\t\r\n]*")  # lines of text
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
+
+
+def _first_line(data: bytes) -> bytes:
+    end = data.find(b"\n")
+    return data if end < 0 else data[: end + 1]
 
 
 def _names(data: bytes) -> frozenset[bytes]:
@@ -337,7 +346,8 @@ def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
 
 
 class _State:
-    __slots__ = ("id", "label", "announces", "literal", "patterns", "closes_here", "delay", "nearest", "terminators",
+    __slots__ = ("id", "label", "announces", "literal", "patterns", "closes_here", "delay", "nearest", "by_line",
+                 "terminators",
                  "framed", "longest_literal", "watch", "longest_terminator")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
@@ -362,6 +372,10 @@ class _State:
         self.closes_here = closes.get("server", 0) * 2 > ended and ended >= onward and ended > 0
         self.delay: float = doc["delay"] or 0.0
         self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
+        self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
+        for t in self.nearest:
+            for line in t.lines:
+                self.by_line.setdefault(line, t)
         # What every request leaving this state ends with (e.g. CRLF): where to cut input
         # that matches nothing but holds several requests.
         self.terminators = [_delimiter([r for t in outgoing for r in t.requests])] if outgoing else []
@@ -805,10 +819,24 @@ class Emulator:
         state = self.machine.states[self.state]
         if match is None:
             match = self._match(data, 0)
+        t: _Transition | None = None
+        sample = b""
+        if match is not None and match[1] is not None and state.by_line:
+            # A mutating region's match is weak evidence: a transition of this state that saw
+            # a request with this very first line, where the matched one did not, answers.
+            # nmap's `GET /favicon.ico` with its headers in another order matched the
+            # wildcard of its `GET /HNAP1` (404), not the `GET /favicon.ico` it had seen.
+            line = _first_line(data)
+            t = state.by_line.get(line)
+            if t is None or t is match[0] or line in match[0].lines:
+                t = None
+            else:
+                sample = t.lines[line]
+                m = t.regex.fullmatch(data)
+                match = (t, m) if m is not None else None
         # Fallbacks, strongest evidence first: the same bytes learned in another state; a
         # similar request of this state; another state's pattern; the model's most similar.
-        t: _Transition | None = None
-        if match is None:
+        if match is None and t is None:
             match = self._elsewhere(state, data, patterns=False)
             if match is None:
                 t = self._nearest(state.nearest, data)
@@ -831,9 +859,10 @@ class Emulator:
             self._events.append(Unmatched(data, state.id, "nearest"))
             # Answered as its sample request was, then that sample's pieces the answer
             # repeats replaced by the request's own (_echoes).
-            m = t.regex.fullmatch(t.sample)
+            sample = sample or t.sample
+            m = t.regex.fullmatch(sample)
             values = {region: m.group(group) for region, group in t.groups.items()} if m else dict(t.defaults)
-            self._echo = (t.sample, data)
+            self._echo = (sample, data)
         else:
             t, m = match
             values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
