@@ -17,7 +17,7 @@ from tests.evaluate.servers import echo, serving
 SERVER = ("10.0.0.2", 7)
 WORDS = [b"alpha", b"bravo", b"charlie", b"delta", b"echo", b"foxtrot", b"golf", b"hotel", b"india", b"juliett"]
 JSON_KEYS = {"target", "transport", "port", "client", "start", "requests", "similarity", "exact", "carried",
-             "closed", "failure", "error", "seen", "varied", "answers"}
+             "closed", "failure", "error", "seen", "varied", "new_answer", "answers"}
 ANSWER_KEYS = {"index", "request", "request_len", "expected", "expected_len", "got", "got_len", "sent",
                "similarity", "exact", "fallback"}
 
@@ -106,6 +106,29 @@ def test_failures_where_the_capture_server_itself_varied_are_told_apart(tmp_path
     assert main(["evaluate", str(_model(tmp_path, capture)), str(other), "--json"]) == 0
     held = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(h["failure"], h["varied"]) for h in held] == [({"index": 0, "reason": "different"}, False)] * 3
+
+
+def test_failures_at_an_answer_new_to_the_learner_are_told_apart(tmp_path, capsys):
+    # The server answers HELLO one way mostly, another way now and then (learned once), and
+    # once in a way no learned session saw. Both held-out sessions fail; only the second
+    # asked for what the capture never showed the learner.
+    answers = {1: b"200 bravo ok\r\n", 4: b"200 bravo ok\r\n", 9: b"500 the system is on fire, call the operator\r\n"}
+    pkts = []
+    for i in range(10):
+        pkts += conversation(("10.0.0.1", 40000 + i), SERVER, exchanges=[
+            (b"", b"220 ready\r\n"), (b"HELLO\r\n", answers.get(i, b"200 alpha\r\n"))])
+    capture = write_pcap(tmp_path / "moods.pcap", [ethernet(p) for p in pkts])
+    assert main(["evaluate", "--holdout", "5", "--jobs", "1", "--json", str(capture)]) == 0
+    held = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(h["client"], h["carried"], h["new_answer"]) for h in held] == [
+        ("10.0.0.1:40004", False, False), ("10.0.0.1:40009", False, True)]
+    assert main(["evaluate", "--holdout", "5", "--jobs", "1", str(capture)]) == 0
+    assert ("tcp/7: 1 of the 2 not carried failed at an answer new to the learner (none it learned from is "
+            "0.8 similar)") in capsys.readouterr().out
+    # Without a holdout nothing was learned from the capture: not known.
+    assert main(["evaluate", str(_model(tmp_path, capture)), str(capture), "--json"]) == 0
+    assert {json.loads(line)["new_answer"] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("{")} == {None}
 
 
 def test_model_then_captures_json_one_object_per_session(tmp_path, capsys):

@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
             out.write(json.dumps(session_json(s, params.compare_bytes), separators=(",", ":")) + "\n")
         out.flush()
     else:
-        _print_table(report, out)
+        _print_table(report, out, params.carried_similarity)
     notes = _skipped(report.skipped, bool(address))
     if notes:
         warn("skipped: " + ", ".join(notes))
@@ -301,6 +301,7 @@ def session_json(s: SessionScore, limit: int = 2048) -> dict[str, Any]:
         "error": s.error,
         "seen": s.seen,
         "varied": s.varied,
+        "new_answer": s.new_answer,
         "answers": [
             {
                 "index": a.index,
@@ -320,7 +321,7 @@ def session_json(s: SessionScore, limit: int = 2048) -> dict[str, Any]:
     }
 
 
-def _print_table(report: Report, out: TextIO) -> None:
+def _print_table(report: Report, out: TextIO, carried_at: float) -> None:
     rows = [["target", "port", "sessions", "answers", "similarity", "exact", "carried"]]
     for p in report.ports:
         rows.append([p.target, f"{p.transport}/{p.port}", str(len(p.sessions)), str(p.answers),
@@ -343,5 +344,10 @@ def _print_table(report: Report, out: TextIO) -> None:
         if seen is not None:  # how much of the held out the capture let the learner see
             line += (f"\n{p.transport}/{p.port}: {seen[0]}/{len(p.sessions)} held out sessions sent only requests "
                      f"the learned sessions had sent ({seen[1]} carried); the others sent a request it never saw")
+        new = p.new_answers()
+        if new is not None:  # failures the capture could not have taught: what is left is the model's choice
+            missed = len(p.sessions) - p.carried
+            line += (f"\n{p.transport}/{p.port}: {new} of the {missed} not carried failed at an answer new to the "
+                     f"learner (none it learned from is {carried_at:g} similar)")
         out.write(line + "\n")
     out.flush()

@@ -14,13 +14,15 @@ scriptgen.emulate, scriptgen.evaluate.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from scriptgen.emulate import EmulatorParams, Machine
 from scriptgen.params import EvaluateParams
-from scriptgen.evaluate.score import PortReport, SessionScore, score_session
+from scriptgen.evaluate.score import PortReport, SessionScore, score_session, similarity
 from scriptgen.evaluate.split import by_port, holdout
 from scriptgen.evaluate.targets import InProcessTarget, Script, Target
 from scriptgen.learn import learn
@@ -147,13 +149,36 @@ def evaluate_model(model: Model, sessions: Iterable[Session], params: EvaluatePa
     return Report(tuple(reports), skipped)
 
 
-def _requests(sessions: Iterable[Session], scripts: dict[int, Recorded]) -> dict[tuple[str, int], set[bytes]]:
-    """Every request the sessions sent, per (transport, server port). `scripts`: each
-    session's `script`, by id()."""
-    sent: dict[tuple[str, int], set[bytes]] = {}
+def _learned(sessions: Iterable[Session], scripts: dict[int, Recorded]
+             ) -> dict[tuple[str, int], tuple[set[bytes], set[bytes]]]:
+    """Every request the sessions sent and every answer they got (the banner included),
+    per (transport, server port). `scripts`: each session's `script`, by id()."""
+    learned: dict[tuple[str, int], tuple[set[bytes], set[bytes]]] = {}
     for s in sessions:
-        sent.setdefault((s.transport.value, s.server_port), set()).update(scripts[id(s)][0].requests)
-    return sent
+        played, banner, pairs = scripts[id(s)]
+        requests, answers = learned.setdefault((s.transport.value, s.server_port), (set(), set()))
+        requests.update(played.requests)
+        answers.add(banner)
+        answers.update(a for _, a in pairs)
+    return learned
+
+
+def _new_answer(score: SessionScore, answers: set[bytes], lengths: list[int], by_length: list[bytes],
+                params: EvaluateParams) -> bool | None:
+    """Whether the recorded answer where `score` failed is new: no answer learned from
+    (`answers`; `by_length`: them sorted by compared length, `lengths`) is
+    carried_similarity similar to it. None for a session carried."""
+    if score.failure is None:
+        return None
+    expected = next((a.expected for a in score.answers if a.index == score.failure[0]), b"")
+    if expected in answers:
+        return False
+    # similarity <= shorter / longer compared length: only answers of a near length can be
+    # similar enough, and they are a slice of the sorted list.
+    n, floor = min(len(expected), params.compare_bytes), params.carried_similarity
+    lo = bisect.bisect_left(lengths, math.ceil(n * floor))
+    hi = bisect.bisect_right(lengths, math.floor(n / floor)) if floor > 0 else len(lengths)
+    return not any(similarity(expected, a, params.compare_bytes) >= floor for a in by_length[lo:hi])
 
 
 def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnParams | None = None,
@@ -163,6 +188,7 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
     the other sessions and replay the held-out ones in process. Returns the models (one
     per fold) and one report, the folds' sessions together per port."""
     learn_params = learn_params or LearnParams()
+    params = params or EvaluateParams()
     everything = list(sessions)
     scripts = {id(s): script(s) for s in everything}  # worked out once, not once a fold
     # Where the server varied, over the whole capture: one fold holds too few sessions.
@@ -175,13 +201,16 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
         model = learn(train, learn_params)
         models.append(model)
         report = evaluate_model(model, test, params, emulator, varying)
-        sent = _requests(train, scripts)
+        learned = _learned(train, scripts)
         for p in report.ports:
-            known = sent.get((p.transport, p.port), set())
+            known, answers = learned.get((p.transport, p.port), (set(), set()))
             seen = {(str(s.client), s.start): all(r in known for r in scripts[id(s)][0].requests) for s in test
                     if (s.transport.value, s.server_port) == (p.transport, p.port)}
+            by_length = sorted(answers, key=lambda a: min(len(a), params.compare_bytes))
+            lengths = [min(len(a), params.compare_bytes) for a in by_length]
             merged.setdefault((p.target, p.transport, p.port), []).extend(
-                replace(score, seen=seen.get((score.client, score.start))) for score in p.sessions)
+                replace(score, seen=seen.get((score.client, score.start)),
+                        new_answer=_new_answer(score, answers, lengths, by_length, params)) for score in p.sessions)
         for reason, n in report.skipped.items():
             _skip(skipped, reason, n)
     ports = tuple(

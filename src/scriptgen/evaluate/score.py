@@ -84,6 +84,11 @@ class SessionScore:
     """Not carried, and at the failing answer the capture's server itself answered the same
     conversation (the same requests, in order, up to there) differently in another session:
     a nonce, a challenge, a time: the failure may be no fault of the target."""
+    new_answer: bool | None = None
+    """With a holdout, for a session not carried: whether the real server's answer where it
+    failed was new to the learner (no answer the learned sessions got is
+    `carried_similarity` similar to it). Such a failure asked for what the capture never
+    showed; the others are where the model chose wrong (None: not known)."""
 
     @property
     def similarity(self) -> float:
@@ -143,6 +148,12 @@ class PortReport:
     def varied(self) -> int:
         """Sessions not carried where the capture's server itself varied (SessionScore.varied)."""
         return sum(s.varied for s in self.sessions)
+
+    def new_answers(self) -> int | None:
+        """With a holdout: sessions not carried that failed at an answer new to the learner
+        (SessionScore.new_answer); None when not known."""
+        known = [s for s in self.sessions if s.new_answer is not None]
+        return sum(bool(s.new_answer) for s in known) if known else None
 
     def failures(self) -> dict[str, int]:
         """Sessions not carried, by the reason at their first failing answer."""
