@@ -335,6 +335,18 @@ def test_a_name_the_server_never_showed_is_answered_as_one_it_did_not_have():
 
 
 @TRICKLE
+def test_an_unknown_argument_is_answered_as_those_tried_once_rather_than_the_one_come_back_to(trickle):
+    # The right password came back session after session; a wrong one was tried once. A
+    # password never seen, a little nearer the right one byte for byte, is refused.
+    def login(password: bytes, answer: bytes):
+        return session((b"USER bob\r\n", b"331 Please specify the password.\r\n"), (b"PASS " + password + b"\r\n", answer),
+                       banner=BANNER)
+    sessions = [login(b"adm1n2024", b"230 Login successful.\r\n")] * 2 + [login(b"letmein", b"530 Login incorrect.\r\n")]
+    t = run(machine(sessions, macro=0.0), [b"USER bob\r\n", b"PASS admin\r\n"], trickle=trickle)
+    assert t.unmatched == ["nearest"] and t.answers[2] == b"530 Login incorrect.\r\n"
+
+
+@TRICKLE
 def test_among_similar_samples_one_of_the_same_command_answers(trickle):
     # Redis: a GET of the key a DEL was seen for is byte for byte nearer to that DEL than
     # to the GET of another key. The command is the request's first name.
