@@ -335,7 +335,7 @@ def test_a_name_the_server_never_showed_is_answered_as_one_it_did_not_have():
 
 
 @TRICKLE
-def test_an_unknown_argument_is_answered_as_those_tried_once_rather_than_the_one_come_back_to(trickle):
+def test_an_unknown_value_is_answered_as_those_tried_once_rather_than_the_one_come_back_to(trickle):
     # The right password came back session after session; a wrong one was tried once. A
     # password never seen, a little nearer the right one byte for byte, is refused.
     def login(password: bytes, answer: bytes):
@@ -344,6 +344,13 @@ def test_an_unknown_argument_is_answered_as_those_tried_once_rather_than_the_one
     sessions = [login(b"adm1n2024", b"230 Login successful.\r\n")] * 2 + [login(b"letmein", b"530 Login incorrect.\r\n")]
     t = run(machine(sessions, macro=0.0), [b"USER bob\r\n", b"PASS admin\r\n"], trickle=trickle)
     assert t.unmatched == ["nearest"] and t.answers[2] == b"530 Login incorrect.\r\n"
+    # nmap fetched the home page three times and probed one missing page: another page it
+    # never saw gets the 404, though byte for byte it is nearer the home page's request.
+    headers = b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0 (compatible; Nmap Scripting Engine)\r\n\r\n"
+    home, missing = b"HTTP/1.1 200 OK\r\n\r\nwelcome", b"HTTP/1.1 404 Not Found\r\n\r\nnot found"
+    pages = [session((b"GET /" + headers, home), port=80)] * 3 + [session((b"GET /sdk" + headers, missing), port=80)]
+    t = run(machine(pages, macro=0.0), [b"GET /HNAP1" + headers], trickle=trickle)
+    assert t.unmatched == ["nearest"] and t.answers[1] == missing
 
 
 @TRICKLE

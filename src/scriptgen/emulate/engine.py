@@ -256,7 +256,7 @@ _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")  # one line of text
 _TEXT = re.compile(rb"[\x20-\x7e\t\r\n]*")  # lines of text
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
-_ONCE_WEIGHT = 0.1  # a nearest one-line sample of the same command, sent in one session only: this much more similar
+_ONCE_WEIGHT = 0.1  # a nearest sample of text of the same command, sent in one session only: this much more similar
 
 
 def _first_line(data: bytes) -> bytes:
@@ -994,11 +994,11 @@ class Emulator:
         what the request asks for are both names the server has shown in an answer, or
         both names it never showed: lftp's `cd old-files` is nearer to its `cd archive`
         (550: not there) than to its `cd projects` (250: in the listing). Not for HTTP's or
-        binary requests, where it measured worse. For such a one-line request, a sample of
-        the same command that only one session sent counts a little more (_ONCE_WEIGHT): what
+        binary requests, where it measured worse. For a request of text, a sample of the
+        same command that only one session sent counts a little more (_ONCE_WEIGHT): what
         the learner never saw is more like what clients tried once (a wrong password, a
-        missing file) than what they came back to (the right password): `PASS toor` is
-        refused.
+        missing page) than what they came back to (the right password, the home page):
+        `PASS toor` is refused, nmap's `GET /HNAP1` gets a 404.
         Nor is such a one-line request of text taken for a sample of another command that
         the server answered by closing: an unknown command is not a goodbye (HTTP's closes
         follow the request's version and headers, not its method)."""
@@ -1009,14 +1009,15 @@ class Emulator:
         matcher.set_seq1(head)
         floor = self.params.similarity_floor
         names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
+        text = _TEXT.fullmatch(head) is not None
         if text_floor is not None:  # the last resort, for a request of text only
-            if not _TEXT.fullmatch(head):
+            if not text:
                 return None
             floor = text_floor
         shown, first = self.machine.shown, _first_name(head)
         # the most a key adds to a ratio
-        bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + (_LINE_WEIGHT if line is not None
-                                                    else _SHOWN_WEIGHT + _ONCE_WEIGHT if names else 0.0)
+        bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + _ONCE_WEIGHT + (_LINE_WEIGHT if line is not None
+                                                                   else _SHOWN_WEIGHT if names else 0.0)
         best, best_key = None, -1.0
         for t in candidates:
             if names and first != t.first_name and self.machine.states[t.target].closes_here:
@@ -1034,12 +1035,12 @@ class Emulator:
                 same_command = first == t.first_name
                 if same_command and first:
                     key += _COMMAND_WEIGHT
+                    if text and t.weight == 1:
+                        key += _ONCE_WEIGHT
                 if same_command and names:
                     ours, theirs = names - t.names, t.names - names  # what each asks for that the other does not
                     if ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
                         key += _SHOWN_WEIGHT
-                    if t.weight == 1:
-                        key += _ONCE_WEIGHT
                 if score >= floor and key > best_key:
                     best, best_key = t, key
         return best
