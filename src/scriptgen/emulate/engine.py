@@ -20,13 +20,12 @@ match nothing are taken as a request after `idle_gap` seconds. A datagram is alw
 request. Among matching transitions the one whose fixed bytes explain most of the input
 wins (then the heavier, then the older), unless the match went through a mutating region
 and another transition saw a sample with the request's first line. When none matches
-(docs/emulator.md), strongest
-evidence first: the same bytes learned in another state (preferably after the same
-answer); the transition of this state whose sample request is most similar, if at least
-`similarity_floor`; another state's pattern; the model's most similar sample (for a request
-of text, down to `text_floor`); else silence, or closing where the real server closed more
-often than not. A most-similar transition answers as it answered its sample, with the
-sample's pieces it repeated replaced by the request's own.
+(docs/emulator.md), strongest evidence first: the same bytes learned in another state
+(preferably after the same answer); the transition of this state whose sample request is
+most similar, if at least `similarity_floor`; another state's pattern; the model's most
+similar sample (for a request of text, down to `text_floor`); else silence, or closing
+where the real server closed more often than not. A most-similar transition answers as it
+answered its sample, with the sample's pieces it repeated replaced by the request's own.
 """
 
 from __future__ import annotations
@@ -348,8 +347,7 @@ def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
 
 class _State:
     __slots__ = ("id", "label", "announces", "literal", "patterns", "closes_here", "delay", "nearest", "by_line",
-                 "terminators",
-                 "framed", "longest_literal", "watch", "longest_terminator")
+                 "terminators", "framed", "longest_literal", "watch", "longest_terminator")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]

@@ -174,10 +174,10 @@ def _new_answer(score: SessionScore, answers: set[bytes], lengths: list[int], by
     if expected in answers:
         return False
     # similarity <= shorter / longer compared length: only answers of a near length can be
-    # similar enough, and they are a slice of the sorted list.
+    # similar enough, and they are a slice of the sorted list (a hair wider: float rounding).
     n, floor = min(len(expected), params.compare_bytes), params.carried_similarity
-    lo = bisect.bisect_left(lengths, math.ceil(n * floor))
-    hi = bisect.bisect_right(lengths, math.floor(n / floor)) if floor > 0 else len(lengths)
+    lo = bisect.bisect_left(lengths, math.ceil(n * floor - 1e-9))
+    hi = bisect.bisect_right(lengths, math.floor(n / floor + 1e-9)) if floor > 0 else len(lengths)
     return not any(similarity(expected, a, params.compare_bytes) >= floor for a in by_length[lo:hi])
 
 
