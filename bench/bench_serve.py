@@ -407,13 +407,11 @@ class ServerProcess:
 
 
 def run_client(main: Coroutine[Any, Any, None]) -> None:
-    # The client drives every server on uvloop when installed: the lighter the load
-    # generator, the more of the 2 cores is left to the server measured.
-    if _has_uvloop():
-        import uvloop
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
+    # The client drives every server on uvloop when installed (the loop `scriptgen serve`
+    # picks): the lighter the load generator, the more of the 2 cores is left to the server.
+    from scriptgen.serve.runtime import run
+
+    run(main)
 
 
 def load_phase(server: ServerProcess, clients: int, duration: float) -> Result:
@@ -540,7 +538,9 @@ def main() -> int:
     levels = [int(x) for x in args.levels.split(",")]
     fork_levels = {int(x) for x in args.fork_levels.split(",") if x.strip()}  # "": none
     servers = args.servers.split(",")
-    loop_name = "uvloop" if _has_uvloop() else "asyncio"
+    from scriptgen.serve.runtime import loop_factory
+
+    _, loop_name = loop_factory()
     print(f"bench_serve: {os.cpu_count()} cores, Python {sys.version.split()[0]}, event loop {loop_name}, "
           f"{args.duration:g}s per phase")
     results: dict[tuple[str, int], list[Result]] = {}
@@ -633,14 +633,6 @@ def count_instructions(args: argparse.Namespace) -> int:
             if totals.get(base):
                 print(f"serve / {base}: {totals['serve'] / totals[base]:.2f}x the instructions per session")
     return 0
-
-
-def _has_uvloop() -> bool:
-    try:
-        __import__("uvloop")
-    except ImportError:
-        return False
-    return True
 
 
 if __name__ == "__main__":
