@@ -318,6 +318,25 @@ def test_a_sample_with_the_requests_first_line_beats_a_wildcard_match(trickle):
     assert t.answers[1] == missing and t.unmatched == []
 
 
+@TRICKLE
+def test_a_request_through_a_wildcard_gets_the_answer_its_sample_got(trickle):
+    # FTP's SIZE of files, each its own size: one wildcard over the name, and a state with a
+    # label per size. A file the capture asked for gets its own size, not the most frequent.
+    def size(name: bytes, answer: bytes):
+        return session((b"SIZE " + name + b"\r\n", b"213 " + answer + b"\r\n"), banner=BANNER)
+    sessions = [size(b"notes.txt", b"21")] * 3 + [size(b"backup.txt", b"4096"), size(b"todo1.txt", b"12"),
+                                                  size(b"plans.txt", b"733"), size(b"plans.txt", b"735")]
+    m = machine(sessions)
+    (t,) = m.transitions.values()
+    assert t.literal is None and len(m.states[t.target].labels) == 5
+    for name, answer in ((b"backup.txt", b"4096"), (b"todo1.txt", b"12"), (b"notes.txt", b"21")):
+        out = run(m, [b"SIZE " + name + b"\r\n"], trickle=trickle)
+        assert out.unmatched == [] and out.answers[1] == b"213 " + answer + b"\r\n"
+    # A file it never saw, and one whose size changed between sessions: the most frequent.
+    for name in (b"other.txt", b"plans.txt"):
+        assert run(m, [b"SIZE " + name + b"\r\n"], trickle=trickle).answers[1] == b"213 21\r\n"
+
+
 def test_a_name_the_server_never_showed_is_answered_as_one_it_did_not_have():
     # lftp's `cd` into a directory the listing did not show: byte for byte nearer to the `cd`
     # into one it showed (250) than to the `cd` into one it did not (550).

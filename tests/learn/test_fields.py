@@ -97,6 +97,25 @@ def test_content_length_follows_an_echoed_body_and_date_is_now():
     assert answer == _http(long_path, wall)
 
 
+def test_every_label_of_a_state_gets_its_fields():
+    # Pages that differ in a number only: one wildcard, one state, a label per page. The
+    # emulator answers a page the capture asked for with its own label: its Date is now too.
+    # The page asked for three times, its answers alike but for the Date: one label.
+    def page(item: bytes, when: float) -> bytes:
+        body = b"<html>item " + item + b"</html>\n"
+        return (b"HTTP/1.1 200 OK\r\nDate: " + encode_clock(when, "http-date") + b"\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body)
+    items = [b"17", b"17", b"17", b"4242", b"9", b"310"]
+    sessions = [_timed(1_790_000_000.0 + 37 * i, b"GET /item?id=" + item + b" HTTP/1.1\r\n\r\n",
+                       page(item, 1_790_000_000.0 + 37 * i + 0.012)) for i, item in enumerate(items)]
+    (port,) = learn(sessions, LearnParams(jobs=1)).ports
+    assert [len(port.states[t.target].labels) for t in port.transitions.values()] == [1, 3]
+    labels = [label for state in port.states.values() for label in state.labels if label.parts]
+    assert all(any(isinstance(p, Clock) for p in label.parts) for label in labels), labels
+    wall = 1_800_000_000.0
+    assert _answer(_emulator(port, wall=wall), b"GET /item?id=4242 HTTP/1.1\r\n\r\n") == page(b"4242", wall)
+
+
 def test_rules_switched_off_give_the_echo_only_model():
     sessions = [_timed(1_790_000_000.0 + 37 * i, b"GET /" + n + b" HTTP/1.1\r\n\r\n",
                        _http(b"/" + n, 1_790_000_000.0 + 37 * i))

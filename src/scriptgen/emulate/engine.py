@@ -167,7 +167,7 @@ Event = Send | Input | Unmatched | Close | NeedData | Listen | Connect | Channel
 
 class _Transition:
     __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample", "requests",
-                 "defaults", "announce", "channel", "names", "first_name", "lines")
+                 "defaults", "announce", "channel", "names", "first_name", "lines", "label_of")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -213,6 +213,7 @@ class _Transition:
         self.regex = re.compile(b"".join(parts), re.DOTALL)
         self.literal = b"".join(fixed) if not self.groups else None  # matched by dict lookup
         self.requests = [base64.b64decode(pair[0]) for pair in doc["samples"]]  # seen on this edge
+        self.label_of: list[int] = []  # per sample: which of the target's labels it got (Machine)
         self.sample = self.requests[0] if self.requests else b""
         self.names = _names(self.sample[: params.compare_bytes])
         self.first_name = _first_name(self.sample)
@@ -346,14 +347,14 @@ def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
 
 
 class _State:
-    __slots__ = ("id", "label", "announces", "literal", "patterns", "closes_here", "delay", "nearest", "by_line",
+    __slots__ = ("id", "label", "labels", "announces", "literal", "patterns", "closes_here", "delay", "nearest", "by_line",
                  "terminators", "framed", "longest_literal", "watch", "longest_terminator")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
-        labels = doc["labels"]
         # The default answer: the most frequent label (the model lists it first).
-        self.label: list[_Part] = [_part(p) for p in labels[0]["parts"]] if labels else []
+        self.labels: list[list[_Part]] = [[_part(p) for p in label["parts"]] for label in doc["labels"][:_MAX_LABELS]]
+        self.label: list[_Part] = self.labels[0] if self.labels else []
         self.announces = any(isinstance(p, tuple) and p[0] == "port" for p in self.label)
         outgoing = [transitions[t] for t in doc["transitions"]]
         self.literal: dict[bytes, _Transition] = {}  # requests matched by a dict lookup
@@ -386,6 +387,7 @@ class _State:
         self.longest_terminator = 0
 
 
+_MAX_LABELS = 64  # the labels of a state an answer is chosen from (the most frequent)
 _MAX_FRAMED = 256  # transitions tried at the front of pipelined input, per state
 
 # An answer template's part: bytes; an int (the request's value of that region); or a
@@ -538,6 +540,30 @@ def _common_suffix(samples: list[bytes]) -> bytes:
     return samples[0][len(samples[0]) - n :] if n else b""
 
 
+def _could_make(label: list[_Part], answer: bytes) -> bool:
+    """Whether `label` could have made `answer`: its bytes there in order, anything in
+    place of its slots and fields (a glob match, linear: no regular expression to backtrack)."""
+    fixed = [p for p in label if isinstance(p, bytes)]
+    if len(fixed) == len(label):
+        return b"".join(fixed) == answer
+    pos, last = 0, len(label) - 1
+    for k, part in enumerate(label):
+        if not isinstance(part, bytes):
+            continue
+        if k == 0:
+            if not answer.startswith(part):
+                return False
+            pos = len(part)
+        elif k == last:
+            return answer.endswith(part) and len(answer) - len(part) >= pos
+        else:
+            pos = answer.find(part, pos)
+            if pos < 0:
+                return False
+            pos += len(part)
+    return True
+
+
 class Machine:
     """One port of a model, compiled for matching. Immutable; share it between connections."""
 
@@ -570,6 +596,12 @@ class Machine:
             name for state in port_doc["states"] for label in state["labels"] for part in label["parts"]
             if "bytes" in part for name in _NAMES.findall(base64.b64decode(part["bytes"])) if len(name) >= 3
         ).union(*(t.channel.shown for t in transitions.values() if t.channel is not None))
+        for doc in port_doc["transitions"]:  # which label each sample got, where there is a choice
+            labels = self.states[doc["target"]].labels
+            if len(labels) > 1:
+                transitions[doc["id"]].label_of = [
+                    next((i for i, label in enumerate(labels) if _could_make(label, base64.b64decode(pair[1]))), 0)
+                    for pair in doc["samples"]]
         for state in self.states.values():
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
             state.watch = sorted(watch)
@@ -578,6 +610,19 @@ class Machine:
     @property
     def datagram(self) -> bool:
         return self.transport == "udp"
+
+
+def _label_for(t: _Transition, request: bytes) -> int:
+    """Which of its target's labels `t` answers `request` with (the request, or the sample
+    it is answered as): the one its samples that were this very request got, else the one
+    those with its first line got (HTTP's `GET /favicon.ico` and `GET /HNAP1` through one
+    wildcard); the most frequent when none was, or when they got several (the server's
+    answer to one request varies: a time, a counter)."""
+    got = {i for r, i in zip(t.requests, t.label_of) if r == request}
+    if not got:
+        line = _first_line(request)
+        got = {i for r, i in zip(t.requests, t.label_of) if _first_line(r) == line}
+    return got.pop() if len(got) == 1 else 0
 
 
 # -- one connection --------------------------------------------------------------------------
@@ -607,7 +652,7 @@ class Emulator:
         self._closed = False
         self._version = 0  # bumped whenever the buffer changes
         self._cached: tuple[int, _Match | None] = (-1, None)
-        self._parked: tuple[_State, dict[int, bytes], float] | None = None  # an answer waiting for `listening`
+        self._parked: tuple[_State, dict[int, bytes], float, list[_Part]] | None = None  # an answer waiting for `listening`
         self._echo: tuple[bytes, bytes] | None = None  # (sample, request) of a nearest match, for its answer
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
@@ -721,9 +766,9 @@ class Emulator:
         listener; the answer then announces the port the capture had)."""
         if self._parked is None:
             return
-        state, values, now = self._parked
+        state, values, now, label = self._parked
         self._parked = None
-        self._send_answer(state, values, now, port, host)
+        self._send_answer(state, values, now, port, host, label)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -874,18 +919,20 @@ class Emulator:
                 self._events.append(Connect(port))
         if t.channel is not None:
             self._events.append(Channel(t.channel, data))
-        self._answer(self.machine.states[t.target], values, now)
+        target = self.machine.states[t.target]
+        self._answer(target, values, now, target.labels[_label_for(t, sample or data)] if t.label_of else None)
 
-    def _answer(self, state: _State, values: dict[int, bytes], now: float) -> None:
+    def _answer(self, state: _State, values: dict[int, bytes], now: float, label: list[_Part] | None = None) -> None:
+        label = state.label if label is None else label
         if state.announces:
             self._events.append(Listen(state.id))
-            self._parked = (state, values, now)
+            self._parked = (state, values, now, label)
             return
-        self._send_answer(state, values, now, None, None)
+        self._send_answer(state, values, now, None, None, label)
 
     def _send_answer(self, state: _State, values: dict[int, bytes], now: float, port: int | None,
-                     host: str | None) -> None:
-        answer = self._render(state.label, values, now, port, host)
+                     host: str | None, label: list[_Part]) -> None:
+        answer = self._render(label, values, now, port, host)
         if self._echo is not None:
             for old, new in _echoes(*self._echo, answer, self.params.compare_bytes):
                 answer = _replace_words(answer, old, new)

@@ -35,7 +35,7 @@ from scriptgen.model import (
     Clock, Count, Framing, Length, Part, Port, Region, Slot, Token, TokenSpec,
 )
 
-__all__ = ["AnswerSample", "Tokens", "decode_int", "decode_clock", "generalise", "find_framing", "tokenise_pattern",
+__all__ = ["AnswerSample", "Tokens", "decode_int", "decode_clock", "explains", "generalise", "find_framing", "tokenise_pattern",
            "charset", "request_values", "splice"]
 
 
@@ -251,6 +251,22 @@ def _port_size(data: bytes, at: int, encoding: str) -> int | None:
     return m.end() - at if m else None
 
 
+def explains(template: tuple[Part, ...], samples: Sequence[AnswerSample], tokens: Tokens) -> bool:
+    """Whether the template could have made one of the samples: its bytes as they are
+    there, its fields of a size that fits between them."""
+    for s in samples:
+        at = 0
+        for part in template:
+            size = _size(part, s, at, tokens)
+            if size is None or isinstance(part, bytes) and s.answer[at : at + size] != part:
+                break
+            at += size
+        else:
+            if at == len(s.answer):
+                return True
+    return False
+
+
 def _fits(template: tuple[Part, ...], samples: Sequence[AnswerSample], tokens: Tokens) -> list[_Fit]:
     """Samples the template explains (byte parts may differ in content, not in length;
     echoes must hold), one per session."""
@@ -314,6 +330,8 @@ class _RequestInts:
 
     def __init__(self, pattern: Sequence[Region], fits: list[_Fit]) -> None:
         self.series: list[tuple[int, int, str, list[int]]] = []
+        if len(fits) < 2:  # a series needs two values (one sample: a label the capture gave once)
+            return
         for region, values in request_values(pattern, fits):
             lengths = {len(v) for v in values}
             for encoding in _INT_ORDER:

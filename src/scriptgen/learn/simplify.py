@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from scriptgen.learn import align
 from scriptgen.learn.builder import RawEdge, RawNode, RawTree, build, label_list
 from scriptgen.learn.regions import make_regions, microclusters, region_of, values
-from scriptgen.learn.fields import Tokens, find_framing, generalise, splice, tokenise_pattern
+from scriptgen.learn.fields import AnswerSample, Tokens, explains, find_framing, generalise, splice, tokenise_pattern
 from scriptgen.model import Announce, Count, Label, Link, Part, PortModel, Region, Slot, State, Transition
 from scriptgen.params import LearnParams
 
@@ -85,8 +85,7 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
         for i, ((node, sid, way_in), edges) in enumerate(zip(level, edges_of)):
             labels = label_list(node.labels)
             if labels and params.rules:
-                default = generalise(labels[0].parts, node.answers, way_in, tokens, params.rules)
-                labels = (Label(default, labels[0].count), *labels[1:])
+                labels = _generalised(labels, node.answers, way_in, tokens, params.rules)
             clusters = found[i] if i in found else cluster_requests(requests[i], params)
             out: list[int] = []
             for cluster in clusters:
@@ -239,6 +238,23 @@ def _split(edges: list[Request], rows: list[list[int]], tails: list[bytes], para
             result.extend(_split([edges[i] for i in members], [rows[i] for i in members],
                                  [tails[i] for i in members], params, True))
     return result
+
+
+def _generalised(labels: tuple[Label, ...], answers: Sequence[AnswerSample], way_in: tuple[Region, ...],
+                 tokens: Tokens, rules: Sequence[str]) -> tuple[Label, ...]:
+    """The labels with their fields: the most frequent, and each other one a kept sample
+    was (the emulator may answer with any: docs/emulator.md). One the most frequent could
+    have made, with its fields (an answer that differed in a date, a session id), is
+    counted as it; others that become one template are made one."""
+    default = generalise(labels[0].parts, answers, way_in, tokens, rules)
+    counts = {default: labels[0].count}
+    for label in labels[1:]:
+        parts = label.parts
+        made = [a for a in answers if parts == ((a.answer,) if a.answer else ())]
+        if made:
+            parts = default if explains(default, made, tokens) else generalise(parts, made, way_in, tokens, rules)
+        counts[parts] = counts.get(parts, 0) + label.count
+    return tuple(Label(parts, count) for parts, count in sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _by_answer(cluster: Cluster, params: LearnParams) -> list[list[int]]:
