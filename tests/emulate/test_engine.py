@@ -4,6 +4,7 @@ whole messages, and trickled one byte at a time."""
 from __future__ import annotations
 
 import ast
+import random
 import sys
 from pathlib import Path
 
@@ -92,8 +93,28 @@ def test_text_like_nothing_learned_is_answered_rather_than_met_with_silence(tric
              for p in (b"index.html", b"about.html", b"news.html")]
     t = run(machine(pages), [b"GET / HTTP/1.0\r\n\r\n"], trickle=trickle)
     assert t.unmatched == ["nearest"] and t.answers[1].startswith(b"HTTP/1.1 200 OK")
-    # Bytes that are not text still meet silence (binary garbage, scans).
+    # Bytes like nothing learned still meet silence (a TLS hello to a web server).
     t = run(machine(pages), [b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"], trickle=trickle)
+    assert t.unmatched == ["silence"] and t.answers == [b"", b""]
+
+
+@TRICKLE
+def test_a_binary_request_like_nothing_learned_but_half_like_one_is_answered_as_it(trickle):
+    # nmap's SMB write of 900 bytes to a pipe: its header is that of the writes learned,
+    # its data is not, and it is less than half like any. The server answered it, as it
+    # answered them; random bytes of its length still meet silence.
+    rng = random.Random(7)
+
+    def blob(n: int) -> bytes:
+        return bytes(rng.randrange(256) for _ in range(n))
+    header = b"\xffSMB/\x00\x00\x00\x00\x18\x07\xc8"
+    written = b"\x00\x00\x00\x2f\xffSMB/\x00\x00\x00\x00\x98\x07\xc8\x06\x00"
+    m = machine([session((b"\x00\x00\x00\x40" + header + blob(16) + b"\x00" * 40 + blob(8), written), port=445)
+                 for _ in range(3)])
+    request = b"\x00\x00\x00\xb4" + header + blob(16) + b"\x00" * 40 + blob(120)
+    t = run(m, [request], trickle=trickle)
+    assert t.unmatched == ["nearest"] and t.answers[1] == written
+    t = run(m, [blob(len(request))], trickle=trickle)
     assert t.unmatched == ["silence"] and t.answers == [b"", b""]
 
 
@@ -190,7 +211,7 @@ def test_pipelined_requests_are_split_and_answered_in_order():
 
 
 def test_pipelined_unknown_lines_are_cut_at_the_models_terminator():
-    t = run(ftp(), [b"ZZZZZZZZ1\r\nZZZZZZZZ2\r\nSYST\r\n"])  # lines less than text_floor like any learned
+    t = run(ftp(), [b"ZZZZZZZZ1\r\nZZZZZZZZ2\r\nSYST\r\n"])  # lines less than last_floor like any learned
     assert t.answers[1] == b"215 UNIX Type: L8\r\n" and t.unmatched == ["silence", "silence"]
 
 

@@ -23,7 +23,7 @@ and another transition saw a sample with the request's first line. When none mat
 (docs/emulator.md), strongest evidence first: the same bytes learned in another state
 (preferably after the same answer); the transition of this state whose sample request is
 most similar, if at least `similarity_floor`; another state's pattern; the model's most
-similar sample (for a request of text, down to `text_floor`); else silence, or closing
+similar sample (if none reaches `similarity_floor`, down to `last_floor`); else silence, or closing
 where the real server closed more often than not. A most-similar transition answers as it
 answered its sample, with the sample's pieces it repeated replaced by the request's own.
 """
@@ -60,10 +60,10 @@ class EmulatorParams:
     """Unmatched input takes the transition with the most similar sample request, if at
     least this similar (difflib ratio over the first `compare_bytes` bytes)."""
 
-    text_floor: float = 0.3
-    """A request of text (printable lines) that nothing else answers takes the model's
-    most similar sample request if at least this similar (rather than silence): a text
-    protocol's server answers every command, if only to refuse it."""
+    last_floor: float = 0.3
+    """A request that nothing else answers takes the model's most similar sample request
+    if at least this similar (rather than silence): a server answers every command, if
+    only to refuse it. Random bytes stay below it."""
 
     compare_bytes: int = 256
     """Bytes compared when looking for the nearest transition (bounds the cost)."""
@@ -887,9 +887,7 @@ class Emulator:
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
                     if match is None:
-                        t = self._nearest(self.machine.nearest, data)
-                        if t is None:
-                            t = self._nearest(self.machine.nearest, data, self.params.text_floor)
+                        t = self._nearest(self.machine.nearest, data, self.params.last_floor)
             if match is not None:
                 self._events.append(Unmatched(data, state.id, "elsewhere"))
         if match is None:
@@ -1021,11 +1019,11 @@ class Emulator:
 
         return max(found, key=rank)
 
-    def _nearest(self, candidates: list[_Transition], data: bytes, text_floor: float | None = None
+    def _nearest(self, candidates: list[_Transition], data: bytes, last_floor: float | None = None
                  ) -> _Transition | None:
         """The candidate (this state's, or the model's heaviest) whose sample request is
-        most similar to `data`, if at least the floor (`text_floor`, when given, instead:
-        the last resort, for a request of text only). Among those, one that begins as the
+        most similar to `data`, if at least `similarity_floor`; else, when `last_floor` is
+        given (the last resort), the most similar at least that (one pass for both). Among those, one that begins as the
         request does is preferred (_PREFIX_WEIGHT): the start of a message says what it is
         (a command, a method, an opcode), and nmap's `HEAD /` with its headers in another
         order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The first
@@ -1053,17 +1051,15 @@ class Emulator:
         matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", b"", autojunk=False)
         matcher.set_seq1(head)
         floor = self.params.similarity_floor
+        low = floor if last_floor is None else min(floor, last_floor)
         names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
         text = _TEXT.fullmatch(head) is not None
-        if text_floor is not None:  # the last resort, for a request of text only
-            if not text:
-                return None
-            floor = text_floor
         shown, first = self.machine.shown, _first_name(head)
         # the most a key adds to a ratio
         bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + _ONCE_WEIGHT + (_LINE_WEIGHT if line is not None
                                                                    else _SHOWN_WEIGHT if names else 0.0)
-        best, best_key = None, -1.0
+        best, best_key = None, -1.0  # at least `floor`
+        last, last_key = None, -1.0  # at least `low` (so last_key >= best_key)
         for t in candidates:
             if names and first != t.first_name and self.machine.states[t.target].closes_here:
                 continue  # another command is no goodbye: FTP's CDUP is not the QUIT it resembles
@@ -1072,7 +1068,7 @@ class Emulator:
             # The quick upper bounds rule most candidates out before the full ratio.
             for quick in (matcher.real_quick_ratio, matcher.quick_ratio):
                 bound = quick()
-                if bound < floor or bound + bonus <= best_key:
+                if bound < low or bound + bonus <= best_key or (bound < floor and bound + bonus <= last_key):
                     break
             else:
                 score = matcher.ratio()
@@ -1088,4 +1084,6 @@ class Emulator:
                         key += _SHOWN_WEIGHT
                 if score >= floor and key > best_key:
                     best, best_key = t, key
-        return best
+                if score >= low and key > last_key:
+                    last, last_key = t, key
+        return best if best is not None else last
