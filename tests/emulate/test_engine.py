@@ -249,6 +249,16 @@ def test_an_unknown_command_near_another_gets_its_own_name_and_argument_repeated
     assert answer == b"-ERR unknown command 'FLUSHEVERYTHING', with args beginning with: 'now' \r\n"
 
 
+def test_line_ends_and_punctuation_are_not_echoed_as_a_value():
+    # Redis inline commands, pipelined, near a pipelined RESP sample: the "\r\n$" the sample
+    # and its answer share is syntax. Replaced by the request's "\r\nQUIT" it made the
+    # answer "+PONG\r\nQUIT11\r\n...", which no Redis client can read.
+    sessions = [session((b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$8\r\napp:name\r\n", b"+PONG\r\n$11\r\ncorpus-shop\r\n"),
+                        port=6379)]
+    t = run(machine(sessions), [b"PING\r\nINFO keyspace\r\nQUIT\r\n"])
+    assert t.unmatched == ["nearest"] and t.answers[1] == b"+PONG\r\n$11\r\ncorpus-shop\r\n"
+
+
 def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned():
     # The headers came in another order: "Connection: close" moved, it did not change.
     sessions = [session((b"HEAD / HTTP/1.1\r\nConnection: close\r\nUser-Agent: scanner/1.0\r\n\r\n",

@@ -295,12 +295,16 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
             at.setdefault(w, []).append(j)
         if j + 1 < len(a):
             at.setdefault((w, a[j + 1]), []).append(j)
+    # In text, a piece of punctuation and line ends only is syntax, not a value: Redis's
+    # "\r\n$" replaced by an inline command's "\r\nQUIT" broke the answer's RESP.
+    text = _TEXT.fullmatch(sample[:limit]) is not None
     pieces = []  # (first word, words): the longest run of the sample's words the answer has, from each word
     i = 0
     while i < len(s):
         starts = at.get(s[i], []) + (at.get((s[i], s[i + 1]), []) if i + 1 < len(s) else [])
         n = max((_common_words(s, i, a, j) for j in starts), default=0)
-        if n and sum(len(w) for w in s[i : i + n]) >= _MIN_ECHO:
+        if (n and sum(len(w) for w in s[i : i + n]) >= _MIN_ECHO
+                and (not text or any(w[:1].isalnum() for w in s[i : i + n]))):
             pieces.append((i, n))
         i += n or 1
     if not pieces:
@@ -318,8 +322,7 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
     # In text, words of the sample the request has nothing in place of: a piece holding one
     # is left as learned (difflib took HTTP/1.0's "0" for curl/8.0's, and HTTP/1.1 became
     # "HTTP/1."). Not in binary, where such pieces measured better replaced.
-    dropped = ({i for tag, i1, i2, _, _ in ops if tag == "delete" for i in range(i1, i2)}
-               if _TEXT.fullmatch(sample[:limit]) else set())
+    dropped = {i for tag, i1, i2, _, _ in ops if tag == "delete" for i in range(i1, i2)} if text else set()
     pairs = []
     for i, n in pieces:
         old = b"".join(s[i : i + n])
