@@ -4,14 +4,18 @@ whole messages, and trickled one byte at a time."""
 from __future__ import annotations
 
 import ast
+import difflib
 import random
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import scriptgen.emulate
 from scriptgen.emulate import Emulator, EmulatorParams, Machine, NeedData, Send
+from scriptgen.emulate.engine import _byte_counts, _shared_bytes
 from scriptgen.learn import learn
 from scriptgen.model import Sender
 from scriptgen.modelfile import port_doc
@@ -179,6 +183,19 @@ def test_oversized_input_is_bounded():
     for i in range(300):
         conn.receive_data(b"A" * 4096, 0.0)  # 1.2 MB without a terminator
     assert len(conn._buffer) < m.params.max_request_bytes  # taken as requests, not hoarded
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_the_nearest_searchs_byte_bound_is_difflibs_quick_ratio(a, b):
+    # The search rules candidates out by this bound before the full ratio: a bound lower
+    # than difflib's would drop a candidate the ratio would have chosen.
+    ours = [0] * 256
+    for value in a:
+        ours[value] += 1
+    size = len(a) + len(b)
+    bound = 2.0 * _shared_bytes(ours, _byte_counts(b)) / size if size else 1.0
+    assert bound == difflib.SequenceMatcher(None, a, b, autojunk=False).quick_ratio()
 
 
 def test_emulate_imports_only_the_standard_library_and_itself():
