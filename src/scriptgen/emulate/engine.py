@@ -1086,29 +1086,30 @@ class Emulator:
                 continue  # another command is no goodbye: FTP's CDUP is not the QUIT it resembles
             sample = t.sample[: self.params.compare_bytes]
             # Upper bounds of the ratio rule most candidates out before it is worked out:
-            # difflib's real_quick_ratio and quick_ratio, from the lengths and from byte
-            # counts made once (difflib's would count the sample's bytes at every call).
+            # difflib's real_quick_ratio (from the lengths), then, with what this sample's
+            # key adds to its ratio, its quick_ratio (from the byte counts each keeps).
             size = len(head) + len(sample)
-            for quick in range(2):
-                shared = _shared_bytes(counts, t.counts) if quick else min(len(head), len(sample))
-                bound = 2.0 * shared / size if size else 1.0
-                if bound < low or bound + bonus <= best_key or (bound < floor and bound + bonus <= last_key):
-                    break
-            else:
-                matcher.set_seq2(sample)
-                score = matcher.ratio()
-                key = score + _PREFIX_WEIGHT * _common_start(head, sample) + _LINE_WEIGHT * _same_line(line, sample)
-                same_command = first == t.first_name
-                if same_command and first:
-                    key += _COMMAND_WEIGHT
-                    if text and t.weight == 1:
-                        key += _ONCE_WEIGHT
-                if same_command and names:
-                    ours, theirs = names - t.names, t.names - names  # what each asks for that the other does not
-                    if ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
-                        key += _SHOWN_WEIGHT
-                if score >= floor and key > best_key:
-                    best, best_key = t, key
-                if score >= low and key > last_key:
-                    last, last_key = t, key
+            bound = 2.0 * min(len(head), len(sample)) / size if size else 1.0
+            if bound < low or bound + bonus <= best_key or (bound < floor and bound + bonus <= last_key):
+                continue
+            extra = _PREFIX_WEIGHT * _common_start(head, sample) + _LINE_WEIGHT * _same_line(line, sample)
+            same_command = first == t.first_name
+            if same_command and first:
+                extra += _COMMAND_WEIGHT
+                if text and t.weight == 1:
+                    extra += _ONCE_WEIGHT
+            if same_command and names:
+                ours, theirs = names - t.names, t.names - names  # what each asks for that the other does not
+                if ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
+                    extra += _SHOWN_WEIGHT
+            bound = 2.0 * _shared_bytes(counts, t.counts) / size if size else 1.0
+            if bound < low or bound + extra <= best_key or (bound < floor and bound + extra <= last_key):
+                continue
+            matcher.set_seq2(sample)
+            score = matcher.ratio()
+            key = score + extra
+            if score >= floor and key > best_key:
+                best, best_key = t, key
+            if score >= low and key > last_key:
+                last, last_key = t, key
         return best if best is not None else last

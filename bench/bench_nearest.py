@@ -1,0 +1,105 @@
+"""Unmatched-request benchmark: the emulator's cost for requests no transition matches.
+
+    .venv/bin/python bench/bench_nearest.py               # ~1 minute
+    .venv/bin/python bench/bench_nearest.py --sessions 4000 --requests 300
+
+Attackers send what the capture never showed; each such request is compared with up to
+`nearest_candidates` samples of its state and four times as many of the model
+(docs/emulator.md, "When nothing matches"), and random bytes are compared with all of them
+before they meet silence. What it does:
+ 1. Learns a model of N synthetic FTP-like sessions (bench_learn.py's, seeded).
+ 2. Answers R requests of each kind, one fresh connection each, right after the banner:
+    random bytes (1000), an unknown command of text, and a learned command with an unseen
+    argument. Times the emulator per request (CPU time, best of --repeat rounds).
+ 3. Reference, same process, same candidates: the search as difflib alone makes it
+    (`real_quick_ratio`, `quick_ratio`, `ratio` on a SequenceMatcher given each sample),
+    without the emulator's bonuses; its cost per request is printed next to ours, and
+    the ratio reference / ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_learn import make_sessions  # noqa: E402
+
+from scriptgen.emulate import Emulator, Machine, NeedData  # noqa: E402
+from scriptgen.learn import learn  # noqa: E402
+from scriptgen.modelfile import port_doc  # noqa: E402
+from scriptgen.params import LearnParams  # noqa: E402
+
+
+def requests(kind: str, count: int, rng: random.Random) -> list[bytes]:
+    if kind == "random bytes":
+        return [rng.randbytes(1000) for _ in range(count)]
+    if kind == "unknown command":
+        return [b"XQZV%d %s\r\n" % (i, rng.randbytes(6).hex().encode()) for i in range(count)]
+    return [b"USER %s\r\n" % rng.randbytes(5).hex().encode() for _ in range(count)]
+
+
+def ours(machine: Machine, batch: list[bytes]) -> float:
+    """CPU seconds to answer each request on a fresh connection (banner sent first)."""
+    start = time.process_time()
+    for data in batch:
+        conn = Emulator(machine, 0.0)
+        conn.next_event(0.0)
+        conn.receive_data(data, 0.0)
+        now = 0.0
+        for _ in range(8):
+            event = conn.next_event(now)
+            if isinstance(event, NeedData):
+                if event.wake_at is None:
+                    break
+                now = event.wake_at
+    return time.process_time() - start
+
+
+def reference(machine: Machine, batch: list[bytes]) -> float:
+    """The same candidates searched with difflib alone, at `similarity_floor`."""
+    root = machine.states[machine.root]
+    floor, limit = machine.params.similarity_floor, machine.params.compare_bytes
+    start = time.process_time()
+    for data in batch:
+        head = data[:limit]
+        for candidates in (root.nearest, machine.nearest):
+            matcher = difflib.SequenceMatcher(None, head, b"", autojunk=False)
+            best = 0.0
+            for t in candidates:
+                matcher.set_seq2(t.sample[:limit])
+                if matcher.real_quick_ratio() >= floor and matcher.quick_ratio() >= floor:
+                    best = max(best, matcher.ratio())
+    return time.process_time() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=2000, help="synthetic sessions learned (default 2000)")
+    parser.add_argument("--requests", type=int, default=200, help="requests of each kind (default 200)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the fastest is kept (default 3)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    (port,) = learn(make_sessions(args.sessions, args.seed), LearnParams(jobs=1)).ports
+    machine = Machine(port_doc(port))
+    root = machine.states[machine.root]
+    print(f"model: {len(machine.transitions)} transitions; candidates: {len(root.nearest)} of the root state, "
+          f"{len(machine.nearest)} of the model")
+    print(f"{'request':<18}{'ours ms':>10}{'difflib ms':>12}{'ratio':>8}")
+    rng = random.Random(args.seed)
+    for kind in ("random bytes", "unknown command", "unseen argument"):
+        batch = requests(kind, args.requests, rng)
+        a = min(ours(machine, batch) for _ in range(args.repeat)) / len(batch) * 1e3
+        b = min(reference(machine, batch) for _ in range(args.repeat)) / len(batch) * 1e3
+        print(f"{kind:<18}{a:>10.3f}{b:>12.3f}{b / a:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
