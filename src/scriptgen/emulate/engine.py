@@ -23,8 +23,8 @@ and another transition saw a sample with the request's first line. When none mat
 (docs/emulator.md), strongest evidence first: the same bytes learned in another state
 (preferably after the same answer); the transition of this state whose sample request is
 most similar, if at least `similarity_floor`; another state's pattern; the model's most
-similar sample (if none reaches `similarity_floor`, down to `last_floor`); else silence, or closing
-where the real server closed more often than not. A most-similar transition answers as it
+similar sample (if none reaches `similarity_floor`, down to `last_floor`); else silence,
+or closing where the real server closed more often than not. A most-similar transition answers as it
 answered its sample, with the sample's pieces it repeated replaced by the request's own.
 """
 
@@ -167,8 +167,8 @@ Event = Send | Input | Unmatched | Close | NeedData | Listen | Connect | Channel
 
 
 class _Transition:
-    __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample", "requests",
-                 "defaults", "announce", "channel", "names", "first_name", "lines", "label_of", "counts")
+    __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample",
+                 "requests", "defaults", "announce", "channel", "names", "first_name", "lines", "label_of", "counts")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -365,8 +365,8 @@ def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
 
 
 class _State:
-    __slots__ = ("id", "label", "labels", "announces", "literal", "patterns", "closes_here", "delay", "nearest", "by_line",
-                 "terminators", "framed", "longest_literal", "watch", "longest_terminator")
+    __slots__ = ("id", "label", "labels", "announces", "literal", "patterns", "closes_here", "delay", "nearest",
+                 "by_line", "terminators", "framed", "longest_literal", "watch", "longest_terminator")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -670,7 +670,8 @@ class Emulator:
         self._closed = False
         self._version = 0  # bumped whenever the buffer changes
         self._cached: tuple[int, _Match | None] = (-1, None)
-        self._parked: tuple[_State, dict[int, bytes], float, list[_Part]] | None = None  # an answer waiting for `listening`
+        # an answer waiting for `listening`: (state, values, now, label)
+        self._parked: tuple[_State, dict[int, bytes], float, list[_Part]] | None = None
         self._echo: tuple[bytes, bytes] | None = None  # (sample, request) of a nearest match, for its answer
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
@@ -1039,28 +1040,27 @@ class Emulator:
 
     def _nearest(self, candidates: list[_Transition], data: bytes, last_floor: float | None = None
                  ) -> _Transition | None:
-        """The candidate (this state's, or the model's heaviest) whose sample request is
-        most similar to `data`, if at least `similarity_floor`; else, when `last_floor` is
-        given (the last resort), the most similar at least that (one pass for both). Among those, one that begins as the
-        request does is preferred (_PREFIX_WEIGHT): the start of a message says what it is
-        (a command, a method, an opcode), and nmap's `HEAD /` with its headers in another
-        order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The first
-        line counts twice (_LINE_WEIGHT): in a text protocol it names the command and its
-        object, what follows is detail (curl's `GET /files/` is wget's `GET /files/` with
-        other headers, not curl's `GET /files/prices.csv`). A sample of the same command (the
-        first name: FTP's verb, Redis's first argument) counts more again (_COMMAND_WEIGHT):
-        Redis's `GET app:name` is a GET of another key, not the `DEL app:name` it shares more
-        bytes with. For a request of one line of text (a command and what it asks for), a
-        sample of the same command counts more (_SHOWN_WEIGHT) when what it asks for and
-        what the request asks for are both names the server has shown in an answer, or
-        both names it never showed: lftp's `cd old-files` is nearer to its `cd archive`
-        (550: not there) than to its `cd projects` (250: in the listing). Not for HTTP's or
-        binary requests, where it measured worse. For a request of text, a sample of the
-        same command that only one session sent counts a little more (_ONCE_WEIGHT): what
-        the learner never saw is more like what clients tried once (a wrong password, a
-        missing page) than what they came back to (the right password, the home page):
-        `PASS toor` is refused, nmap's `GET /HNAP1` gets a 404.
-        Nor is such a one-line request of text taken for a sample of another command that
+        """The candidate (this state's, or the model's heaviest) whose sample request is most
+        similar to `data`, if at least `similarity_floor`; else, when `last_floor` is given (the
+        last resort), the most similar at least that (one pass for both). Among those, one that
+        begins as the request does is preferred (_PREFIX_WEIGHT): the start of a message says
+        what it is (a command, a method, an opcode), and nmap's `HEAD /` with its headers in
+        another order was more similar, byte for byte, to its `GET /nmaplowercheck...`. The
+        first line counts twice (_LINE_WEIGHT): in a text protocol it names the command and its
+        object, what follows is detail (curl's `GET /files/` is wget's `GET /files/` with other
+        headers, not curl's `GET /files/prices.csv`). A sample of the same command (the first
+        name: FTP's verb, Redis's first argument) counts more again (_COMMAND_WEIGHT): Redis's
+        `GET app:name` is a GET of another key, not the `DEL app:name` it shares more bytes
+        with. For a request of one line of text (a command and what it asks for), a sample of
+        the same command counts more (_SHOWN_WEIGHT) when what it asks for and what the request
+        asks for are both names the server has shown in an answer, or both names it never
+        showed: lftp's `cd old-files` is nearer to its `cd archive` (550: not there) than to its
+        `cd projects` (250: in the listing). Not for HTTP's or binary requests, where it
+        measured worse. For a request of text, a sample of the same command that only one
+        session sent counts a little more (_ONCE_WEIGHT): what the learner never saw is more
+        like what clients tried once (a wrong password, a missing page) than what they came back
+        to (the right password, the home page): `PASS toor` is refused, nmap's `GET /HNAP1` gets
+        a 404. Nor is such a one-line request of text taken for a sample of another command that
         the server answered by closing: an unknown command is not a goodbye (HTTP's closes
         follow the request's version and headers, not its method)."""
         head = data[: self.params.compare_bytes]

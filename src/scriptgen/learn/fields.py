@@ -35,8 +35,8 @@ from scriptgen.model import (
     Clock, Count, Framing, Length, Part, Port, Region, Slot, Token, TokenSpec,
 )
 
-__all__ = ["AnswerSample", "Tokens", "decode_int", "decode_clock", "explains", "generalise", "find_framing", "tokenise_pattern",
-           "charset", "request_values", "splice"]
+__all__ = ["AnswerSample", "Tokens", "decode_int", "decode_clock", "explains", "generalise", "find_framing",
+           "tokenise_pattern", "charset", "request_values", "splice"]
 
 
 @dataclass(frozen=True, slots=True)
