@@ -120,6 +120,10 @@ def test_a_binary_request_like_nothing_learned_but_half_like_one_is_answered_as_
     assert t.unmatched == ["nearest"] and t.answers[1] == written
     t = run(m, [blob(len(request))], trickle=trickle)
     assert t.unmatched == ["silence"] and t.answers == [b"", b""]
+    # As half like, but not of the writes' kind (its first byte, the message type, differs):
+    # that much in common is chance.
+    t = run(m, [b"\x85" + request[1:]], trickle=trickle)
+    assert t.unmatched == ["silence"] and t.answers == [b"", b""]
 
 
 @TRICKLE

@@ -1110,6 +1110,8 @@ class Emulator:
             key = score + extra
             if score >= floor and key > best_key:
                 best, best_key = t, key
-            if score >= low and key > last_key:
+            # The last resort takes a binary request only to a sample that begins as it does
+            # (a message type, a magic number): with nothing else alike, 0.3 is chance.
+            if score >= low and key > last_key and (text or score >= floor or head[:1] == sample[:1]):
                 last, last_key = t, key
         return best if best is not None else last
