@@ -254,17 +254,7 @@ def _port_size(data: bytes, at: int, encoding: str) -> int | None:
 def explains(template: tuple[Part, ...], samples: Sequence[AnswerSample], tokens: Tokens) -> bool:
     """Whether the template could have made one of the samples: its bytes as they are
     there, its fields of a size that fits between them."""
-    for s in samples:
-        at = 0
-        for part in template:
-            size = _size(part, s, at, tokens)
-            if size is None or isinstance(part, bytes) and s.answer[at : at + size] != part:
-                break
-            at += size
-        else:
-            if at == len(s.answer):
-                return True
-    return False
+    return any(_starts(template, s, tokens, exact=True) is not None for s in samples)
 
 
 def _fits(template: tuple[Part, ...], samples: Sequence[AnswerSample], tokens: Tokens) -> list[_Fit]:
@@ -275,18 +265,24 @@ def _fits(template: tuple[Part, ...], samples: Sequence[AnswerSample], tokens: T
     for s in samples:
         if s.session in seen:
             continue
-        starts, at = [], 0
-        for part in template:
-            starts.append(at)
-            size = _size(part, s, at, tokens)
-            if size is None:
-                break
-            at += size
-        else:
-            if at == len(s.answer):
-                fits.append(_Fit(s, starts))
-                seen.add(s.session)
+        starts = _starts(template, s, tokens)
+        if starts is not None:
+            fits.append(_Fit(s, starts))
+            seen.add(s.session)
     return fits
+
+
+def _starts(template: tuple[Part, ...], s: AnswerSample, tokens: Tokens, exact: bool = False) -> list[int] | None:
+    """Where each part of the template starts in `s.answer`, if the parts' sizes lay it out
+    whole (and, `exact`, its byte parts are the answer's bytes there); else None."""
+    starts, at = [], 0
+    for part in template:
+        starts.append(at)
+        size = _size(part, s, at, tokens)
+        if size is None or exact and isinstance(part, bytes) and s.answer[at : at + size] != part:
+            return None
+        at += size
+    return starts if at == len(s.answer) else None
 
 
 def _size(part: Part, s: AnswerSample, at: int, tokens: Tokens) -> int | None:
