@@ -289,6 +289,17 @@ def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned()
     assert nearest_answer(sessions, request) == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
 
 
+def test_a_header_name_is_not_taken_for_the_value_that_stands_in_its_place():
+    # curl's GET without a Connection header, and a HEAD with "Connection: close": word for
+    # word, the sample's "Accept" stood where the request has "close", and nginx's
+    # "Accept-Ranges" became "close-Ranges".
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nAccept-Ranges: bytes\r\n\r\nhello"
+    sessions = [session((b"GET /about.html HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n\r\n", answer), port=80),
+                session((b"QUIT\r\n", b"221 bye\r\n"), port=80)]
+    request = b"HEAD /about.html HTTP/1.1\r\nHost: www01\r\nConnection: close\r\n\r\n"
+    assert nearest_answer(sessions, request) == answer
+
+
 def test_requests_answered_alike_that_lead_to_different_states_stay_apart():
     # Every USER gets 331; what the same PASS gets next tells the users apart. Merged,
     # "PASS right" was 230 for any user, and a brute force found every user "valid".

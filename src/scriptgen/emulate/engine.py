@@ -358,9 +358,11 @@ def _common_words(s: list[bytes], i: int, a: list[bytes], j: int) -> int:
 
 
 def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
-    """`text` with `old` replaced by `new` where it stands as whole words."""
-    before = rb"(?<![A-Za-z0-9])" if old[:1].isalnum() else b""
-    after = rb"(?![A-Za-z0-9])" if old[-1:].isalnum() else b""
+    """`text` with `old` replaced by `new` where it stands as whole words. A word joined to
+    another by a hyphen is part of a compound (curl's header "Accept" is not nginx's
+    "Accept-Ranges", which became "close-Ranges")."""
+    before = rb"(?<![A-Za-z0-9])(?<![A-Za-z0-9]-)" if old[:1].isalnum() else b""
+    after = rb"(?![A-Za-z0-9]|-[A-Za-z0-9])" if old[-1:].isalnum() else b""
     return re.sub(before + re.escape(old) + after, lambda _: new, text)
 
 
