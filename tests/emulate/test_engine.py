@@ -289,6 +289,23 @@ def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned()
     assert nearest_answer(sessions, request) == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
 
 
+@TRICKLE
+def test_a_request_line_learned_in_another_state_is_answered_from_there(trickle):
+    # wget fetched /files/ then /files/prices.csv on one connection; curl fetched pages one
+    # per connection. curl's GET /files/prices.csv is more like curl's GET /files/ (same
+    # headers) than like wget's request, but only wget's had its request line.
+    def get(path, agent):
+        return b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: " + agent + b"\r\nAccept: */*\r\n\r\n"
+
+    listing, prices = b"HTTP/1.1 200 OK\r\n\r\n<pre>prices.csv</pre>", b"HTTP/1.1 200 OK\r\n\r\nwidget,10\n"
+    sessions = [session((get(b"/files/", b"Wget/1.21.3"), listing), (get(b"/files/prices.csv", b"Wget/1.21.3"), prices),
+                        port=80),
+                session((get(b"/files/", b"curl/7.88.1"), listing), port=80),
+                session((get(b"/", b"curl/7.88.1"), b"HTTP/1.1 200 OK\r\n\r\n<h1>home</h1>"), port=80)]
+    t = run(machine(sessions, macro=0.0), [get(b"/files/prices.csv", b"curl/7.88.1")], trickle=trickle)
+    assert t.answers[1] == prices and t.unmatched == ["elsewhere"]
+
+
 def test_a_header_name_is_not_taken_for_the_value_that_stands_in_its_place():
     # curl's GET without a Connection header, and a HEAD with "Connection: close": word for
     # word, the sample's "Accept" stood where the request has "close", and nginx's

@@ -607,6 +607,11 @@ class Machine:
             if t.literal is not None:
                 self.literal.setdefault(t.literal, []).append(t)
         self.patterns = sorted((t for t in transitions.values() if t.literal is None), key=lambda t: (-t.weight, t.id))
+        self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
+        for t in sorted(transitions.values(), key=lambda t: (-t.weight, t.id)):
+            for line in t.lines:
+                if _NAMES.search(line):  # a request line, not RESP's "*2\r\n"
+                    self.by_line.setdefault(line, t)
         self.nearest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))[: self.params.nearest_candidates * 4]
         self.terminator = _delimiter([r for t in transitions.values() for r in t.requests])  # of every request
         # The names in every answer, its data channels' included (a listing): the names the
@@ -899,11 +904,18 @@ class Emulator:
                 sample = t.lines[line]
                 m = t.regex.fullmatch(data)
                 match = (t, m) if m is not None else None
-        # Fallbacks, strongest evidence first: the same bytes learned in another state; a
+        # Fallbacks, strongest evidence first: the same bytes learned in another state; the
+        # same request line (of a request of several lines) learned in another state; a
         # similar request of this state; another state's pattern; the model's most similar.
+        how = "nearest"
         if match is None and t is None:
             match = self._elsewhere(state, data, patterns=False)
-            if match is None:
+            line = _first_line(data)
+            if match is None and line != data and line not in state.by_line:
+                t = self.machine.by_line.get(line)
+                if t is not None:
+                    sample, how = t.lines[line], "elsewhere"
+            if match is None and t is None:
                 t = self._nearest(state.nearest, data)
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
@@ -919,7 +931,7 @@ class Emulator:
                 if fallback == "close":
                     self._closed_after_events("unmatched")
                 return
-            self._events.append(Unmatched(data, state.id, "nearest"))
+            self._events.append(Unmatched(data, state.id, how))
             # Answered as its sample request was, then that sample's pieces the answer
             # repeats replaced by the request's own (_echoes).
             sample = sample or t.sample
