@@ -63,6 +63,7 @@ def test_sigterm_drains_accepted_connections_and_flushes_the_log(tmp_path):
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert "stopped (SIGTERM)" in err
+    assert "Warning" not in err and "Traceback" not in err, err  # the log writer's start included
     events = read_events(logs)
     closed = {e["src_port"]: e["reason"] for e in events if e["eventid"] == "scriptgen.session.closed"}
     assert closed == {talker.getsockname()[1]: "server", idler.getsockname()[1]: "shutdown"}

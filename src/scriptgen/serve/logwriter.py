@@ -4,8 +4,8 @@
 inserts hold the interpreter lock the event loop needs, and the two take turns.
 `ProcessLog` keeps only the queue in the serving process: a forwarder thread marshals each
 batch as the loop queued it (session events as records: tuples, raw bytes; about a
-microsecond an event) and writes it to a pipe; a child process (`python -m
-scriptgen.serve.logwriter`) prepares it (`log.prepare`: records made into events, JSON,
+microsecond an event) and writes it to a pipe; a child process (`main` below, in a
+`python -c` of its own) prepares it (`log.prepare`: records made into events, JSON,
 SQLite rows) and hands it to the sinks as it arrives.
 
 The same interface as EventLog (emit, flush, close, dropped, sensor, params). Nothing is
@@ -34,6 +34,7 @@ _HEADER = struct.Struct(">I")
 _FLUSH = b"F"  # a flush marker: the child answers one byte once everything before it is written
 _BATCH = b"B"
 _MAX_FRAME = 256 << 20  # a batch the child refuses (a bug, not a log)
+_CHILD = "import sys; from scriptgen.serve.logwriter import main; sys.exit(main(sys.argv[1:]))"
 
 
 class ProcessLog(Queue):
@@ -45,8 +46,9 @@ class ProcessLog(Queue):
         self._log_dir, self._json, self._sqlite = log_dir, json_lines, sqlite
         for sink in open_sinks(log_dir, json_lines=json_lines, sqlite=sqlite):  # fail here, not in the child
             sink.close()
-        argv = [sys.executable, "-m", "scriptgen.serve.logwriter", log_dir, "1" if json_lines else "0",
-                "1" if sqlite else "0", user or ""]
+        # Not `-m scriptgen.serve.logwriter`: the package imports this module first, and runpy
+        # would run it a second time as __main__ (and warn on stderr that it did).
+        argv = [sys.executable, "-c", _CHILD, log_dir, "1" if json_lines else "0", "1" if sqlite else "0", user or ""]
         self._child: subprocess.Popen[bytes] | None = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env())
         self._fallback: Sinks | None = None
@@ -155,7 +157,3 @@ def main(argv: list[str]) -> int:
     finally:
         sinks.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
