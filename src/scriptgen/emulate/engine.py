@@ -368,7 +368,7 @@ def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
 
 class _State:
     __slots__ = ("id", "label", "labels", "announces", "literal", "patterns", "closes_here", "delay", "nearest",
-                 "by_line", "terminators", "framed", "longest_literal", "watch", "longest_terminator")
+                 "by_line", "terminators", "framed", "longest_literal", "watch", "longest_terminator", "common")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -392,6 +392,7 @@ class _State:
         self.closes_here = closes.get("server", 0) * 2 > ended and ended >= onward and ended > 0
         self.delay: float = doc["delay"] or 0.0
         self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
+        self.common: _Transition | None = None  # set by Machine (_common)
         self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
         for t in self.nearest:
             for line in t.lines:
@@ -627,10 +628,31 @@ class Machine:
                 transitions[doc["id"]].label_of = [
                     next((i for i, label in enumerate(labels) if _could_make(label, base64.b64decode(pair[1]))), 0)
                     for pair in doc["samples"]]
+        self.commands = frozenset(t.first_name for t in transitions.values())
+        for state in self.states.values():
+            state.common = self._common(state)
         for state in self.states.values():
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
             state.watch = sorted(watch)
             state.longest_terminator = max((len(x) for x in watch), default=0)
+
+    def _common(self, state: _State) -> _Transition | None:
+        """The transition whose answer most of the commands of text learned in `state` got
+        (each command counted once), if at least two did and no other answer was got by as
+        many: what the server says to a command it does not know (vsftpd's `530 Please
+        login with USER and PASS.` before login), or does not need to (Redis's `+OK`)."""
+        names: dict[tuple[Any, ...], set[bytes]] = {}
+        first: dict[tuple[Any, ...], _Transition] = {}
+        for t in state.nearest:
+            if not t.first_name or _TEXT.fullmatch(t.sample[: self.params.compare_bytes]) is None:
+                continue
+            key = tuple(self.states[t.target].label)
+            names.setdefault(key, set()).add(t.first_name)
+            first.setdefault(key, t)
+        ranked = sorted(((len(v), k) for k, v in names.items()), key=lambda x: -x[0])
+        if not ranked or ranked[0][0] < 2 or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
+            return None
+        return first[ranked[0][1]]
 
     @property
     def datagram(self) -> bool:
@@ -905,7 +927,8 @@ class Emulator:
                 m = t.regex.fullmatch(data)
                 match = (t, m) if m is not None else None
         # Fallbacks, strongest evidence first: the same bytes learned in another state; the
-        # same request line (of a request of several lines) learned in another state; a
+        # same request line (of a request of several lines) learned in another state; for a
+        # command the model never saw, the answer most of this state's commands got; a
         # similar request of this state; another state's pattern; the model's most similar.
         how = "nearest"
         if match is None and t is None:
@@ -915,6 +938,10 @@ class Emulator:
                 t = self.machine.by_line.get(line)
                 if t is not None:
                     sample, how = t.lines[line], "elsewhere"
+            name = _first_name(data)
+            if (match is None and t is None and state.common is not None and name and name not in self.machine.commands
+                    and _TEXT.fullmatch(data[: self.params.compare_bytes])):
+                t, how = state.common, "common"
             if match is None and t is None:
                 t = self._nearest(state.nearest, data)
                 if t is None:
