@@ -927,9 +927,9 @@ class Emulator:
                 m = t.regex.fullmatch(data)
                 match = (t, m) if m is not None else None
         # Fallbacks, strongest evidence first: the same bytes learned in another state; the
-        # same request line (of a request of several lines) learned in another state; for a
-        # command the model never saw, the answer most of this state's commands got; a
-        # similar request of this state; another state's pattern; the model's most similar.
+        # same request line (of a request of several lines) learned in another state; a
+        # similar request of this state; for a command the model never saw, the answer most
+        # of this state's commands got; another state's pattern; the model's most similar.
         how = "nearest"
         if match is None and t is None:
             match = self._elsewhere(state, data, patterns=False)
@@ -938,12 +938,12 @@ class Emulator:
                 t = self.machine.by_line.get(line)
                 if t is not None:
                     sample, how = t.lines[line], "elsewhere"
-            name = _first_name(data)
-            if (match is None and t is None and state.common is not None and name and name not in self.machine.commands
-                    and _TEXT.fullmatch(data[: self.params.compare_bytes])):
-                t, how = state.common, "common"
             if match is None and t is None:
                 t = self._nearest(state.nearest, data)
+                name = _first_name(data)
+                if (t is None and state.common is not None and name and name not in self.machine.commands
+                        and _TEXT.fullmatch(data[: self.params.compare_bytes])):
+                    t, how = state.common, "common"
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
                     if match is None:
