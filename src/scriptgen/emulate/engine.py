@@ -628,10 +628,9 @@ class Machine:
                 transitions[doc["id"]].label_of = [
                     next((i for i, label in enumerate(labels) if _could_make(label, base64.b64decode(pair[1]))), 0)
                     for pair in doc["samples"]]
-        self.commands = frozenset(t.first_name for t in transitions.values())
+        self.commands = frozenset(t.first_name for t in transitions.values())  # every command learned
         for state in self.states.values():
             state.common = self._common(state)
-        for state in self.states.values():
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
             state.watch = sorted(watch)
             state.longest_terminator = max((len(x) for x in watch), default=0)
@@ -649,10 +648,10 @@ class Machine:
             key = tuple(self.states[t.target].label)
             names.setdefault(key, set()).add(t.first_name)
             first.setdefault(key, t)
-        ranked = sorted(((len(v), k) for k, v in names.items()), key=lambda x: -x[0])
-        if not ranked or ranked[0][0] < 2 or (len(ranked) > 1 and ranked[1][0] == ranked[0][0]):
+        counts = sorted((len(v) for v in names.values()), reverse=True)
+        if not counts or counts[0] < 2 or counts[1:2] == counts[:1]:
             return None
-        return first[ranked[0][1]]
+        return first[max(names, key=lambda key: len(names[key]))]
 
     @property
     def datagram(self) -> bool:
@@ -940,10 +939,10 @@ class Emulator:
                     sample, how = t.lines[line], "elsewhere"
             if match is None and t is None:
                 t = self._nearest(state.nearest, data)
-                name = _first_name(data)
-                if (t is None and state.common is not None and name and name not in self.machine.commands
-                        and _TEXT.fullmatch(data[: self.params.compare_bytes])):
-                    t, how = state.common, "common"
+                if t is None and state.common is not None and _TEXT.fullmatch(data[: self.params.compare_bytes]):
+                    name = _first_name(data)
+                    if name and name not in self.machine.commands:
+                        t, how = state.common, "common"
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
                     if match is None:
