@@ -603,17 +603,17 @@ class Machine:
         self.transitions = transitions
         # For requests the current state does not know: the same request elsewhere.
         self.sources = {t["id"]: t["source"] for t in port_doc["transitions"]}
+        heaviest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))  # sorted once, used thrice
         self.literal: dict[bytes, list[_Transition]] = {}
-        for t in sorted(transitions.values(), key=lambda t: (-t.weight, t.id)):
+        self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
+        for t in heaviest:
             if t.literal is not None:
                 self.literal.setdefault(t.literal, []).append(t)
-        self.patterns = sorted((t for t in transitions.values() if t.literal is None), key=lambda t: (-t.weight, t.id))
-        self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
-        for t in sorted(transitions.values(), key=lambda t: (-t.weight, t.id)):
             for line in t.lines:
                 if _NAMES.search(line):  # a request line, not RESP's "*2\r\n"
                     self.by_line.setdefault(line, t)
-        self.nearest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))[: self.params.nearest_candidates * 4]
+        self.patterns = [t for t in heaviest if t.literal is None]
+        self.nearest = heaviest[: self.params.nearest_candidates * 4]
         self.terminator = _delimiter([r for t in transitions.values() for r in t.requests])  # of every request
         # The names in every answer, its data channels' included (a listing): the names the
         # server has shown exist; a name it never showed is likely one it does not have.
