@@ -231,6 +231,19 @@ def test_pipelined_requests_are_split_and_answered_in_order():
     assert t.closed == "server"
 
 
+@TRICKLE
+def test_a_pipelined_request_learned_in_another_state_is_answered_without_waiting(trickle):
+    # RESP has no terminator to cut at: after PING, the GET learned only first in a
+    # session is complete because those very bytes are a request the model knows; the
+    # answer comes within the 0.3 s a client (and the evaluator) waits, not after idle_gap.
+    sessions = [session((b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"), port=6379),
+                session((b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"$1\r\nv\r\n"), port=6379)]
+    m = machine(sessions)
+    assert m.terminator == b""
+    t = run(m, [b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"], trickle=trickle, gap=0.3)
+    assert t.answers[1] == b"+PONG\r\n$1\r\nv\r\n" and t.unmatched == ["elsewhere"]
+
+
 def test_pipelined_unknown_lines_are_cut_at_the_models_terminator():
     t = run(ftp(), [b"ZZZZZZZZ1\r\nZZZZZZZZ2\r\nSYST\r\n"])  # lines less than last_floor like any learned
     assert t.answers[1] == b"215 UNIX Type: L8\r\n" and t.unmatched == ["silence", "silence"]

@@ -15,8 +15,9 @@ validated by scriptgen.modelfile (docs/model-format.md).
 
 TCP has no message boundaries. A request is complete when the bytes received match a
 transition and either the pattern ends in fixed bytes that the input ends with (a
-terminator such as "\\r\\n"), or no more bytes arrive within `match_gap` seconds; bytes that
-match nothing are taken as a request after `idle_gap` seconds. A datagram is always one
+terminator such as "\\r\\n"), or no more bytes arrive within `match_gap` seconds (also for
+the very bytes of a request learned in another state); bytes that match nothing are taken
+as a request after `idle_gap` seconds. A datagram is always one
 request. Among matching transitions the one whose fixed bytes explain most of the input
 wins (then the heavier, then the older), unless the match went through a mutating region
 and another transition saw a sample with the request's first line. When none matches
@@ -697,7 +698,8 @@ class Emulator:
         self._eof = False
         self._closed = False
         self._version = 0  # bumped whenever the buffer changes
-        self._cached: tuple[int, _Match | None] = (-1, None)
+        # (buffer version, its match in this state, whether it is a request the model knows)
+        self._cached: tuple[int, _Match | None, bool] = (-1, None, False)
         # an answer waiting for `listening`: (state, values, now, label)
         self._parked: tuple[_State, dict[int, bytes], float, list[_Part]] | None = None
         self._echo: tuple[bytes, bytes] | None = None  # (sample, request) of a nearest match, for its answer
@@ -782,13 +784,17 @@ class Emulator:
                 return NeedData(None)  # until `listening`
             if self._buffer:
                 if self._cached[0] != self._version:  # match once per change of the buffer
-                    self._cached = (self._version, self._match(bytes(self._buffer), 0))
-                match = self._cached[1]
-                if match and self.machine.framing is not None:
+                    data = bytes(self._buffer)
+                    found = self._match(data, 0)
+                    # The very bytes of a request learned in another state are as complete as
+                    # a match here: a pipelined `GET` after `PING` need not wait `idle_gap`.
+                    self._cached = (self._version, found, found is not None or data in self.machine.literal)
+                _, match, known = self._cached
+                if known and self.machine.framing is not None:
                     end = self._frame_end(self._buffer, 0)  # reads the header only: no copy
                     if end is not None and end > len(self._buffer):
-                        match = None  # its length field says more is coming: wait longer
-                deadline = self._last_data + (self.params.match_gap if match else self.params.idle_gap)
+                        match, known = None, False  # its length field says more is coming: wait longer
+                deadline = self._last_data + (self.params.match_gap if known else self.params.idle_gap)
                 if now < deadline and not self._eof:
                     return NeedData(deadline)
                 if match is not None:
