@@ -249,6 +249,25 @@ def test_pipelined_unknown_lines_are_cut_at_the_models_terminator():
     assert t.answers[1] == b"215 UNIX Type: L8\r\n" and t.unmatched == ["silence", "silence"]
 
 
+def test_a_clients_pipeline_and_a_netcat_line_do_not_hide_the_models_terminator():
+    # One client sent its commands at once (CRLFs inside one request); one typed `\r\n`
+    # as backslashes into netcat (no CRLF at all). Lines are still cut at CRLF: before,
+    # the unknown line and QUIT waited idle_gap and were answered as one request.
+    sessions = ftp_sessions() + [
+        session((b"USER bob\r\nPASS secret\r\nQUIT\r\n", b"331 Password required for bob.\r\n230 Logged in.\r\n221 Bye.\r\n"),
+                banner=BANNER, closed_by=Sender.SERVER),
+        session((b"USER carol\\r\\nQUIT\\r\\n", b"530 Please login with USER and PASS.\r\n"), banner=BANNER)]
+    m = machine(sessions)
+    assert m.terminator == b"\r\n"
+    t = run(m, [b"ZZZZZZZZ1\r\nQUIT\r\n"], gap=0.3)
+    assert t.answers[1] == b"221 Bye.\r\n" and t.unmatched == ["silence", "elsewhere"] and t.closed == "server"
+    # A request of several lines that is not commands sent at once (memcached's `set` and
+    # its data) keeps a model from cutting at CRLF: it would shred such requests.
+    stores = [session((b"set k" + n + b" 0 0 5\r\nhello\r\n", b"STORED\r\n"), port=11211) for n in (b"1", b"2", b"3")]
+    stores.append(session((b"get k1\r\n", b"VALUE k1 0 5\r\nhello\r\nEND\r\n"), port=11211))
+    assert machine(stores).terminator == b""
+
+
 def test_a_request_answered_by_its_nearest_transition_gets_its_own_name_repeated():
     # Each name was seen once: no link can be learned, but the nearest transition's answer
     # repeats its sample's name, and the name at hand takes its place.

@@ -545,11 +545,48 @@ def decode_port(request: bytes, encoding: str, side: str, offset: int) -> int | 
 def _delimiter(requests: list[bytes]) -> bytes:
     """What every request ends with and none holds elsewhere (a CRLF of a line protocol):
     the bytes that can delimit requests. Nothing for protocols whose requests contain their
-    final bytes inside too (RESP's CRLFs, SMB's NULs): cutting there would shred requests."""
-    suffix = _common_suffix(requests)
-    while suffix and any(r.find(suffix) != len(r) - len(suffix) for r in requests):
+    final bytes inside too (RESP's CRLFs, SMB's NULs): cutting there would shred requests.
+    A request that holds them inside but is other requests sent at once (a client's
+    pipeline) does not count against them, nor does a rare one that does not hold them at
+    all (netcat sending `USER alice\\r\\n` typed with backslashes)."""
+    ends = Counter(r[-1:] for r in requests)
+    last, count = ends.most_common(1)[0] if ends else (b"", 0)
+    if not last or count < _DELIMITED_SHARE * len(requests):
+        return b""
+    suffix = _common_suffix([r for r in requests if r.endswith(last)])
+    while suffix:
+        inside = [r for r in requests if r.find(suffix) not in (-1, len(r) - len(suffix))]
+        if all(r.endswith(suffix) for r in inside) and (not inside or _pipelines(inside, requests, suffix)):
+            return suffix
         suffix = suffix[1:]  # a shorter one may still occur only at the end ("X\r\n" -> "\r\n")
     return suffix
+
+
+_DELIMITED_SHARE = 0.9  # of a state's requests that must end with its delimiter
+
+
+_LEADING_WORD = re.compile(rb"[A-Za-z]{2,}")
+
+
+def _pipelines(inside: list[bytes], requests: list[bytes], suffix: bytes) -> bool:
+    """Whether every request of `inside` (each holding `suffix` before its end) is
+    requests sent at once: each piece ended by `suffix` begins with the word a request
+    that holds it only at its end begins with (POP3's `USER root\r\nPASS toor\r\n`, not
+    RESP's `*1\r\n$4\r\n`, not a mail's header lines)."""
+    starts = set()
+    for r in requests:
+        if r.find(suffix) == len(r) - len(suffix):
+            m = _LEADING_WORD.match(r)
+            if m:
+                starts.add(m.group())
+    if not starts:
+        return False
+    for r in inside:
+        for piece in r[: len(r) - len(suffix)].split(suffix):
+            m = _LEADING_WORD.match(piece)
+            if m is None or m.group() not in starts:
+                return False
+    return True
 
 
 def _common_suffix(samples: list[bytes]) -> bytes:
