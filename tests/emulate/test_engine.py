@@ -95,8 +95,9 @@ def test_text_like_nothing_learned_is_answered_rather_than_met_with_silence(tric
     pages = [session((b"GET /" + p + b" HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: curl/8.0\r\n"
                       b"Accept: */*\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + p[:2]), port=80)
              for p in (b"index.html", b"about.html", b"news.html")]
+    # (What every GET learned got, its body the path's first bytes: the usual answer.)
     t = run(machine(pages), [b"GET / HTTP/1.0\r\n\r\n"], trickle=trickle)
-    assert t.unmatched == ["nearest"] and t.answers[1].startswith(b"HTTP/1.1 200 OK")
+    assert t.unmatched == ["common"] and t.answers[1].startswith(b"HTTP/1.1 200 OK")
     # Bytes like nothing learned still meet silence (a TLS hello to a web server).
     t = run(machine(pages), [b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"], trickle=trickle)
     assert t.unmatched == ["silence"] and t.answers == [b"", b""]
@@ -266,6 +267,33 @@ def test_a_clients_pipeline_and_a_netcat_line_do_not_hide_the_models_terminator(
     stores = [session((b"set k" + n + b" 0 0 5\r\nhello\r\n", b"STORED\r\n"), port=11211) for n in (b"1", b"2", b"3")]
     stores.append(session((b"get k1\r\n", b"VALUE k1 0 5\r\nhello\r\nEND\r\n"), port=11211))
     assert machine(stores).terminator == b""
+
+
+def http_answer(status: bytes, body: bytes) -> bytes:
+    return b"HTTP/1.1 %s\r\nServer: nginx\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
+
+
+@TRICKLE
+def test_a_request_line_never_heard_of_gets_the_answer_usual_for_its_command(trickle):
+    # curl fetched pages (200s, headers in one order); nmap probed for pages that are not
+    # there (404s) and tried methods the server does not allow (405s), headers in another.
+    curl = b" HTTP/1.1\r\nHost: www01\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n"
+    nmap = b" HTTP/1.1\r\nConnection: close\r\nUser-Agent: Mozilla/5.0 (compatible; Nmap Scripting Engine)\r\n\r\n"
+    missing, refused = http_answer(b"404 Not Found", b"not found"), http_answer(b"405 Not Allowed", b"not allowed")
+    turns = [(b"GET /" + page + curl, http_answer(b"200 OK", body))
+             for page, body in ((b"", b"Welcome"), (b"about.html", b"About us"), (b"robots.txt", b"Disallow: /"))]
+    turns += [(b"GET /" + probe + nmap, missing) for probe in (b"nmaplowercheck1", b"HNAP1", b".git/HEAD")]
+    turns += [(method + b" /" + nmap, refused) for method in (b"KNHN", b"OHDG", b"PROPFIND")]
+    m = machine([session(turn, port=80) for turn in turns])
+    # A page never heard of, with curl's headers (nearest, byte for byte, to curl's 200s):
+    t = run(m, [b"GET /evox/about" + curl], trickle=trickle)
+    assert t.answers[1] == missing and t.unmatched == ["common"]
+    # A method never heard of: what most methods got.
+    t = run(m, [b"QWER /" + curl], trickle=trickle)
+    assert t.answers[1] == refused and t.unmatched == ["common"]
+    # A line that names a page learned is nearest to it: nginx ignores the query.
+    t = run(m, [b"GET /about.html?ref=scan" + curl], trickle=trickle)
+    assert t.answers[1] == http_answer(b"200 OK", b"About us")
 
 
 def test_a_request_answered_by_its_nearest_transition_gets_its_own_name_repeated():

@@ -22,7 +22,8 @@ request. Among matching transitions the one whose fixed bytes explain most of th
 wins (then the heavier, then the older), unless the match went through a mutating region
 and another transition saw a sample with the request's first line. When none matches
 (docs/emulator.md), strongest evidence first: the same bytes learned in another state
-(preferably after the same answer); the transition of this state whose sample request is
+(preferably after the same answer); for a request line never seen, the answer usual
+for its command here; the transition of this state whose sample request is
 most similar, if at least `similarity_floor`; another state's pattern; the model's most
 similar sample (if none reaches `similarity_floor`, down to `last_floor`); else silence,
 or closing where the real server closed more often than not. A most-similar transition answers as it
@@ -369,7 +370,8 @@ def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
 
 class _State:
     __slots__ = ("id", "label", "labels", "announces", "literal", "patterns", "closes_here", "delay", "nearest",
-                 "by_line", "terminators", "framed", "longest_literal", "watch", "longest_terminator", "common")
+                 "by_line", "terminators", "framed", "longest_literal", "watch", "longest_terminator", "common",
+                 "usual")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -394,6 +396,7 @@ class _State:
         self.delay: float = doc["delay"] or 0.0
         self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
         self.common: _Transition | None = None  # set by Machine (_common)
+        self.usual: dict[bytes, _Usual] = {}  # set by Machine (_common)
         self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
         for t in self.nearest:
             for line in t.lines:
@@ -666,34 +669,64 @@ class Machine:
                 transitions[doc["id"]].label_of = [
                     next((i for i, label in enumerate(labels) if _could_make(label, base64.b64decode(pair[1]))), 0)
                     for pair in doc["samples"]]
-        self.commands = frozenset(t.first_name for t in transitions.values())  # every command learned
+        self.commands = frozenset(_first_name(r) for t in transitions.values() for r in t.requests)  # every command learned
         for state in self.states.values():
-            state.common = self._common(state)
+            state.common, state.usual = self._common(state)
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
             state.watch = sorted(watch)
             state.longest_terminator = max((len(x) for x in watch), default=0)
 
-    def _common(self, state: _State) -> _Transition | None:
-        """The transition whose answer most of the commands of text learned in `state` got
-        (each command counted once), if at least two did and no other answer was got by as
-        many: what the server says to a command it does not know (vsftpd's `530 Please
-        login with USER and PASS.` before login), or does not need to (Redis's `+OK`)."""
-        names: dict[tuple[Any, ...], set[bytes]] = {}
-        first: dict[tuple[Any, ...], _Transition] = {}
+    def _common(self, state: _State) -> tuple[_Transition | None, dict[bytes, _Usual]]:
+        """What the server says to what it does not know, from the requests of text learned
+        in `state` (each sample with the answer it got):
+        - the transition whose answer most commands got (each counted once), for a command
+          the model never saw: vsftpd's `530 Please login with USER and PASS.` before login,
+          Redis's `+OK`, nginx's 405 to a random method;
+        - per command, of requests of several lines: the transition and sample whose answer
+          most of the command's request lines got, for a request line never seen: nginx's
+          404 to nmap's probes for pages; with the names that tell its lines apart.
+        Each only if at least two got it and no other answer was got by as many."""
+        commands: dict[tuple[Any, ...], set[bytes]] = {}
+        lines: dict[bytes, dict[tuple[Any, ...], set[bytes]]] = {}
+        first: dict[tuple[bytes, tuple[Any, ...]], tuple[_Transition, bytes]] = {}
         for t in state.nearest:
-            if not t.first_name or _TEXT.fullmatch(t.sample[: self.params.compare_bytes]) is None:
-                continue
-            key = tuple(self.states[t.target].label)
-            names.setdefault(key, set()).add(t.first_name)
-            first.setdefault(key, t)
-        counts = sorted((len(v) for v in names.values()), reverse=True)
-        if not counts or counts[0] < 2 or counts[1:2] == counts[:1]:
-            return None
-        return first[max(names, key=lambda key: len(names[key]))]
+            target = self.states[t.target]
+            for k, request in enumerate(t.requests):
+                name = _first_name(request)
+                if not name or _TEXT.fullmatch(request[: self.params.compare_bytes]) is None:
+                    continue
+                key = tuple(target.labels[t.label_of[k]] if t.label_of else target.label)
+                commands.setdefault(key, set()).add(name)
+                first.setdefault((b"", key), (t, request))
+                line = _first_line(request)
+                if line != request and _first_name(line) == name:
+                    lines.setdefault(name, {}).setdefault(key, set()).add(line)
+                    first.setdefault((name, key), (t, request))
+        common = _most(commands)
+        usual = {}
+        for name, by_answer in lines.items():
+            best = _most(by_answer)
+            if best is not None:
+                heard = [_names(line) - {name} for got in by_answer.values() for line in got]
+                telling = frozenset().union(*heard) - frozenset.intersection(*heard)  # not "HTTP"
+                usual[name] = (*first[(name, best)], telling)
+        return (first[(b"", common)][0] if common else None), usual
 
     @property
     def datagram(self) -> bool:
         return self.transport == "udp"
+
+
+_Usual = tuple["_Transition", bytes, frozenset[bytes]]  # State.usual: answer as this sample; the telling names
+
+
+def _most(got: dict[tuple[Any, ...], set[bytes]]) -> tuple[Any, ...] | None:
+    """The answer got by the most (requests, lines), if by at least two and by more than
+    any other answer."""
+    counts = sorted((len(v) for v in got.values()), reverse=True)
+    if not counts or counts[0] < 2 or counts[1:2] == counts[:1]:
+        return None
+    return max(got, key=lambda key: len(got[key]))
 
 
 def _label_for(t: _Transition, request: bytes) -> int:
@@ -955,6 +988,7 @@ class Emulator:
             match = self._match(data, 0)
         t: _Transition | None = None
         sample = b""
+        how = "nearest"  # how a request nothing here matched is answered (the Unmatched event)
         if match is not None and match[1] is not None and state.by_line:
             # A mutating region's match is weak evidence: a transition of this state that saw
             # a request with this very first line, where the matched one did not, answers.
@@ -964,15 +998,20 @@ class Emulator:
             t = state.by_line.get(line)
             if t is None or t is match[0] or line in match[0].lines:
                 t = None
+                # Nor does a wildcard whose samples got different answers (`GET /favicon.ico`,
+                # `HEAD /`) know a request line never heard of: the usual answer does.
+                if line not in match[0].lines and len(set(match[0].label_of)) > 1:
+                    t, sample = self._usual(state, data) or (None, b"")
+                    how = "common"
             else:
                 sample = t.lines[line]
+            if t is not None:
                 m = t.regex.fullmatch(data)
                 match = (t, m) if m is not None else None
         # Fallbacks, strongest evidence first: the same bytes learned in another state; the
-        # same request line (of a request of several lines) learned in another state; a
-        # similar request of this state; for a command the model never saw, the answer most
+        # same request line (of a request of several lines) learned in another state; for a
+        # request line never seen, the answer usual for its command; a similar request of this state; for a command the model never saw, the answer most
         # of this state's commands got; another state's pattern; the model's most similar.
-        how = "nearest"
         if match is None and t is None:
             match = self._elsewhere(state, data, patterns=False)
             line = _first_line(data)
@@ -981,6 +1020,10 @@ class Emulator:
                 if t is not None:
                     sample, how = t.lines[line], "elsewhere"
             if match is None and t is None:
+                t, sample = self._usual(state, data) or (None, b"")
+                how = "common"
+            if match is None and t is None:
+                how = "nearest"
                 t = self._nearest(state.nearest, data)
                 if t is None and state.common is not None and _TEXT.fullmatch(data[: self.params.compare_bytes]):
                     name = _first_name(data)
@@ -1098,6 +1141,26 @@ class Emulator:
     def _closed_after_events(self, reason: str) -> None:
         self._events.append(Close(reason))
         self._closed = True
+
+    def _usual(self, state: _State, data: bytes) -> tuple[_Transition, bytes] | None:
+        """For a request of several lines of text whose request line the model never saw:
+        the answer usual for its command here (State.usual: nginx's 404 to nmap's
+        `GET /evox/about`), unless the line names what a learned line of its command named
+        (curl's `GET /about.html?ref=scan` is nearest to its `GET /about.html`, a 200); or,
+        for a command the model never saw, the answer most commands got (State.common: a
+        random method's 405)."""
+        line = _first_line(data)
+        if line == data or line in self.machine.by_line or not _TEXT.fullmatch(data[: self.params.compare_bytes]):
+            return None
+        name = _first_name(line)
+        if not name:
+            return None  # RESP's "*2\r\n"
+        if name not in self.machine.commands:
+            return (state.common, state.common.sample) if state.common is not None else None
+        usual = state.usual.get(name)
+        if usual is None or not usual[2].isdisjoint(_names(line)):
+            return None
+        return usual[0], usual[1]
 
     def _elsewhere(self, state: _State, data: bytes, patterns: bool) -> _Match | None:
         """A transition of another state that matches: the model learned this request in
