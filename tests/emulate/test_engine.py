@@ -129,9 +129,13 @@ def test_a_binary_request_like_nothing_learned_but_half_like_one_is_answered_as_
 
 @TRICKLE
 def test_unmatched_garbage_is_met_with_silence_and_the_state_is_kept(trickle):
-    t = run(ftp(), [b"\x00\x01\x02\xff" * 10, b"SYST\r\n"], trickle=trickle)
+    t = run(ftp(), [b"\x00\x01\x02\xff" * 10 + b"\n", b"SYST\r\n"], trickle=trickle)
     assert t.unmatched == ["silence"]
     assert t.answers[1:] == [b"", b"215 UNIX Type: L8\r\n"]
+    # A server of lines (every FTP request ends with CRLF) waits for the end of a line, as
+    # vsftpd does: bytes without one are the start of the next request's line.
+    t = run(ftp(), [b"\x00\x01\x02\xff" * 10, b"SYST\r\n"], trickle=trickle)
+    assert t.answers[1:] == [b"", b""] and t.unmatched == ["silence"]
 
 
 def test_request_without_terminator_completes_after_the_match_gap():
@@ -294,6 +298,21 @@ def test_a_request_line_never_heard_of_gets_the_answer_usual_for_its_command(tri
     # A line that names a page learned is nearest to it: nginx ignores the query.
     t = run(m, [b"GET /about.html?ref=scan" + curl], trickle=trickle)
     assert t.answers[1] == http_answer(b"200 OK", b"About us")
+
+
+@TRICKLE
+def test_a_server_of_lines_answers_each_line_of_binary_bytes_as_an_unknown_command(trickle):
+    # vsftpd read nmap's TLS hello as lines: one `530 Please login` per LF byte in it, at
+    # once, and nothing for the bytes after the last LF; it still wanted a login after.
+    login = b"530 Please login with USER and PASS.\r\n"
+    sessions = [session((b"USER " + n + b"\r\n", b"331 Please specify the password.\r\n"), banner=BANNER)
+                for n in (b"alice", b"bob")]
+    sessions += [session((c + b"\r\n", login), banner=BANNER) for c in (b"SYST", b"PWD", b"LIST")]
+    m = machine(sessions)
+    hello = b"\x16\x03\x01\x00\xa5\x01\x00\n\x00\x13\x009\x00\xff\n\x00\x04\x00\x17"
+    t = run(m, [hello, b"USER carol\r\n"], trickle=trickle, gap=0.3)
+    assert t.answers[1] == login * 2 and t.unmatched[:2] == ["common", "common"]
+    assert t.answers[2] == b"331 Please specify the password.\r\n"
 
 
 def test_a_request_answered_by_its_nearest_transition_gets_its_own_name_repeated():

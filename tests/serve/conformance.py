@@ -42,7 +42,7 @@ CASES = [
     Case("a literal transition beats a wildcard", "ftp", (b"SYST\r\n",), (BANNER, b"215 UNIX Type: L8\r\n"), False),
     Case("unmatched input takes the nearest transition", "ftp", (b"SYST foo\r\n",),
          (BANNER, b"215 UNIX Type: L8\r\n"), False),
-    Case("garbage is met with silence, the state kept", "ftp", (b"\x00\x01\x02\xff" * 10, b"SYST\r\n"),
+    Case("a line of garbage is met with silence, the state kept", "ftp", (b"\x00\x01\x02\xff" * 10 + b"\n", b"SYST\r\n"),
          (BANNER, b"", b"215 UNIX Type: L8\r\n"), False),
     Case("pipelined requests get both answers", "ftp", (b"USER a\r\nSYST\r\n",),
          (BANNER, b"331 Password required for a.\r\n215 UNIX Type: L8\r\n"), False),

@@ -84,10 +84,13 @@ def test_a_20mb_flood_of_random_bytes_while_another_client_is_served(tmp_path):
                 # Read whatever comes back, so that the flood never stalls on our own buffer.
                 reader = read_all_in_background(sock)
                 view = memoryview(flood)
-                for i in range(0, len(flood), 1 << 20):
-                    sock.sendall(view[i : i + (1 << 20)])
-                    sent.append(i)
-                sock.shutdown(socket.SHUT_WR)
+                try:
+                    for i in range(0, len(flood), 1 << 20):
+                        sock.sendall(view[i : i + (1 << 20)])
+                        sent.append(i)
+                    sock.shutdown(socket.SHUT_WR)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # closed at max-requests: FTP reads the flood as lines, one per LF byte
                 reader.join(20)
             done.set()
 
@@ -100,14 +103,14 @@ def test_a_20mb_flood_of_random_bytes_while_another_client_is_served(tmp_path):
                 ports.append(probe.getsockname()[1])
             slowest = max(slowest, dialogue(srv.addr(), b"dave%d" % rounds))
             rounds += 1
-            assert rounds < 200
+            assert rounds < 1000
         thread.join()
-    assert len(sent) == 20
     assert slowest < 2.0, f"a well-behaved client waited {slowest:.2f}s for an answer"
     events = srv.events()
     closed = [e for e in events if e["eventid"] == "scriptgen.session.closed"]
     flood_session = max(closed, key=lambda e: e["bytes_in"])
-    assert flood_session["bytes_in"] == 20 << 20 and flood_session["reason"] == "eof"
+    # vsftpd would answer each of the flood's 80,000 lines; the honeypot stops at max_requests.
+    assert flood_session["reason"] == "max-requests" and flood_session["inputs"] == ServeParams().max_requests + 1
     assert events[-1]["errors"] == 0
     # dialogue() connections are counted through their connect events' ports below.
     dialogue_ports = [e["src_port"] for e in events if e["eventid"] == "scriptgen.session.connect"

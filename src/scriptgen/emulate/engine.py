@@ -17,7 +17,7 @@ TCP has no message boundaries. A request is complete when the bytes received mat
 transition and either the pattern ends in fixed bytes that the input ends with (a
 terminator such as "\\r\\n"), or no more bytes arrive within `match_gap` seconds (also for
 the very bytes of a request learned in another state); bytes that match nothing are taken
-as a request after `idle_gap` seconds. A datagram is always one
+as a request after `idle_gap` seconds (by a server of lines, line by line as they come). A datagram is always one
 request. Among matching transitions the one whose fixed bytes explain most of the input
 wins (then the heavier, then the older), unless the match went through a mutating region
 and another transition saw a sample with the request's first line. When none matches
@@ -656,6 +656,9 @@ class Machine:
         self.patterns = [t for t in heaviest if t.literal is None]
         self.nearest = heaviest[: self.params.nearest_candidates * 4]
         self.terminator = _delimiter([r for t in transitions.values() for r in t.requests])  # of every request
+        # A server of lines (every request ends with a line end) reads whatever comes as
+        # lines: a TLS hello sent to vsftpd got one `530 Please login` per LF byte in it.
+        self.reads_lines = self.terminator in (b"\n", b"\r\n")
         # The names in every answer, its data channels' included (a listing): the names the
         # server has shown exist; a name it never showed is likely one it does not have.
         # A set, looked up per name: not a search of every answer per request.
@@ -673,6 +676,8 @@ class Machine:
         for state in self.states.values():
             state.common, state.usual = self._common(state)
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
+            if self.reads_lines:
+                watch.add(b"\n")
             state.watch = sorted(watch)
             state.longest_terminator = max((len(x) for x in watch), default=0)
 
@@ -828,9 +833,11 @@ class Emulator:
                 self._take(whole[pos:end], now, match)
                 pos = end
                 continue
-            if self.machine.terminator and whole.endswith(self.machine.terminator):
+            if self.machine.terminator and whole.endswith(self.machine.terminator) or (
+                    self.machine.reads_lines and whole.find(b"\n", pos) >= 0):
                 # Every request in the capture ended so (a CRLF, say): this one is
-                # complete even though it matches nothing. Cut off what came before.
+                # complete even though it matches nothing. Cut off what came before. (A
+                # server of lines takes every whole line of what came: a TLS hello's.)
                 end = self._cut(whole, pos)
                 self._take(whole[pos:end], now, None)
                 pos = end
@@ -871,11 +878,14 @@ class Emulator:
                     self._take_front(now, len(self._buffer), match)
                     continue
                 # The bytes stopped: a request that matches at the front, else cut at the
-                # first terminator this state knows, else all of it.
+                # first terminator this state knows, else all of it; a server of lines
+                # waits for the end of a line (or the close) as it did.
                 whole = bytes(self._buffer)
                 front = self._front(whole, 0)
                 if front is not None:
                     self._take_front(now, front[0], front[1])
+                elif self.machine.reads_lines and b"\n" not in whole and not self._eof:
+                    return NeedData(None)
                 else:
                     self._take_front(now, self._cut(whole, 0), None)
                 continue
@@ -958,7 +968,8 @@ class Emulator:
         """Where the first request of unmatched input at data[pos:] ends: after the first
         terminator the current state knows (e.g. CRLF), if one occurs before the end;
         else at the end."""
-        terms = sorted({t for t in self.machine.states[self.state].terminators + [self.machine.terminator] if t}, key=len)
+        terms = sorted({t for t in self.machine.states[self.state].terminators + [self.machine.terminator] if t}
+                       | ({b"\n"} if self.machine.reads_lines else set()), key=len)
         best = len(data)
         for term in terms:  # each search stops where the best cut so far is: no rescans
             at = data.find(term, pos, best)
@@ -1025,9 +1036,14 @@ class Emulator:
             if match is None and t is None:
                 how = "nearest"
                 t = self._nearest(state.nearest, data)
-                if t is None and state.common is not None and _TEXT.fullmatch(data[: self.params.compare_bytes]):
+                if t is None and state.common is not None:
+                    # Bytes that are not text are, to a server of lines, a command it does not know.
                     name = _first_name(data)
-                    if name and name not in self.machine.commands:
+                    if _TEXT.fullmatch(data[: self.params.compare_bytes]):
+                        unknown = bool(name) and name not in self.machine.commands
+                    else:
+                        unknown = self.machine.reads_lines and name not in self.machine.commands
+                    if unknown:
                         t, how = state.common, "common"
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
@@ -1053,9 +1069,11 @@ class Emulator:
         else:
             t, m = match
             values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
-        self.state = t.target
-        self.path.append(t.target)
-        self._events.append(Input(data, state.id, t.id, t.target))
+        # What the server says to what it does not know leaves it where it was (vsftpd
+        # still wants a login after its `530`); any other answer goes where its sample went.
+        self.state = state.id if how == "common" and match is None and self.machine.reads_lines else t.target
+        self.path.append(self.state)
+        self._events.append(Input(data, state.id, t.id, self.state))
         if t.announce is not None:
             port = decode_port(data, *t.announce)
             if port is not None:
@@ -1222,13 +1240,16 @@ class Emulator:
         names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
         text = _TEXT.fullmatch(head) is not None
         shown, first = self.machine.shown, _first_name(head)
+        # A line of bytes a server of lines reads is no goodbye either (a flood's short lines
+        # came 0.3 like `QUIT\r\n`).
+        no_goodbye = bool(names) or (self.machine.reads_lines and not text)
         # the most a key adds to a ratio
         bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + _ONCE_WEIGHT + (_LINE_WEIGHT if line is not None
                                                                    else _SHOWN_WEIGHT if names else 0.0)
         best, best_key = None, -1.0  # at least `floor`
         last, last_key = None, -1.0  # at least `low` (so last_key >= best_key)
         for t in candidates:
-            if names and first != t.first_name and self.machine.states[t.target].closes_here:
+            if no_goodbye and first != t.first_name and self.machine.states[t.target].closes_here:
                 continue  # another command is no goodbye: FTP's CDUP is not the QUIT it resembles
             sample = t.sample[: self.params.compare_bytes]
             # Upper bounds of the ratio rule most candidates out before it is worked out:
