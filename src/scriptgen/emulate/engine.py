@@ -395,7 +395,7 @@ class _State:
         self.closes_here = closes.get("server", 0) * 2 > ended and ended >= onward and ended > 0
         self.delay: float = doc["delay"] or 0.0
         self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
-        self.common: _Transition | None = None  # set by Machine (_common)
+        self.common: tuple[_Transition, bytes] | None = None  # set by Machine (_common): answer as this sample
         self.usual: dict[bytes, _Usual] = {}  # set by Machine (_common)
         self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
         for t in self.nearest:
@@ -681,10 +681,10 @@ class Machine:
             state.watch = sorted(watch)
             state.longest_terminator = max((len(x) for x in watch), default=0)
 
-    def _common(self, state: _State) -> tuple[_Transition | None, dict[bytes, _Usual]]:
+    def _common(self, state: _State) -> tuple[tuple[_Transition, bytes] | None, dict[bytes, _Usual]]:
         """What the server says to what it does not know, from the requests of text learned
         in `state` (each sample with the answer it got):
-        - the transition whose answer most commands got (each counted once), for a command
+        - the transition and sample whose answer most commands got (each counted once), for a command
           the model never saw: vsftpd's `530 Please login with USER and PASS.` before login,
           Redis's `+OK`, nginx's 405 to a random method;
         - per command, of requests of several lines: the transition and sample whose answer
@@ -715,7 +715,7 @@ class Machine:
                 heard = [_names(line) - {name} for got in by_answer.values() for line in got]
                 telling = frozenset().union(*heard) - frozenset.intersection(*heard)  # not "HTTP"
                 usual[name] = (*first[(name, best)], telling)
-        return (first[(b"", common)][0] if common else None), usual
+        return (first[(b"", common)] if common else None), usual
 
     @property
     def datagram(self) -> bool:
@@ -1011,9 +1011,10 @@ class Emulator:
                 t = None
                 # Nor does a wildcard whose samples got different answers (`GET /favicon.ico`,
                 # `HEAD /`) know a request line never heard of: the usual answer does.
-                if line not in match[0].lines and len(set(match[0].label_of)) > 1:
-                    t, sample = self._usual(state, data) or (None, b"")
-                    how = "common"
+                varied = len(set(match[0].label_of)) > 1
+                usual = self._usual(state, data) if varied and line not in match[0].lines else None
+                if usual is not None:
+                    (t, sample), how = usual, "common"
             else:
                 sample = t.lines[line]
             if t is not None:
@@ -1021,8 +1022,9 @@ class Emulator:
                 match = (t, m) if m is not None else None
         # Fallbacks, strongest evidence first: the same bytes learned in another state; the
         # same request line (of a request of several lines) learned in another state; for a
-        # request line never seen, the answer usual for its command; a similar request of this state; for a command the model never saw, the answer most
-        # of this state's commands got; another state's pattern; the model's most similar.
+        # request line never seen, the answer usual for its command; a similar request of
+        # this state; for a command the model never saw, the answer most of this state's
+        # commands got; another state's pattern; the model's most similar.
         if match is None and t is None:
             match = self._elsewhere(state, data, patterns=False)
             line = _first_line(data)
@@ -1030,21 +1032,17 @@ class Emulator:
                 t = self.machine.by_line.get(line)
                 if t is not None:
                     sample, how = t.lines[line], "elsewhere"
+            usual = self._usual(state, data) if match is None and t is None else None
+            if usual is not None:
+                (t, sample), how = usual, "common"
             if match is None and t is None:
-                t, sample = self._usual(state, data) or (None, b"")
-                how = "common"
-            if match is None and t is None:
-                how = "nearest"
                 t = self._nearest(state.nearest, data)
                 if t is None and state.common is not None:
                     # Bytes that are not text are, to a server of lines, a command it does not know.
                     name = _first_name(data)
-                    if _TEXT.fullmatch(data[: self.params.compare_bytes]):
-                        unknown = bool(name) and name not in self.machine.commands
-                    else:
-                        unknown = self.machine.reads_lines and name not in self.machine.commands
-                    if unknown:
-                        t, how = state.common, "common"
+                    text = _TEXT.fullmatch(data[: self.params.compare_bytes]) is not None
+                    if name not in self.machine.commands and (bool(name) if text else self.machine.reads_lines):
+                        (t, sample), how = state.common, "common"
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
                     if match is None:
@@ -1174,7 +1172,7 @@ class Emulator:
         if not name:
             return None  # RESP's "*2\r\n"
         if name not in self.machine.commands:
-            return (state.common, state.common.sample) if state.common is not None else None
+            return state.common
         usual = state.usual.get(name)
         if usual is None or not usual[2].isdisjoint(_names(line)):
             return None
