@@ -26,9 +26,9 @@ FLOORS = {
     "ftp": 7 / 9,  # measured 8/9 (7/9 before lftp's cd into a directory never listed got 550)
     "ftp-seen": 8 / 9,  # issue 8: the data-channel tools with training names (and nmap -sV); measured 9/9
     "redis": 9 / 11,  # measured 10/11 (9/11 before the unknown command was answered)
-    "http": 7 / 10,  # measured 9/10 and 8/10 (nmap's GET / meets the 404 wildcard in some captures)
+    "http": 8 / 10,  # measured 10/10 (9/10 before curl's GET of a missing page got curl's 404)
     "smtp": 6 / 7,  # measured 7/7
-    "smb": 5 / 9,  # measured 6/9 and 7/9 (anonymous rpcclient varies: which NTLM sample is nearest)
+    "smb": 7 / 9,  # measured 9/9 (6/9 or 7/9 before smb2-capabilities and the missing file were right)
 }
 
 

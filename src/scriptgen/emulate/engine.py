@@ -39,6 +39,7 @@ import re
 import time
 from array import array
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,7 +219,8 @@ class _Transition:
         self.requests = [base64.b64decode(pair[0]) for pair in doc["samples"]]  # seen on this edge
         self.label_of: list[int] = []  # per sample: which of the target's labels it got (Machine)
         self.sample = self.requests[0] if self.requests else b""
-        self.names = _names(self.sample[: params.compare_bytes])
+        head = self.sample[: params.compare_bytes]
+        self.names = _names(head) if _TEXT.fullmatch(head) else _wide_names(head)  # what it asks for
         self.counts = _byte_counts(self.sample[: params.compare_bytes])  # for the nearest search's bound
         self.first_name = _first_name(self.sample)
         # The first line of each sample request of text (HTTP's request line), with it.
@@ -233,8 +235,12 @@ _PREFIX_BYTES = 32
 _LINE_WEIGHT = 1.0  # a nearest sample whose first line is the request's: this much more similar
 
 
-def _common_start(a: bytes, b: bytes) -> float:
-    """The share of the first _PREFIX_BYTES the two messages have in common."""
+def _common_start(a: bytes, b: bytes, text: bool) -> float:
+    """The share of the first _PREFIX_BYTES the two messages have in common: as a run from
+    the start in text; in bytes, place by place, as a header's fields are (an SMB request
+    begins with its length, and a longer file name is no other command)."""
+    if not text:
+        return sum(x == y for x, y in zip(a[:_PREFIX_BYTES], b[:_PREFIX_BYTES])) / _PREFIX_BYTES
     n = 0
     for x, y in zip(a[:_PREFIX_BYTES], b[:_PREFIX_BYTES]):
         if x != y:
@@ -258,6 +264,7 @@ _WORDS = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")  # a word, or one byte of any
 _NAMES = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z][A-Za-z0-9._-]*")
 _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")  # one line of text
 _TEXT = re.compile(rb"[\x20-\x7e\t\r\n]*")  # lines of text
+_WIDE = re.compile(rb"(?:[\x20-\x7e]\x00){3,}")  # UTF-16LE text, as Windows protocols write names
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
 _ONCE_WEIGHT = 0.1  # a nearest sample of text of the same command, sent in one session only: this much more similar
@@ -285,6 +292,11 @@ def _names(data: bytes) -> frozenset[bytes]:
     return frozenset(_NAMES.findall(data))
 
 
+def _wide_names(data: bytes) -> frozenset[bytes]:
+    """The names in the runs of UTF-16LE text in bytes (SMB's file and share names)."""
+    return frozenset(name for run in _WIDE.findall(data) for name in _NAMES.findall(run[::2]) if len(name) >= 3)
+
+
 def _first_name(data: bytes) -> bytes:
     """The request's first name: the command."""
     m = _NAMES.search(data[:_PREFIX_BYTES])
@@ -296,14 +308,23 @@ def _shows(names: frozenset[bytes], shown: frozenset[bytes]) -> bool:
     return not names.isdisjoint(shown)
 
 
-def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int, unechoed: frozenset[bytes]
+            ) -> list[tuple[bytes, bytes]]:
     """(ours) For a request matched to its nearest transition: the pieces of that
     transition's sample request its answer repeats, each with what stands in their place
     in the request at hand. A transition learned from one request cannot have a link, but
     its answer to an unseen name should repeat the name (EHLO, ECHO, an unknown command).
     Compared word by word, never cutting one: "PING" and "+PONG" share "NG", two
-    different words; an unknown command's "arg" is in "args" too."""
+    different words; an unknown command's "arg" is in "args" too. A piece whose words are
+    all `unechoed` (Machine.unechoed) is the server's own."""
     s, d, a = _WORDS.findall(sample[:limit]), _WORDS.findall(data[:limit]), _WORDS.findall(answer[: limit * 4])
+    text = _TEXT.fullmatch(sample[:limit]) is not None
+    # In a request of several lines of text, a request line names what is asked (HTTP's
+    # path, which a redirect or a listing repeats); the lines after it are detail: curl's
+    # `Accept: */*` in place of nmap's `Accept: text/html` made nginx's 404 `<*>`. (RESP's
+    # first line, "*2", names nothing: its values are on the others.)
+    line = _first_line(sample[:limit])
+    asked = len(_WORDS.findall(line)) if text and _NAMES.search(line) else len(s)
     # Where the answer has each pair of words, and each word long enough alone: where a
     # run of the sample's words may start (a byte of binary is a word: pairs keep it quick).
     at: dict[bytes | tuple[bytes, bytes], list[int]] = {}
@@ -314,14 +335,14 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
             at.setdefault((w, a[j + 1]), []).append(j)
     # In text, a piece of punctuation and line ends only is syntax, not a value: Redis's
     # "\r\n$" replaced by an inline command's "\r\nQUIT" broke the answer's RESP.
-    text = _TEXT.fullmatch(sample[:limit]) is not None
     pieces = []  # (first word, words): the longest run of the sample's words the answer has, from each word
     i = 0
-    while i < len(s):
+    while i < asked:
         starts = at.get(s[i], []) + (at.get((s[i], s[i + 1]), []) if i + 1 < len(s) else [])
-        n = max((_common_words(s, i, a, j) for j in starts), default=0)
-        if (n and sum(len(w) for w in s[i : i + n]) >= _MIN_ECHO
-                and (not text or any(w[:1].isalnum() for w in s[i : i + n]))):
+        n = min(max((_common_words(s, i, a, j) for j in starts), default=0), asked - i)
+        words = [w for w in s[i : i + n] if w[:1].isalnum()]
+        if (n and sum(len(w) for w in s[i : i + n]) >= _MIN_ECHO and (not text or words)
+                and not (words and all(w in unechoed for w in words))):
             pieces.append((i, n))
         i += n or 1
     if not pieces:
@@ -349,6 +370,15 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int) -> list[tuple
             if new:
                 pairs.append((old, new))
     return pairs
+
+
+def _alnum_words(data: bytes) -> set[bytes]:
+    return {w for w in _WORDS.findall(data) if len(w) >= _MIN_ECHO and w[:1].isalnum()}
+
+
+def _words_of(label: list[_Part]) -> set[bytes]:
+    """The words of an answer template's bytes."""
+    return _alnum_words(b" ".join(p for p in label if isinstance(p, bytes)))
 
 
 def _common_words(s: list[bytes], i: int, a: list[bytes], j: int) -> int:
@@ -395,7 +425,7 @@ class _State:
         self.closes_here = closes.get("server", 0) * 2 > ended and ended >= onward and ended > 0
         self.delay: float = doc["delay"] or 0.0
         self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
-        self.common: tuple[_Transition, bytes] | None = None  # set by Machine (_common): answer as this sample
+        self.common: _Samples = ()  # set by Machine (_common): answer as the most alike of these
         self.usual: dict[bytes, _Usual] = {}  # set by Machine (_common)
         self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
         for t in self.nearest:
@@ -662,10 +692,11 @@ class Machine:
         # The names in every answer, its data channels' included (a listing): the names the
         # server has shown exist; a name it never showed is likely one it does not have.
         # A set, looked up per name: not a search of every answer per request.
+        answers = [base64.b64decode(part["bytes"]) for state in port_doc["states"] for label in state["labels"]
+                   for part in label["parts"] if "bytes" in part]
         self.shown: frozenset[bytes] = frozenset(
-            name for state in port_doc["states"] for label in state["labels"] for part in label["parts"]
-            if "bytes" in part for name in _NAMES.findall(base64.b64decode(part["bytes"])) if len(name) >= 3
-        ).union(*(t.channel.shown for t in transitions.values() if t.channel is not None))
+            name for answer in answers for name in _NAMES.findall(answer) if len(name) >= 3
+        ).union(*map(_wide_names, answers), *(t.channel.shown for t in transitions.values() if t.channel is not None))
         for doc in port_doc["transitions"]:  # which label each sample got, where there is a choice
             labels = self.states[doc["target"]].labels
             if len(labels) > 1:
@@ -673,6 +704,12 @@ class Machine:
                     next((i for i, label in enumerate(labels) if _could_make(label, base64.b64decode(pair[1]))), 0)
                     for pair in doc["samples"]]
         self.commands = frozenset(_first_name(r) for t in transitions.values() for r in t.requests)  # every command learned
+        # Words an answer held that its request did not: the server's own, never an echo
+        # (nginx's `html` in its 404 to nmap's /HNAP1 is no echo of curl's `/missing.html`).
+        self.unechoed = frozenset(
+            word for t in transitions.values() for k, request in enumerate(t.requests)
+            for word in _words_of(self.states[t.target].labels[t.label_of[k]] if t.label_of
+                                  else self.states[t.target].label) - _alnum_words(request))
         for state in self.states.values():
             state.common, state.usual = self._common(state)
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
@@ -681,19 +718,22 @@ class Machine:
             state.watch = sorted(watch)
             state.longest_terminator = max((len(x) for x in watch), default=0)
 
-    def _common(self, state: _State) -> tuple[tuple[_Transition, bytes] | None, dict[bytes, _Usual]]:
+    def _common(self, state: _State) -> tuple[_Samples, dict[bytes, _Usual]]:
         """What the server says to what it does not know, from the requests of text learned
         in `state` (each sample with the answer it got):
-        - the transition and sample whose answer most commands got (each counted once), for a command
-          the model never saw: vsftpd's `530 Please login with USER and PASS.` before login,
-          Redis's `+OK`, nginx's 405 to a random method;
-        - per command, of requests of several lines: the transition and sample whose answer
-          most of the command's request lines got, for a request line never seen: nginx's
-          404 to nmap's probes for pages; with the names that tell its lines apart.
-        Each only if at least two got it and no other answer was got by as many."""
+        - the samples (with their transitions) that got the answer most commands got (each
+          counted once), for a command the model never saw: vsftpd's `530 Please login with
+          USER and PASS.` before login, Redis's `+OK`, nginx's 405 to a random method;
+        - per command, of requests of several lines: the samples that got the answer most of
+          the command's request lines got, for a request line never seen: nginx's 404 to
+          nmap's probes for pages; with the names that tell its lines apart.
+        Each only if at least two got it and no other answer was got by as many. A request
+        is answered as the most like it (_alike) of the samples whose answer began with the
+        same line: nginx answered curl's 404 with `Connection: keep-alive`, nmap's with
+        `close`."""
         commands: dict[tuple[Any, ...], set[bytes]] = {}
         lines: dict[bytes, dict[tuple[Any, ...], set[bytes]]] = {}
-        first: dict[tuple[bytes, tuple[Any, ...]], tuple[_Transition, bytes]] = {}
+        samples: dict[tuple[bytes, tuple[Any, ...]], list[tuple[_Transition, bytes]]] = {}
         for t in state.nearest:
             target = self.states[t.target]
             for k, request in enumerate(t.requests):
@@ -702,11 +742,11 @@ class Machine:
                     continue
                 key = tuple(target.labels[t.label_of[k]] if t.label_of else target.label)
                 commands.setdefault(key, set()).add(name)
-                first.setdefault((b"", key), (t, request))
+                _keep(samples.setdefault((b"", key), []), (t, request))
                 line = _first_line(request)
                 if line != request and _first_name(line) == name:
                     lines.setdefault(name, {}).setdefault(key, set()).add(line)
-                    first.setdefault((name, key), (t, request))
+                    _keep(samples.setdefault((name, key), []), (t, request))
         common = _most(commands)
         usual = {}
         for name, by_answer in lines.items():
@@ -714,15 +754,46 @@ class Machine:
             if best is not None:
                 heard = [_names(line) - {name} for got in by_answer.values() for line in got]
                 telling = frozenset().union(*heard) - frozenset.intersection(*heard)  # not "HTTP"
-                usual[name] = (*first[(name, best)], telling)
-        return (first[(b"", common)] if common else None), usual
+                usual[name] = (_alike_answers(samples, name, best, by_answer), telling)
+        return (_alike_answers(samples, b"", common, commands) if common else ()), usual
 
     @property
     def datagram(self) -> bool:
         return self.transport == "udp"
 
 
-_Usual = tuple["_Transition", bytes, frozenset[bytes]]  # State.usual: answer as this sample; the telling names
+_Samples = tuple[tuple["_Transition", bytes], ...]  # requests learned, each with its transition
+_Usual = tuple[_Samples, frozenset[bytes]]  # State.usual: answer as the most alike of these; the telling names
+_KEPT_ALIKE = 8  # samples kept per common or usual answer
+
+
+def _keep(kept: list[tuple[_Transition, bytes]], sample: tuple[_Transition, bytes]) -> None:
+    if len(kept) < _KEPT_ALIKE:
+        kept.append(sample)
+
+
+def _alike_answers(samples: dict[tuple[bytes, tuple[Any, ...]], list[tuple[_Transition, bytes]]], name: bytes,
+                   answer: tuple[Any, ...], answers: Iterable[tuple[Any, ...]]) -> _Samples:
+    """The samples of `name` that got `answer`, then those that got another answer
+    beginning with the same line (a status line)."""
+    line = _first_line(answer[0]) if answer and isinstance(answer[0], bytes) else None
+    same = [other for other in answers if other != answer and line is not None
+            and other and isinstance(other[0], bytes) and _first_line(other[0]) == line]
+    return tuple(sample for key in (answer, *same) for sample in samples[(name, key)])[: 2 * _KEPT_ALIKE]
+
+
+def _alike(samples: _Samples, data: bytes, limit: int) -> tuple[_Transition, bytes]:
+    """The sample (with its transition) most like `data`, byte for byte."""
+    if len(samples) == 1:
+        return samples[0]
+    matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", data[:limit], autojunk=False)
+    best, best_ratio = samples[0], -1.0
+    for t, sample in samples:
+        matcher.set_seq1(sample[:limit])
+        ratio = matcher.ratio()
+        if ratio > best_ratio:
+            best, best_ratio = (t, sample), ratio
+    return best
 
 
 def _most(got: dict[tuple[Any, ...], set[bytes]]) -> tuple[Any, ...] | None:
@@ -736,15 +807,17 @@ def _most(got: dict[tuple[Any, ...], set[bytes]]) -> tuple[Any, ...] | None:
 
 def _label_for(t: _Transition, request: bytes) -> int:
     """Which of its target's labels `t` answers `request` with (the request, or the sample
-    it is answered as): the one its samples that were this very request got, else the one
-    those with its first line got (HTTP's `GET /favicon.ico` and `GET /HNAP1` through one
-    wildcard); the most frequent when none was, or when they got several (the server's
-    answer to one request varies: a time, a counter)."""
+    it is answered as): of those its samples that were this very request got, else of
+    those the samples with its first line got (HTTP's `GET /favicon.ico` and `GET /HNAP1`
+    through one wildcard), the most frequent (the server's answer to one request varies: a
+    time, a counter; each of nmap's SMB2 NEGOTIATEs, one per dialect, got answers that
+    differ in their time and not in the dialect's capabilities); the most frequent of all
+    when none was."""
     got = {i for r, i in zip(t.requests, t.label_of) if r == request}
     if not got:
         line = _first_line(request)
         got = {i for r, i in zip(t.requests, t.label_of) if _first_line(r) == line}
-    return got.pop() if len(got) == 1 else 0
+    return min(got, default=0)
 
 
 # -- one connection --------------------------------------------------------------------------
@@ -1037,12 +1110,12 @@ class Emulator:
                 (t, sample), how = usual, "common"
             if match is None and t is None:
                 t = self._nearest(state.nearest, data)
-                if t is None and state.common is not None:
+                if t is None and state.common:
                     # Bytes that are not text are, to a server of lines, a command it does not know.
                     name = _first_name(data)
                     text = _TEXT.fullmatch(data[: self.params.compare_bytes]) is not None
                     if name not in self.machine.commands and (bool(name) if text else self.machine.reads_lines):
-                        (t, sample), how = state.common, "common"
+                        (t, sample), how = _alike(state.common, data, self.params.compare_bytes), "common"
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
                     if match is None:
@@ -1093,7 +1166,7 @@ class Emulator:
                      host: str | None, label: list[_Part]) -> None:
         answer = self._render(label, values, now, port, host)
         if self._echo is not None:
-            for old, new in _echoes(*self._echo, answer, self.params.compare_bytes):
+            for old, new in _echoes(*self._echo, answer, self.params.compare_bytes, self.machine.unechoed):
                 answer = _replace_words(answer, old, new)
             self._echo = None
         if self.params.pace:
@@ -1172,11 +1245,11 @@ class Emulator:
         if not name:
             return None  # RESP's "*2\r\n"
         if name not in self.machine.commands:
-            return state.common
+            return _alike(state.common, data, self.params.compare_bytes) if state.common else None
         usual = state.usual.get(name)
-        if usual is None or not usual[2].isdisjoint(_names(line)):
+        if usual is None or not usual[1].isdisjoint(_names(line)):
             return None
-        return usual[0], usual[1]
+        return _alike(usual[0], data, self.params.compare_bytes)
 
     def _elsewhere(self, state: _State, data: bytes, patterns: bool) -> _Match | None:
         """A transition of another state that matches: the model learned this request in
@@ -1235,15 +1308,17 @@ class Emulator:
             counts[value] = n
         floor = self.params.similarity_floor
         low = floor if last_floor is None else min(floor, last_floor)
-        names = _names(head) if line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) else frozenset()
         text = _TEXT.fullmatch(head) is not None
+        one_line = line is None and _PRINTABLE.fullmatch(head.rstrip(b"\r\n")) is not None
+        # What the request asks for: the names of a line of text; the UTF-16 names in bytes.
+        names = _names(head) if one_line else _wide_names(head) if not text else frozenset()
         shown, first = self.machine.shown, _first_name(head)
         # A line of bytes a server of lines reads is no goodbye either (a flood's short lines
         # came 0.3 like `QUIT\r\n`).
-        no_goodbye = bool(names) or (self.machine.reads_lines and not text)
+        no_goodbye = (one_line and bool(names)) or (self.machine.reads_lines and not text)
         # the most a key adds to a ratio
-        bonus = _PREFIX_WEIGHT + _COMMAND_WEIGHT + _ONCE_WEIGHT + (_LINE_WEIGHT if line is not None
-                                                                   else _SHOWN_WEIGHT if names else 0.0)
+        bonus = (_PREFIX_WEIGHT + _COMMAND_WEIGHT + _ONCE_WEIGHT + (_LINE_WEIGHT if line is not None else 0.0)
+                 + (_SHOWN_WEIGHT if names else 0.0))
         best, best_key = None, -1.0  # at least `floor`
         last, last_key = None, -1.0  # at least `low` (so last_key >= best_key)
         for t in candidates:
@@ -1257,7 +1332,7 @@ class Emulator:
             bound = 2.0 * min(len(head), len(sample)) / size if size else 1.0
             if bound < low or bound + bonus <= best_key or (bound < floor and bound + bonus <= last_key):
                 continue
-            extra = _PREFIX_WEIGHT * _common_start(head, sample) + _LINE_WEIGHT * _same_line(line, sample)
+            extra = _PREFIX_WEIGHT * _common_start(head, sample, text) + _LINE_WEIGHT * _same_line(line, sample)
             same_command = first == t.first_name
             if same_command and first:
                 extra += _COMMAND_WEIGHT
