@@ -325,6 +325,18 @@ def test_the_usual_answer_is_given_as_the_most_alike_sample_and_repeats_no_heade
     assert t.unmatched == ["common"] and t.answers[1] == missing(b"close")
 
 
+def test_an_unknown_command_repeats_its_argument_though_another_answer_holds_the_word():
+    # redis-cli's `NOSUCHCOMMAND arg` was learned; `COMMAND DOCS` answered with `arg` among
+    # its words. Another unknown command's argument still stands in the place of `'arg'`.
+    def resp(*words: bytes) -> bytes:
+        return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+    unknown = b"-ERR unknown command '%s', with args beginning with: '%s' \r\n"
+    sessions = [session((resp(b"COMMAND", b"DOCS"), b"*2\r\n$3\r\nget\r\n$3\r\narg\r\n"), port=6379),
+                session((resp(b"NOSUCHCOMMAND", b"arg"), unknown % (b"NOSUCHCOMMAND", b"arg")), port=6379)]
+    out = run(machine(sessions, macro=0.0), [resp(b"FLUSHEVERYTHING", b"now")])
+    assert out.answers[1] == unknown % (b"FLUSHEVERYTHING", b"now")
+
+
 @TRICKLE
 def test_a_server_of_lines_answers_each_line_of_binary_bytes_as_an_unknown_command(trickle):
     # vsftpd read nmap's TLS hello as lines: one `530 Please login` per LF byte in it, at

@@ -308,7 +308,7 @@ def _shows(names: frozenset[bytes], shown: frozenset[bytes]) -> bool:
     return not names.isdisjoint(shown)
 
 
-def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int, unechoed: frozenset[bytes]
+def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int, unechoed: set[bytes]
             ) -> list[tuple[bytes, bytes]]:
     """(ours) For a request matched to its nearest transition: the pieces of that
     transition's sample request its answer repeats, each with what stands in their place
@@ -316,7 +316,7 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int, unechoed: fro
     its answer to an unseen name should repeat the name (EHLO, ECHO, an unknown command).
     Compared word by word, never cutting one: "PING" and "+PONG" share "NG", two
     different words; an unknown command's "arg" is in "args" too. A piece whose words are
-    all `unechoed` (Machine.unechoed) is the server's own."""
+    all `unechoed` (Machine.unechoed, for the sample's command) is the server's own."""
     s, d, a = _WORDS.findall(sample[:limit]), _WORDS.findall(data[:limit]), _WORDS.findall(answer[: limit * 4])
     text = _TEXT.fullmatch(sample[:limit]) is not None
     # In a request of several lines of text, a request line names what is asked (HTTP's
@@ -704,12 +704,16 @@ class Machine:
                     next((i for i, label in enumerate(labels) if _could_make(label, base64.b64decode(pair[1]))), 0)
                     for pair in doc["samples"]]
         self.commands = frozenset(_first_name(r) for t in transitions.values() for r in t.requests)  # every command learned
-        # Words an answer held that its request did not: the server's own, never an echo
-        # (nginx's `html` in its 404 to nmap's /HNAP1 is no echo of curl's `/missing.html`).
-        self.unechoed = frozenset(
-            word for t in transitions.values() for k, request in enumerate(t.requests)
-            for word in _words_of(self.states[t.target].labels[t.label_of[k]] if t.label_of
-                                  else self.states[t.target].label) - _alnum_words(request))
+        # Per command, words an answer held that its request did not: the server's own, never
+        # an echo (nginx's `html` in its 404 to nmap's `GET /HNAP1` is no echo of curl's `GET
+        # /missing.html`). Per command: Redis's COMMAND DOCS holds `arg`, an unknown command's
+        # `'arg'` is an echo.
+        self.unechoed: dict[bytes, set[bytes]] = {}
+        for t in transitions.values():
+            for k, request in enumerate(t.requests):
+                target = self.states[t.target]
+                self.unechoed.setdefault(_first_name(request), set()).update(
+                    _words_of(target.labels[t.label_of[k]] if t.label_of else target.label) - _alnum_words(request))
         for state in self.states.values():
             state.common, state.usual = self._common(state)
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
@@ -1166,7 +1170,8 @@ class Emulator:
                      host: str | None, label: list[_Part]) -> None:
         answer = self._render(label, values, now, port, host)
         if self._echo is not None:
-            for old, new in _echoes(*self._echo, answer, self.params.compare_bytes, self.machine.unechoed):
+            unechoed = self.machine.unechoed.get(_first_name(self._echo[0]), set())
+            for old, new in _echoes(*self._echo, answer, self.params.compare_bytes, unechoed):
                 answer = _replace_words(answer, old, new)
             self._echo = None
         if self.params.pace:
