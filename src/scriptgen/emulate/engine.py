@@ -711,9 +711,8 @@ class Machine:
         self.unechoed: dict[bytes, set[bytes]] = {}
         for t in transitions.values():
             for k, request in enumerate(t.requests):
-                target = self.states[t.target]
                 self.unechoed.setdefault(_first_name(request), set()).update(
-                    _words_of(target.labels[t.label_of[k]] if t.label_of else target.label) - _alnum_words(request))
+                    _words_of(self._answer_to(t, k)) - _alnum_words(request))
         for state in self.states.values():
             state.common, state.usual = self._common(state)
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
@@ -739,12 +738,11 @@ class Machine:
         lines: dict[bytes, dict[tuple[Any, ...], set[bytes]]] = {}
         samples: dict[tuple[bytes, tuple[Any, ...]], list[tuple[_Transition, bytes]]] = {}
         for t in state.nearest:
-            target = self.states[t.target]
             for k, request in enumerate(t.requests):
                 name = _first_name(request)
                 if not name or _TEXT.fullmatch(request[: self.params.compare_bytes]) is None:
                     continue
-                key = tuple(target.labels[t.label_of[k]] if t.label_of else target.label)
+                key = tuple(self._answer_to(t, k))
                 commands.setdefault(key, set()).add(name)
                 _keep(samples.setdefault((b"", key), []), (t, request))
                 line = _first_line(request)
@@ -760,6 +758,11 @@ class Machine:
                 telling = frozenset().union(*heard) - frozenset.intersection(*heard)  # not "HTTP"
                 usual[name] = (_alike_answers(samples, name, best, by_answer), telling)
         return (_alike_answers(samples, b"", common, commands) if common else ()), usual
+
+    def _answer_to(self, t: _Transition, k: int) -> list[_Part]:
+        """The label sample `k` of `t` got."""
+        target = self.states[t.target]
+        return target.labels[t.label_of[k]] if t.label_of else target.label
 
     @property
     def datagram(self) -> bool:
