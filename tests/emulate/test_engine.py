@@ -555,6 +555,58 @@ def test_a_request_through_a_wildcard_gets_the_answer_its_sample_got(trickle):
     assert run(m, [b"SIZE plans.txt\r\n"], trickle=trickle).answers[1] in (b"213 733\r\n", b"213 735\r\n")
 
 
+def _srv(name: bytes) -> tuple[bytes, bytes]:
+    """A DNS question for `name` (type SRV), and its header as a query (flags 0100)."""
+    question = b"".join(bytes([len(p)]) + p for p in name.split(b".")) + b"\x00\x00\x21\x00\x01"
+    return b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + question, question
+
+
+def _nxdomain(name: bytes):
+    query, question = _srv(name)
+    return session((query, b"\x00\x01\x81\x83\x00\x01\x00\x00\x00\x00\x00\x00" + question), port=53)
+
+
+def _found(name: bytes):
+    query, question = _srv(name)
+    record = b"\xc0\x0c\x00\x21\x00\x01\x00\x00\x00\x00\x00\x12\x00\x00\x00\x64\x00\x58\x04dc01\x04test\x00"
+    return session((query, b"\x00\x01\x85\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + record), port=53)
+
+
+@TRICKLE
+def test_of_two_matching_patterns_the_one_most_requests_like_it_took_answers(trickle):
+    # nmap's dns-srv-enum against dnsmasq: most `_<service>._tcp` names do not exist, a few
+    # do. The pattern of those few (`<$1>\x04_<$2>p\x04corp...`) is the more specific, but
+    # the capture's `_*._tcp` requests that both patterns match mostly got NXDOMAIN.
+    rng = random.Random(7)
+    def word(lo: int, hi: int) -> bytes:
+        return bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(lo, hi)))
+    missing = [b"_" + word(3, 9) + proto + b".corp.test" for proto in (b"._tcp", b"._udp") for _ in range(20)]
+    missing += [word(3, 12) + b".corp.test" for _ in range(20)]
+    known = [b"_ldap._tcp.corp.test", b"_kerberos._tcp.corp.test", b"_kerberos._udp.corp.test", b"_gc._tcp.corp.test"]
+    m = machine([_nxdomain(n) for n in missing] + [_found(n) for n in known])
+    assert len(m.transitions) == 2  # NXDOMAIN's pattern, and the found names' more specific one
+    for name in (b"_kpasswd._tcp.corp.test", b"_xmpp._udp.corp.test", b"backup.corp.test"):
+        out = run(m, [_srv(name)[0]], trickle=trickle)
+        assert out.unmatched == [] and out.answers[1][2:4] == b"\x81\x83", name
+    out = run(m, [_srv(b"_ldap._tcp.corp.test")[0]], trickle=trickle)
+    assert out.answers[1][2:4] == b"\x85\x80" and out.answers[1].endswith(b"\x04dc01\x04test\x00")
+
+
+@TRICKLE
+def test_a_pattern_that_saw_the_very_request_answers_it(trickle):
+    # Most `_*._tcp` names the capture asked for existed; `_kpasswd._tcp` (asked twice, so
+    # among the samples) did not: it gets NXDOMAIN, an unseen name the answer most got.
+    rng = random.Random(8)
+    known = [b"_" + bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) + b"._tcp.corp.test"
+             for _ in range(12)]
+    missing = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 12))) + b".corp.test"
+               for _ in range(40)]
+    m = machine([_nxdomain(n) for n in missing + [b"_kpasswd._tcp.corp.test"] * 2] + [_found(n) for n in known])
+    assert len(m.transitions) == 2
+    assert run(m, [_srv(b"_kpasswd._tcp.corp.test")[0]], trickle=trickle).answers[1][2:4] == b"\x81\x83"
+    assert run(m, [_srv(b"_sip._tcp.corp.test")[0]], trickle=trickle).answers[1][2:4] == b"\x85\x80"
+
+
 def test_a_name_the_server_never_showed_is_answered_as_one_it_did_not_have():
     # lftp's `cd` into a directory the listing did not show: byte for byte nearer to the `cd`
     # into one it showed (250) than to the `cd` into one it did not (550).

@@ -171,7 +171,7 @@ Event = Send | Input | Unmatched | Close | NeedData | Listen | Connect | Channel
 
 class _Transition:
     __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample",
-                 "requests", "defaults", "announce", "channel", "names", "first_name", "lines", "label_of", "counts")
+                 "requests", "defaults", "announce", "channel", "names", "first_name", "lines", "label_of", "counts", "seen")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -217,6 +217,7 @@ class _Transition:
         self.regex = re.compile(b"".join(parts), re.DOTALL)
         self.literal = b"".join(fixed) if not self.groups else None  # matched by dict lookup
         self.requests = [base64.b64decode(pair[0]) for pair in doc["samples"]]  # seen on this edge
+        self.seen = frozenset(self.requests)
         self.label_of: list[int] = []  # per sample: which of the target's labels it got (Machine)
         self.sample = self.requests[0] if self.requests else b""
         head = self.sample[: params.compare_bytes]
@@ -401,7 +402,7 @@ def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
 class _State:
     __slots__ = ("id", "label", "labels", "announces", "literal", "patterns", "closes_here", "delay", "nearest",
                  "by_line", "terminators", "framed", "longest_literal", "watch", "longest_terminator", "common",
-                 "usual")
+                 "usual", "votes")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -440,6 +441,7 @@ class _State:
         # Byte strings whose arrival may complete a request here (set by Machine).
         self.watch: list[bytes] = []
         self.longest_terminator = 0
+        self.votes: dict[frozenset[int], dict[int, float]] = {}  # a cache of _votes
 
 
 _MAX_LABELS = 64  # the labels of a state an answer is chosen from (the most frequent)
@@ -657,7 +659,8 @@ def _could_make(label: list[_Part], answer: bytes) -> bool:
 
 
 class Machine:
-    """One port of a model, compiled for matching. Immutable; share it between connections."""
+    """One port of a model, compiled for matching. Immutable but for caches (_votes); share
+    it between connections."""
 
     def __init__(self, port_doc: dict[str, Any], params: EmulatorParams | None = None) -> None:
         self.params = params or EmulatorParams()
@@ -825,6 +828,28 @@ def _label_for(t: _Transition, request: bytes) -> int:
         line = _first_line(request)
         got = {i for r, i in zip(t.requests, t.label_of) if _first_line(r) == line}
     return min(got, default=0)
+
+
+_MAX_VOTERS = 8  # matching patterns a request is decided among (the most specific)
+_MAX_VOTES_KEPT = 256  # sets of matching patterns whose votes a state keeps
+
+
+def _votes(state: _State, candidates: list[_Transition]) -> dict[int, float]:
+    """Of the capture's requests that every one of `candidates` matches, how many went to
+    each (a sample stands for weight / samples requests). dnsmasq answered nmap's
+    `_kpasswd._tcp` with NXDOMAIN, as most `_*._tcp` names it was asked: the pattern of
+    the few it knew (`_ldap._tcp`, `_kerberos._tcp`) is more specific but matches those too."""
+    key = frozenset(t.id for t in candidates)
+    votes = state.votes.get(key)
+    if votes is None:
+        votes = {}
+        for t in candidates:
+            for r in t.requests:
+                if all(u is t or u.regex.fullmatch(r) for u in candidates):
+                    votes[t.id] = votes.get(t.id, 0.0) + t.weight / len(t.requests)
+        if len(state.votes) < _MAX_VOTES_KEPT:
+            state.votes[key] = votes
+    return votes
 
 
 # -- one connection --------------------------------------------------------------------------
@@ -1058,19 +1083,28 @@ class Emulator:
         return best
 
     def _match(self, data: bytes, pos: int) -> _Match | None:
-        """The best transition of the current state matching all of data[pos:]."""
+        """The transition of the current state matching all of data[pos:]: a literal; else
+        of the patterns that match, one that saw this very request; else the one the
+        capture's requests that all of them match went to most (_votes); else the most
+        specific (the most fixed bytes), then the heaviest."""
         state = self.machine.states[self.state]
-        literal = state.literal.get(data[pos:]) if len(data) - pos <= state.longest_literal else None
-        best: _Match | None = (literal, None) if literal else None
-        best_key = (literal.fixed_bytes, literal.weight, -literal.id) if literal else None
+        request = data[pos:] if pos else data
+        literal = state.literal.get(request) if len(request) <= state.longest_literal else None
+        if literal is not None:
+            return literal, None
+        found: list[_Match] = []
         for t in state.patterns:
             m = t.regex.fullmatch(data, pos)
-            if m is None:
-                continue
-            key = (t.fixed_bytes, t.weight, -t.id)
-            if best_key is None or key > best_key:
-                best, best_key = (t, m), key
-        return best
+            if m is not None:
+                found.append((t, m))
+        if len(found) < 2:
+            return found[0] if found else None
+        found.sort(key=lambda f: (request in f[0].seen, f[0].fixed_bytes, f[0].weight, -f[0].id), reverse=True)
+        if request in found[0][0].seen:
+            return found[0]
+        voters = found[:_MAX_VOTERS]
+        votes = _votes(state, [t for t, _ in voters])
+        return max(voters, key=lambda f: votes.get(f[0].id, 0.0))  # the first of equals: the most specific
 
     def _take(self, data: bytes, now: float,
               match: _Match | None = None) -> None:
