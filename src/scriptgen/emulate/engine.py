@@ -222,7 +222,7 @@ class _Transition:
         self.sample = self.requests[0] if self.requests else b""
         head = self.sample[: params.compare_bytes]
         self.names = _names(head) if _TEXT.fullmatch(head) else _wide_names(head)  # what it asks for
-        self.counts = _byte_counts(self.sample[: params.compare_bytes])  # for the nearest search's bound
+        self.counts = _byte_counts(head)  # for the nearest search's bound
         self.first_name = _first_name(self.sample)
         # The first line of each sample request of text (HTTP's request line), with it.
         self.lines = {_first_line(r): r for r in reversed(self.requests) if _TEXT.fullmatch(r[: params.compare_bytes])}
@@ -706,7 +706,6 @@ class Machine:
                 transitions[doc["id"]].label_of = [
                     next((i for i, label in enumerate(labels) if _could_make(label, base64.b64decode(pair[1]))), 0)
                     for pair in doc["samples"]]
-        self.commands = frozenset(_first_name(r) for t in transitions.values() for r in t.requests)  # every command learned
         # Per command, words an answer held that its request did not: the server's own, never
         # an echo (nginx's `html` in its 404 to nmap's `GET /HNAP1` is no echo of curl's `GET
         # /missing.html`). Per command: Redis's COMMAND DOCS holds `arg`, an unknown command's
@@ -716,6 +715,7 @@ class Machine:
             for k, request in enumerate(t.requests):
                 self.unechoed.setdefault(_first_name(request), set()).update(
                     _words_of(self._answer_to(t, k)) - _alnum_words(request))
+        self.commands = frozenset(self.unechoed)  # every command learned (a key per sample's command)
         for state in self.states.values():
             state.common, state.usual = self._common(state)
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
