@@ -687,3 +687,37 @@ def test_requests_answered_alike_are_microclustered_again():
         assert run(m, [method + b" / HTTP/1.1\r\n\r\n"]).answers[1] == answer
     # Where microclustering them again would leave no wildcard (each value a literal of its
     # own), they stay one: the test above this one keeps its unknown users' wildcard.
+
+
+def _write(tag: bytes, name: bytes) -> bytes:
+    stub = bytes(range(64))  # the call's fixed part: the WRITEs of all shares are one pattern
+    return b"\x00W" + tag + stub + bytes([len(name)]) + name.decode().encode("utf-16-le") + b"\x00\x00\x01\x02"
+
+
+def _pipe(name: bytes, ident: int, data: bytes):
+    """A session of a binary RPC over a pipe, as nmap's NetShareGetInfo over SMB: a WRITE
+    that names a share, then a READ alike for every share but for its id, answered with
+    that share's data."""
+    tag = ident.to_bytes(2, "big")
+    write = _write(tag, name)
+    read = b"\x00R" + tag + b"\x00\x10\x00\x00\xff\xff\xff\xff\x00\x00"
+    return session((write, b"\x00w" + tag + b"\x00\x00"), (read, b"\x00r" + tag + bytes([len(data)]) + data), port=445)
+
+
+SHARES = {b"IPC$": b"IPC Service (Samba)", b"docs": b"Documents\x00\x01", b"public": b"Public files, read only",
+          b"backup": b"\x00\x02Backups"}
+
+
+@TRICKLE
+def test_an_answer_that_depends_on_the_request_before_is_the_one_that_followed_a_request_like_it(trickle):
+    # Samba answers each share's READ with that share's data: the READs are alike but for
+    # their ids, the WRITE before names the share.
+    rng = random.Random(9)
+    m = machine([_pipe(name, rng.randrange(65536), data) for name, data in SHARES.items() for _ in range(2)])
+    assert len(m.transitions) == 5  # one WRITE pattern, then a READ pattern per answer: each matches every READ
+    for name, data in SHARES.items():
+        ident = rng.randrange(65536).to_bytes(2, "big")  # ids the capture never had
+        write = _write(ident, name)
+        read = b"\x00R" + ident + b"\x00\x10\x00\x00\xff\xff\xff\xff\x00\x00"
+        out = run(m, [write, read], trickle=trickle)
+        assert out.answers[2] == b"\x00r" + ident + bytes([len(data)]) + data, name

@@ -53,6 +53,23 @@ def test_not_json_and_not_a_model():
         loads(b'{"format": "scriptgen-model", "version": 1, "ports": ' + b"[" * 100000 + b"]" * 100000 + b"}")
 
 
+def test_each_samples_request_before_is_kept_and_a_version_3_file_loads_without():
+    names = [b"alice", b"bob", b"carol"]
+    sessions = [session((b"USER " + n + b"\r\n", b"331 for " + n + b"\r\n"), (b"PASS x\r\n", b"230 ok\r\n"))
+                for n in names]
+    data = dumps(learn(sessions, LearnParams(jobs=1), sources=["x.pcap"]))
+    doc = json.loads(data)
+    (first, then) = doc["ports"][0]["transitions"]
+    assert "before" not in first  # the first requests had none
+    assert sorted(loads(data).ports[0].transitions[1].before) == [b"USER " + n + b"\r\n" for n in names]
+    assert dumps(loads(data)) == data
+    doc["version"] = 3
+    del then["before"]
+    assert loads(json.dumps(doc).encode()).ports[0].transitions[1].before == ()
+    then["before"] = ["VVNFUg=="]  # one, for three samples
+    _refused(dict(doc, version=4), "one entry per sample")
+
+
 def test_newer_version_is_refused_clearly():
     doc = _doc()
     doc["version"] = 99

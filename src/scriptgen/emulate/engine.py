@@ -171,7 +171,7 @@ Event = Send | Input | Unmatched | Close | NeedData | Listen | Connect | Channel
 
 class _Transition:
     __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample",
-                 "requests", "defaults", "announce", "channel", "names", "first_name", "lines", "label_of", "counts", "seen")
+                 "requests", "defaults", "announce", "channel", "names", "first_name", "lines", "label_of", "counts", "seen", "before")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -222,6 +222,8 @@ class _Transition:
         self.sample = self.requests[0] if self.requests else b""
         head = self.sample[: params.compare_bytes]
         self.names = _names(head) if _TEXT.fullmatch(head) else _wide_names(head)  # what it asks for
+        # Per sample, the request before it in its session (format 4; none in older models).
+        self.before = [base64.b64decode(b) for b in doc.get("before", ())][: len(self.requests)]
         self.counts = _byte_counts(head)  # for the nearest search's bound
         self.first_name = _first_name(self.sample)
         # The first line of each sample request of text (HTTP's request line), with it.
@@ -444,6 +446,11 @@ class _State:
         self.votes: dict[frozenset[int], dict[int, float]] = {}  # a cache of _votes
 
 
+_CONTEXT_BYTES = 256  # of a request before, compared (scriptgen.model.BEFORE_BYTES: all the model keeps)
+_CONTEXT_SAMPLES = 256  # binary samples of one size a request is compared with (heaviest first)
+_CONTEXT_FLOOR = 0.8  # the least share of equal bytes for a sample to be like a request
+_CONTEXT_ALIKE = 8  # samples as alike as the most alike, whose requests before are compared
+_NEAR = 0.02  # a sample this much less alike than the most alike is as alike
 _MAX_LABELS = 64  # the labels of a state an answer is chosen from (the most frequent)
 _MAX_FRAMED = 256  # transitions tried at the front of pipelined input, per state
 
@@ -716,6 +723,14 @@ class Machine:
                 self.unechoed.setdefault(_first_name(request), set()).update(
                     _words_of(self._answer_to(t, k)) - _alnum_words(request))
         self.commands = frozenset(self.unechoed)  # every command learned (a key per sample's command)
+        # The binary samples of each size that have a request before them (in_context).
+        self.by_size: dict[int, list[tuple[_Transition, int]]] = {}
+        for t in heaviest:
+            for k, (request, before) in enumerate(zip(t.requests, t.before)):
+                if before and _TEXT.fullmatch(request[: self.params.compare_bytes]) is None:
+                    kept = self.by_size.setdefault(len(request), [])
+                    if len(kept) < _CONTEXT_SAMPLES:
+                        kept.append((t, k))
         for state in self.states.values():
             state.common, state.usual = self._common(state)
             watch = {t.terminator for t in state.framed} | {x for x in state.terminators + [self.terminator] if x}
@@ -761,6 +776,34 @@ class Machine:
                 telling = frozenset().union(*heard) - frozenset.intersection(*heard)  # not "HTTP"
                 usual[name] = (_alike_answers(samples, name, best, by_answer), telling)
         return (_alike_answers(samples, b"", common, commands) if common else ()), usual
+
+    def in_context(self, data: bytes, previous: bytes) -> tuple[_Transition, int] | None:
+        """For a binary request: when the samples most like it (of its size, equal bytes at
+        equal offsets, within _NEAR of the most alike) got different answers, the one whose
+        request before was most like `previous` (if it is more alike than another): the
+        transition and the sample's index. nmap asks each share's NetShareGetInfo as a
+        WRITE of the share's name, then a READ alike for every share (but for its ids):
+        Samba's answer to the READ is that share's."""
+        candidates = self.by_size.get(len(data))
+        if not candidates or _TEXT.fullmatch(data[: self.params.compare_bytes]) is not None:
+            return None
+        scored = [(_same_bytes(t.requests[k], data), t, k) for t, k in candidates]
+        best = max(score for score, _, _ in scored)
+        if best < _CONTEXT_FLOOR:
+            return None
+        alike = [(t, k) for score, t, k in scored if score >= best - _NEAR][:_CONTEXT_ALIKE]
+        if len({tuple(self._answer_to(t, k)) for t, k in alike}) < 2:
+            return None  # the request before makes no difference
+        matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", previous[:_CONTEXT_BYTES],
+                                                                         autojunk=False)
+        ranked = []
+        for t, k in alike:
+            matcher.set_seq1(t.before[k][:_CONTEXT_BYTES])
+            ranked.append((matcher.ratio(), t, k))
+        top = max(r for r, _, _ in ranked)
+        if top <= min(r for r, _, _ in ranked):
+            return None
+        return next((t, k) for r, t, k in ranked if r == top)
 
     def _answer_to(self, t: _Transition, k: int) -> list[_Part]:
         """The label sample `k` of `t` got."""
@@ -830,6 +873,14 @@ def _label_for(t: _Transition, request: bytes) -> int:
     return min(got, default=0)
 
 
+def _same_bytes(a: bytes, b: bytes) -> float:
+    """The share of equal bytes at equal offsets of two byte strings of one length."""
+    if not a:
+        return 1.0
+    x = int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+    return x.to_bytes(len(a), "big").count(0) / len(a)
+
+
 _MAX_VOTERS = 8  # matching patterns a request is decided among (the most specific)
 _MAX_VOTES_KEPT = 256  # sets of matching patterns whose votes a state keeps
 
@@ -883,6 +934,7 @@ class Emulator:
         # an answer waiting for `listening`: (state, values, now, label)
         self._parked: tuple[_State, dict[int, bytes], float, list[_Part]] | None = None
         self._echo: tuple[bytes, bytes] | None = None  # (sample, request) of a nearest match, for its answer
+        self._previous = b""  # the request before
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
         if first is not None:
@@ -1109,12 +1161,24 @@ class Emulator:
     def _take(self, data: bytes, now: float,
               match: _Match | None = None) -> None:
         state = self.machine.states[self.state]
+        previous, self._previous = self._previous, data
         if match is None:
             match = self._match(data, 0)
         t: _Transition | None = None
         sample = b""
         how = "nearest"  # how a request nothing here matched is answered (the Unmatched event)
-        if match is not None and match[1] is not None and state.by_line:
+        chosen: int | None = None  # the sample whose answer is given, when context chose it
+        context = self.machine.in_context(data, previous) if previous and (
+            match is None or data not in match[0].seen) else None
+        if context is not None:
+            # Its answer depends on the request before (Machine.in_context): the sample that
+            # came after one most like it answers, as a match if it is one.
+            t, chosen = context
+            sample, how = t.requests[chosen], "context"
+            m = t.regex.fullmatch(data)
+            if m is not None or match is not None:
+                match = (t, m)
+        elif match is not None and match[1] is not None and state.by_line:
             # A mutating region's match is weak evidence: a transition of this state that saw
             # a request with this very first line, where the matched one did not, answers.
             # nmap's `GET /favicon.ico` with its headers in another order matched the
@@ -1180,6 +1244,9 @@ class Emulator:
             self._echo = (sample, data)
         else:
             t, m = match
+            if m is None and how == "context":  # a match here, answered as a sample elsewhere
+                m = t.regex.fullmatch(sample)
+                self._echo = (sample, data)
             values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
         # What the server says to what it does not know leaves it where it was (vsftpd
         # still wants a login after its `530`); any other answer goes where its sample went.
@@ -1193,7 +1260,11 @@ class Emulator:
         if t.channel is not None:
             self._events.append(Channel(t.channel, data))
         target = self.machine.states[t.target]
-        self._answer(target, values, now, target.labels[_label_for(t, sample or data)] if t.label_of else None)
+        if t.label_of:
+            label = t.label_of[chosen] if chosen is not None else _label_for(t, sample or data)
+            self._answer(target, values, now, target.labels[label])
+        else:
+            self._answer(target, values, now)
 
     def _answer(self, state: _State, values: dict[int, bytes], now: float, label: list[_Part] | None = None) -> None:
         label = state.label if label is None else label

@@ -62,7 +62,7 @@ class Outcome:
     len(requests) + 1 when the server closed before the client had sent everything (the
     requests after the close were never sent). `closed`: the server closed the connection
     (at any point, also after the last answer). `fallbacks[i - 1]`, in process only, is the
-    emulator's fallback for request i when no transition matched it ("elsewhere", "common",
+    emulator's fallback for request i when no transition matched it ("context", "elsewhere", "common",
     "nearest", "silence", "close"), else None. `error` says why a session could not be replayed (connect failed,
     timed out); its answers are then what was received before.
     """

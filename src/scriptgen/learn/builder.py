@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from scriptgen.learn.channels import ChildLink, Mark, data_session
 from scriptgen.learn.fields import AnswerSample
-from scriptgen.model import Label, Part, Sender, Session
+from scriptgen.model import BEFORE_BYTES, Label, Part, Sender, Session
 from scriptgen.params import LearnParams
 
 __all__ = ["RawEdge", "RawNode", "RawTree", "build", "turns", "answer_times", "label_list"]
@@ -35,7 +35,7 @@ class RawEdge:
     request: bytes
     targets: list[RawNode]
     weight: int = 0
-    samples: list[tuple[bytes, bytes]] = field(default_factory=list)
+    samples: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)  # (request, answer, the request before)
     announce: Counter[tuple[str, str]] = field(default_factory=Counter)  # (encoding, where) of ports it announced
     channels: list[Session] = field(default_factory=list)  # the data channels that answered it (channels.py)
 
@@ -196,6 +196,7 @@ def _add(tree: RawTree, session: Session, params: LearnParams, usual_banner: byt
     node.labels[(banner,) if banner else ()] += 1
     if len(node.answers) < params.max_answer_samples:
         node.answers.append(AnswerSample(number, banner_time, banner, ports=tuple(answer_ports.get(-1, ()))))
+    before = b""  # the session's request before this one
     for turn, ((request, answer, delay), at) in enumerate(zip(steps, times)):
         edge = node.edges.get(request)
         if edge is None:
@@ -207,7 +208,8 @@ def _add(tree: RawTree, session: Session, params: LearnParams, usual_banner: byt
             tree.states += 1
         edge.weight += 1
         if len(edge.samples) < params.max_samples:
-            edge.samples.append((request, answer))
+            edge.samples.append((request, answer, before))
+        before = request[:BEFORE_BYTES]
         edge.announce.update(request_ports.get(turn, ()))
         edge.channels.extend(answered.get(turn, ()))
         node = edge.targets[0]

@@ -93,10 +93,12 @@ def simplify(tree: RawTree, params: LearnParams, mapper: Mapper = map,
                 find_links(cluster, members, params)
                 links += len(cluster.links)
                 tid = len(transitions)
+                samples = _samples(members, params)
                 transitions[tid] = Transition(
                     id=tid, source=sid, target=next_state, pattern=tuple(cluster.pattern),
-                    weight=cluster.weight, links=tuple(cluster.links), samples=_samples(members, params),
+                    weight=cluster.weight, links=tuple(cluster.links), samples=tuple((r, a) for r, a, _ in samples),
                     announce=_announce(members), channel=_channel(members, params),
+                    before=tuple(b for _, _, b in samples) if any(b for _, _, b in samples) else (),
                 )
                 out.append(tid)
                 following.append((_merge(cluster, members, params), next_state, tuple(cluster.pattern)))
@@ -632,9 +634,10 @@ def _channel(edges: list[RawEdge], params: LearnParams) -> PortModel | None:
     return channel
 
 
-def _samples(edges: list[RawEdge], params: LearnParams) -> tuple[tuple[bytes, bytes], ...]:
-    """Up to max_samples pairs, one per edge first (heaviest edges first), then more."""
-    out: list[tuple[bytes, bytes]] = []
+def _samples(edges: list[RawEdge], params: LearnParams) -> list[tuple[bytes, bytes, bytes]]:
+    """Up to max_samples (request, answer, request before), one per edge first (heaviest
+    edges first), then more."""
+    out: list[tuple[bytes, bytes, bytes]] = []
     depth = 0
     while len(out) < params.max_samples:
         added = False
@@ -647,4 +650,4 @@ def _samples(edges: list[RawEdge], params: LearnParams) -> tuple[tuple[bytes, by
         if not added:
             break
         depth += 1
-    return tuple(out)
+    return out

@@ -8,8 +8,8 @@ This package imports nothing from the rest of scriptgen.
 """
 
 from scriptgen.model.machine import (
-    CLOCK_ENCODINGS, INT_ENCODINGS, PORT_ENCODINGS, Announce, Clock, Count, Framing, Label, Length, Link, Model, Part,
-    Port, PortModel, Region, Slot, State, Token, TokenSpec, Transition,
+    BEFORE_BYTES, CLOCK_ENCODINGS, INT_ENCODINGS, PORT_ENCODINGS, Announce, Clock, Count, Framing, Label, Length, Link,
+    Model, Part, Port, PortModel, Region, Slot, State, Token, TokenSpec, Transition,
 )
 from scriptgen.model.session import Endpoint, Gap, Message, Sender, Session, Transport
 
@@ -17,4 +17,5 @@ __all__ = [
     "Endpoint", "Gap", "Message", "Sender", "Session", "Transport",
     "Region", "Slot", "Token", "Clock", "Count", "Length", "Port", "Part", "Label", "Link", "Announce", "Transition",
     "State", "TokenSpec", "Framing", "PortModel", "Model", "INT_ENCODINGS", "CLOCK_ENCODINGS", "PORT_ENCODINGS",
+    "BEFORE_BYTES",
 ]

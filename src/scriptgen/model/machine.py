@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["Region", "Slot", "Token", "Clock", "Count", "Length", "Port", "Part", "Label", "Link", "Announce",
            "Transition", "State", "TokenSpec", "Framing", "PortModel", "Model", "INT_ENCODINGS", "CLOCK_ENCODINGS",
-           "PORT_ENCODINGS"]
+           "PORT_ENCODINGS", "BEFORE_BYTES"]
 
 INT_ENCODINGS = ("u8", "u16be", "u16le", "u24be", "u32be", "u32le", "dec")
 """How an integer field is written: unsigned, big or little endian, or ASCII decimal."""
@@ -29,6 +29,10 @@ CLOCK_ENCODINGS = ("u32be", "u32le", "filetime", "http-date", "rfc5322")
 PORT_ENCODINGS = ("ip-pair", "pair", "dec", "u16be")
 """How a message announces a TCP port: `127,0,0,1,156,64` (an IPv4 address and the port's
 two bytes, in decimal), `156,64`, `40000`, or two bytes big endian."""
+
+BEFORE_BYTES = 256
+"""How much of the request before a sample the model keeps (Transition.before); the
+emulator compares as much (its own copy: it imports nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,10 @@ class Transition:
     # What the server sent on a data channel after this request (a listing, a file): the
     # model of those connections, each starting with this request as its first.
     channel: PortModel | None = None
+    # Per sample (or none): the first BEFORE_BYTES of the request the client sent before it
+    # in its session (b"": it was the first), for an answer that depends on the request
+    # before (docs/emulator.md, "The request before").
+    before: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from scriptgen.model import (
 __all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema", "port_doc"]
 
 FORMAT = "scriptgen-model"
-VERSION = 3
+VERSION = 4
 MAX_MODEL_BYTES = 256 * 1024 * 1024
 
 
@@ -51,8 +51,14 @@ def _v2_to_v3(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _v3_to_v4(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 added each sample's request before (`before`): optional, absent in a
+    version 3 model, whose answers then depend on no request before."""
+    return doc
+
+
 # version -> function turning a document of that version into the next version's.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 _validator: jsonschema.protocols.Validator | None = None
 
@@ -124,6 +130,8 @@ def _transition_doc(t: Transition) -> dict[str, Any]:
         "links": [{"region": k.region, "where": k.where, "support": k.support} for k in t.links],
         "samples": [[_b64(a), _b64(b)] for a, b in t.samples],
     }
+    if t.before:
+        doc["before"] = [_b64(b) for b in t.before]
     if t.announce is not None:
         doc["announce"] = {"encoding": t.announce.encoding, "where": t.announce.where}
     if t.channel is not None:
@@ -254,13 +262,16 @@ def _port(doc: dict[str, Any], where: str, path: str, channel: bool = False) -> 
             (_bytes(a, f"{at}.samples[{j}]", path), _bytes(b, f"{at}.samples[{j}]", path))
             for j, (a, b) in enumerate(t["samples"])
         )
+        before = tuple(_bytes(b, f"{at}.before[{j}]", path) for j, b in enumerate(t.get("before", ())))
+        if before and len(before) != len(samples):
+            raise ModelFormatError(path, f"{at}.before", f"must have one entry per sample ({len(samples)})")
         announce = Announce(t["announce"]["encoding"], t["announce"]["where"]) if "announce" in t else None
         sub = None
         if "channel" in t:
             if channel:
                 raise ModelFormatError(path, f"{at}.channel", "a data channel's model has no data channels of its own")
             sub = _port(t["channel"], f"{at}.channel", path, channel=True)
-        tr = Transition(i, t["source"], t["target"], pattern, t["weight"], tuple(links), samples, announce, sub)
+        tr = Transition(i, t["source"], t["target"], pattern, t["weight"], tuple(links), samples, announce, sub, before)
         if t["target"] in incoming or t["target"] == doc["root"]:
             raise ModelFormatError(path, at, f"state {t['target']} has two ways in (the model is a tree)")
         incoming[t["target"]] = tr
