@@ -448,7 +448,7 @@ class _State:
 
 _CONTEXT_BYTES = 256  # of a request before, compared (scriptgen.model.BEFORE_BYTES: all the model keeps)
 _CONTEXT_SAMPLES = 256  # binary samples of one size a request is compared with (heaviest first)
-_CONTEXT_FLOOR = 0.8  # the least share of equal bytes for a sample to be like a request
+_CONTEXT_FLOOR = 0.7  # the least share of equal bytes for a sample to be like a request
 _CONTEXT_ALIKE = 8  # samples as alike as the most alike, whose requests before are compared
 _NEAR = 0.02  # a sample this much less alike than the most alike is as alike
 _MAX_LABELS = 64  # the labels of a state an answer is chosen from (the most frequent)
