@@ -368,6 +368,23 @@ def test_a_request_answered_by_its_nearest_transition_gets_its_own_name_repeated
     assert run(m, [b"QUIT\r\n"]).answers[1] == b"221 bye\r\n"  # an exact match is answered as learned
 
 
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+@TRICKLE
+def test_an_answer_that_repeats_the_request_before_repeats_the_sessions_own(trickle):
+    # redis-cli's SET then GET of a key the capture never had: the GET's answer is the value
+    # the SET before it gave, with its length.
+    m = machine([session((_resp(b"PING"), b"+PONG\r\n"), port=6379),
+                 session((_resp(b"GET", b"app:name"), b"$11\r\ncorpus-shop\r\n"), port=6379),
+                 session((_resp(b"SET", b"tmp:epsilon", b"five"), b"+OK\r\n"),
+                         (_resp(b"GET", b"tmp:epsilon"), b"$4\r\nfive\r\n"), port=6379)])
+    out = run(m, [_resp(b"SET", b"tmp:zeta", b"sixty-six"), _resp(b"GET", b"tmp:zeta")], trickle=trickle)
+    assert out.answers[1:] == [b"+OK\r\n", b"$9\r\nsixty-six\r\n"]
+    assert run(m, [_resp(b"GET", b"app:name")], trickle=trickle).answers[1] == b"$11\r\ncorpus-shop\r\n"
+
+
 def test_a_piece_shared_by_the_ends_of_two_words_is_not_an_echo():
     # "+PONG\r\n" and "PING\r\n" share "NG\r\n": an unknown command nearest to PING got
     # "+POZE\r\n" (DBSIZE's end put in its place).

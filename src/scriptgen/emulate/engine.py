@@ -873,6 +873,12 @@ def _label_for(t: _Transition, request: bytes) -> int:
     return min(got, default=0)
 
 
+def _before_of(t: _Transition, sample: bytes) -> bytes:
+    """The request before the first of `t`'s samples that is `sample` (b"": none known)."""
+    k = t.requests.index(sample) if sample in t.requests else -1
+    return t.before[k] if 0 <= k < len(t.before) else b""
+
+
 def _same_bytes(a: bytes, b: bytes) -> float:
     """The share of equal bytes at equal offsets of two byte strings of one length."""
     if not a:
@@ -933,7 +939,9 @@ class Emulator:
         self._cached: tuple[int, _Match | None, bool] = (-1, None, False)
         # an answer waiting for `listening`: (state, values, now, label)
         self._parked: tuple[_State, dict[int, bytes], float, list[_Part]] | None = None
-        self._echo: tuple[bytes, bytes] | None = None  # (sample, request) of a nearest match, for its answer
+        # (sample, request, the sample's request before, the request before) of a request
+        # answered as a sample was, for its answer's echoes
+        self._echo: tuple[bytes, bytes, bytes, bytes] | None = None
         self._previous = b""  # the request before
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
@@ -1241,12 +1249,12 @@ class Emulator:
             sample = sample or t.sample
             m = t.regex.fullmatch(sample)
             values = {region: m.group(group) for region, group in t.groups.items()} if m else dict(t.defaults)
-            self._echo = (sample, data)
+            self._echo = (sample, data, _before_of(t, sample), previous)
         else:
             t, m = match
             if m is None and how == "context":  # a match here, answered as a sample elsewhere
                 m = t.regex.fullmatch(sample)
-                self._echo = (sample, data)
+                self._echo = (sample, data, _before_of(t, sample), previous)
             values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
         # What the server says to what it does not know leaves it where it was (vsftpd
         # still wants a login after its `530`); any other answer goes where its sample went.
@@ -1278,9 +1286,17 @@ class Emulator:
                      host: str | None, label: list[_Part]) -> None:
         answer = self._render(label, values, now, port, host)
         if self._echo is not None:
-            unechoed = self.machine.unechoed.get(_first_name(self._echo[0]), set())
-            for old, new in _echoes(*self._echo, answer, self.params.compare_bytes, unechoed):
-                answer = _replace_words(answer, old, new)
+            # The pieces of the request it repeats, then, in text, those of the request before
+            # (Redis's GET after a SET repeats the SET's value: `$4\r\nfive` for `SET k six` is
+            # `$3\r\nsix`; in binary it lost: smb_dev_nmap 78 to 77 carried).
+            sample, data, before, previous = self._echo
+            if _TEXT.fullmatch(before[: self.params.compare_bytes]) is None:
+                before = b""
+            for old_request, new_request in ((sample, data), (before, previous)):
+                if old_request and new_request:
+                    unechoed = self.machine.unechoed.get(_first_name(old_request), set())
+                    for old, new in _echoes(old_request, new_request, answer, self.params.compare_bytes, unechoed):
+                        answer = _replace_words(answer, old, new)
             self._echo = None
         if self.params.pace:
             self._ready_at = max(self._ready_at, now + state.delay)
