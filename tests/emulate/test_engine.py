@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 import scriptgen.emulate
 from scriptgen.emulate import Emulator, EmulatorParams, Machine, NeedData, Send
-from scriptgen.emulate.engine import _byte_counts, _shared_bytes
+from scriptgen.emulate.engine import _CONTEXT_BYTES, _byte_counts, _shared_bytes
 from scriptgen.learn import learn
-from scriptgen.model import Sender
+from scriptgen.model import BEFORE_BYTES, Sender
 from scriptgen.modelfile import port_doc
 from scriptgen.params import LearnParams
 
@@ -205,6 +205,11 @@ def test_the_nearest_searchs_byte_bound_is_difflibs_quick_ratio(a, b):
     size = len(a) + len(b)
     bound = 2.0 * _shared_bytes(ours, _byte_counts(b)) / size if size else 1.0
     assert bound == difflib.SequenceMatcher(None, a, b, autojunk=False).quick_ratio()
+
+
+def test_the_emulator_compares_as_much_of_the_request_before_as_the_model_keeps():
+    # Its own copy of scriptgen.model.BEFORE_BYTES (it imports nothing): the two must agree.
+    assert _CONTEXT_BYTES == BEFORE_BYTES
 
 
 def test_emulate_imports_only_the_standard_library_and_itself():
