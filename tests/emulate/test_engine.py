@@ -268,7 +268,7 @@ def test_a_clients_pipeline_and_a_netcat_line_do_not_hide_the_models_terminator(
                 banner=BANNER, closed_by=Sender.SERVER),
         session((b"USER carol\\r\\nQUIT\\r\\n", b"530 Please login with USER and PASS.\r\n"), banner=BANNER)]
     m = machine(sessions)
-    assert m.terminator == b"\r\n"
+    assert m.terminator == b"\n"  # the shortest of what every request ends with, and none holds inside
     t = run(m, [b"ZZZZZZZZ1\r\nQUIT\r\n"], gap=0.3)
     assert t.answers[1] == b"221 Bye.\r\n" and t.unmatched == ["silence", "elsewhere"] and t.closed == "server"
     # A request of several lines that is not commands sent at once (memcached's `set` and
@@ -743,3 +743,74 @@ def test_an_answer_that_depends_on_the_request_before_is_the_one_that_followed_a
         read = b"\x00R" + ident + b"\x00\x10\x00\x00\xff\xff\xff\xff\x00\x00"
         out = run(m, [write, read], trickle=trickle)
         assert out.answers[2] == b"\x00r" + ident + bytes([len(data)]) + data, name
+
+
+def smtp_sessions() -> list:
+    out = []
+    for who, to, body, queued in (
+            (b"alice", b"bob", b"Subject: hi\r\n\r\nhello bob\r\n.\r\n", b"1xV5wt-0008W2-0C"),
+            (b"carol", b"dave", b"Subject: weekly report\r\n\r\nall systems nominal\r\n.\r\n", b"1xV5wt-000060-2S"),
+            (b"erin", b"frank", b"Date: Sun, 22 Nov 2026\r\nSubject: status\r\n\r\nsent by a script\r\n.\r\n",
+             b"1xV5wu-000094-39")):
+        out.append(session((b"EHLO " + who + b"-pc\r\n", b"250-mx Hello " + who + b"-pc\r\n250 HELP\r\n"),
+                           (b"MAIL FROM:<" + who + b"@corpus.test>\r\n", b"250 OK\r\n"),
+                           (b"RCPT TO:<" + to + b"@corpus.test>\r\n", b"250 Accepted\r\n"),
+                           (b"DATA\r\n", b"354 Enter message\r\n"), (body, b"250 OK id=" + queued + b"\r\n"),
+                           (b"QUIT\r\n", b"221 closing\r\n"), banner=b"220 mx ESMTP\r\n", closed_by=Sender.SERVER,
+                           port=25))
+    return out
+
+
+@TRICKLE
+def test_pipelined_lines_are_cut_where_every_request_of_their_state_ends(trickle):
+    # Mail bodies hold CRLFs: the model as a whole has no terminator. The state after MAIL
+    # still has one (its RCPTs' CRLF, not the `@corpus.test>\r\n` they all ended with), so a
+    # RCPT to another domain, pipelined with DATA, is one request and DATA another, each
+    # answered at once: not the two as one after idle_gap.
+    m = machine(smtp_sessions())
+    assert m.terminator == b""
+    t = run(m, [b"EHLO gina-pc\r\n", b"MAIL FROM:<gina@corpus.test>\r\nRCPT TO:<hal@other.example>\r\nDATA\r\n"],
+            trickle=trickle, gap=0.3)
+    assert t.answers[2] == b"250 OK\r\n250 Accepted\r\n354 Enter message\r\n"
+
+
+@TRICKLE
+def test_a_command_in_other_letter_case_is_the_command_learned(trickle):
+    # smtplib says `ehlo`, the capture's clients said `EHLO`: SMTP (and FTP, POP3, IMAP,
+    # Redis) commands ignore case. The log keeps what the client sent.
+    m = machine(smtp_sessions())
+    t = run(m, [b"ehlo gina-pc\r\n"], trickle=trickle)
+    assert t.answers[1] == b"250-mx Hello gina-pc\r\n250 HELP\r\n" and t.unmatched == []
+    conn = Emulator(m, 0.0)
+    conn.receive_data(b"ehlo gina-pc\r\n", 0.0)
+    events = [conn.next_event(1.0) for _ in range(3)]
+    assert [e.data for e in events if type(e).__name__ == "Input"] == [b"ehlo gina-pc\r\n"]
+
+
+@TRICKLE
+def test_a_request_ending_as_every_request_of_its_state_is_answered_as_one_of_them(trickle):
+    # After DATA every request ended `\r\n.\r\n`: a mail, however unlike the learned ones,
+    # gets a mail's answer, not the EHLO answer of the model's most similar bytes (which
+    # made `250-mx Hello alice-pc\n\nhi\n\r\n250 HELP`).
+    m = machine(smtp_sessions(), macro=0.0)
+    mail = b"From: alice-pc\n\nhi\n\r\n.\r\n"
+    t = run(m, [b"EHLO alice-pc\r\n", b"MAIL FROM:<alice@corpus.test>\r\n", b"RCPT TO:<bob@corpus.test>\r\n",
+                b"DATA\r\n", mail], trickle=trickle)
+    assert t.answers[5].startswith(b"250 OK id=") and t.unmatched == ["nearest"]
+
+
+@TRICKLE
+def test_a_command_learned_only_in_another_state_is_answered_as_there(trickle):
+    # In the state after login the model saw STAT (whose bytes are more like this EPRT's
+    # than anything else is) and SYST; EPRT only after SYST. The command says what answers.
+    sessions = [
+        session((b"USER alice\r\n", b"331 Password required.\r\n"), (b"PASS secret\r\n", b"230 Logged in.\r\n"),
+                (b"STAT 10.0.0.1 40001\r\n", b"211-Status of 10.0.0.1\r\n211 End of status\r\n"),
+                (b"QUIT\r\n", b"221 Bye.\r\n"), banner=BANNER, closed_by=Sender.SERVER),
+        session((b"USER bob\r\n", b"331 Password required.\r\n"), (b"PASS secret\r\n", b"230 Logged in.\r\n"),
+                (b"SYST\r\n", b"215 UNIX Type: L8\r\n"),
+                (b"EPRT |1|10.0.0.1|40001|\r\n", b"200 EPRT command successful.\r\n"),
+                (b"QUIT\r\n", b"221 Bye.\r\n"), banner=BANNER, closed_by=Sender.SERVER)]
+    t = run(machine(sessions), [b"USER carol\r\n", b"PASS secret\r\n", b"EPRT |1|10.0.0.1|40777|\r\n"],
+            trickle=trickle)
+    assert t.answers[3] == b"200 EPRT command successful.\r\n" and t.unmatched[-1] == "elsewhere"

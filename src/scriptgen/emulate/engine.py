@@ -595,13 +595,25 @@ def _delimiter(requests: list[bytes]) -> bytes:
     last, count = ends.most_common(1)[0] if ends else (b"", 0)
     if not last or count < _DELIMITED_SHARE * len(requests):
         return b""
-    suffix = _common_suffix([r for r in requests if r.endswith(last)])
-    while suffix:
+    common = _common_suffix([r for r in requests if r.endswith(last)])
+
+    def delimits(suffix: bytes) -> bool:
         inside = [r for r in requests if r.find(suffix) not in (-1, len(r) - len(suffix))]
-        if all(r.endswith(suffix) for r in inside) and (not inside or _pipelines(inside, requests, suffix)):
-            return suffix
-        suffix = suffix[1:]  # a shorter one may still occur only at the end ("X\r\n" -> "\r\n")
-    return suffix
+        return all(r.endswith(suffix) for r in inside) and (not inside or _pipelines(inside, requests, suffix))
+
+    # Of punctuation and line ends, the shortest: the rest of what a state's requests have in
+    # common at their end is content (its RCPTs all ended `@corpus.test>\r\n`; a RCPT to
+    # another domain, pipelined with a DATA, still ends at its `\r\n`).
+    for n in range(1, len(common) + 1):
+        if common[-n:][:1].isalnum():
+            break
+        if delimits(common[-n:]):
+            return common[-n:]
+    # Else the longest (binary, or a single sample): only it is sure to be no content.
+    for n in range(len(common), 0, -1):
+        if delimits(common[-n:]):
+            return common[-n:]
+    return b""
 
 
 _DELIMITED_SHARE = 0.9  # of a state's requests that must end with its delimiter
@@ -723,6 +735,22 @@ class Machine:
                 self.unechoed.setdefault(_first_name(request), set()).update(
                     _words_of(self._answer_to(t, k)) - _alnum_words(request))
         self.commands = frozenset(self.unechoed)  # every command learned (a key per sample's command)
+        self.by_command: dict[bytes, list[_Transition]] = {}  # the heaviest transitions of each command, of text
+        for t in heaviest:
+            if t.first_name and _TEXT.fullmatch(t.sample[: self.params.compare_bytes]):
+                same = self.by_command.setdefault(t.first_name, [])
+                if len(same) < self.params.nearest_candidates:
+                    same.append(t)
+        # Each command, folded to lower case -> as the capture's clients spelled it most often.
+        spelled: Counter[bytes] = Counter()
+        for t in transitions.values():
+            for request in t.requests:
+                name = _first_name(request)
+                if _TEXT.fullmatch(request[: self.params.compare_bytes]) and name.isalpha():
+                    spelled[name] += t.weight
+        self.spellings: dict[bytes, bytes] = {}
+        for name, _ in spelled.most_common():
+            self.spellings.setdefault(name.lower(), name)
         # The binary samples of each size that have a request before them (in_context).
         self.by_size: dict[int, list[tuple[_Transition, int]]] = {}
         for t in heaviest:
@@ -804,6 +832,20 @@ class Machine:
         if top <= min(r for r, _, _ in ranked):
             return None
         return next((t, k) for r, t, k in ranked if r == top)
+
+    def respelled(self, data: bytes) -> bytes:
+        """A request of text whose command the model knows only in other letter case
+        (smtplib's `ehlo`, the capture's `EHLO`: commands of line protocols and Redis
+        ignore case), with the command as the model spells it; else `data` itself."""
+        if not self.spellings:
+            return data
+        m = _NAMES.search(data, 0, _PREFIX_BYTES)
+        if m is None or m.group() in self.commands or not m.group().isalpha():
+            return data
+        spelling = self.spellings.get(m.group().lower())
+        if spelling is None or _TEXT.fullmatch(data[: self.params.compare_bytes]) is None:
+            return data
+        return data[: m.start()] + spelling + data[m.end() :]
 
     def _answer_to(self, t: _Transition, k: int) -> list[_Part]:
         """The label sample `k` of `t` got."""
@@ -998,11 +1040,14 @@ class Emulator:
                 self._take(whole[pos:end], now, match)
                 pos = end
                 continue
+            ends = self.machine.states[self.state].terminators
             if self.machine.terminator and whole.endswith(self.machine.terminator) or (
-                    self.machine.reads_lines and whole.find(b"\n", pos) >= 0):
-                # Every request in the capture ended so (a CRLF, say): this one is
-                # complete even though it matches nothing. Cut off what came before. (A
-                # server of lines takes every whole line of what came: a TLS hello's.)
+                    self.machine.reads_lines and whole.find(b"\n", pos) >= 0) or (ends and ends[0]
+                                                                                and whole.endswith(ends[0])):
+                # Every request in the capture (or in this state) ended so (a CRLF, say):
+                # this one is complete even though it matches nothing. Cut off what came
+                # before. (A server of lines takes every whole line of what came: a TLS
+                # hello's.)
                 end = self._cut(whole, pos)
                 self._take(whole[pos:end], now, None)
                 pos = end
@@ -1169,9 +1214,13 @@ class Emulator:
     def _take(self, data: bytes, now: float,
               match: _Match | None = None) -> None:
         state = self.machine.states[self.state]
-        previous, self._previous = self._previous, data
+        sent = data  # as logged; matched as the model spells its command, if it does otherwise
         if match is None:
             match = self._match(data, 0)
+            if match is None:
+                data = self.machine.respelled(data)
+                match = self._match(data, 0) if data is not sent else None
+        previous, self._previous = self._previous, data
         t: _Transition | None = None
         sample = b""
         how = "nearest"  # how a request nothing here matched is answered (the Unmatched event)
@@ -1208,9 +1257,11 @@ class Emulator:
                 match = (t, m) if m is not None else None
         # Fallbacks, strongest evidence first: the same bytes learned in another state; the
         # same request line (of a request of several lines) learned in another state; for a
-        # request line never seen, the answer usual for its command; a similar request of
-        # this state; for a command the model never saw, the answer most of this state's
-        # commands got; another state's pattern; the model's most similar.
+        # request line never seen, the answer usual for its command; for a line whose
+        # command only other states saw, a sample of it there; a similar request of this
+        # state (or, if it ends as all of them do, the most similar); for a command the
+        # model never saw, the answer most of this state's commands got; another state's
+        # pattern; the model's most similar of the same command, then of all.
         if match is None and t is None:
             match = self._elsewhere(state, data, patterns=False)
             line = _first_line(data)
@@ -1222,7 +1273,16 @@ class Emulator:
             if usual is not None:
                 (t, sample), how = usual, "common"
             if match is None and t is None:
-                t = self._nearest(state.nearest, data)
+                t = self._command_elsewhere(state, data)
+                if t is not None:
+                    how = "elsewhere"
+                else:
+                    t = self._nearest(state.nearest, data)
+                end = state.terminators[0] if state.terminators else b""
+                if t is None and end.strip(b"\r\n") and data.endswith(end):
+                    # It ends as every request here does, and that is more than a line end
+                    # (a mail's `.\r\n`): one of them, however unlike them its bytes are.
+                    t = self._nearest(state.nearest, data, 0.0)
                 if t is None and state.common:
                     # Bytes that are not text are, to a server of lines, a command it does not know.
                     name = _first_name(data)
@@ -1232,18 +1292,19 @@ class Emulator:
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
                     if match is None:
-                        t = self._nearest(self.machine.nearest, data, self.params.last_floor)
+                        t = self._same_command(state, data) or self._nearest(self.machine.nearest, data,
+                                                                             self.params.last_floor)
             if match is not None:
-                self._events.append(Unmatched(data, state.id, "elsewhere"))
+                self._events.append(Unmatched(sent, state.id, "elsewhere"))
         if match is None:
             if t is None:
                 fallback = "close" if state.closes_here else "silence"
-                self._events.append(Unmatched(data, state.id, fallback))
-                self._events.append(Input(data, state.id, None, state.id))
+                self._events.append(Unmatched(sent, state.id, fallback))
+                self._events.append(Input(sent, state.id, None, state.id))
                 if fallback == "close":
                     self._closed_after_events("unmatched")
                 return
-            self._events.append(Unmatched(data, state.id, how))
+            self._events.append(Unmatched(sent, state.id, how))
             # Answered as its sample request was, then that sample's pieces the answer
             # repeats replaced by the request's own (_echoes).
             sample = sample or t.sample
@@ -1260,7 +1321,7 @@ class Emulator:
         # still wants a login after its `530`); any other answer goes where its sample went.
         self.state = state.id if how == "common" and match is None and self.machine.reads_lines else t.target
         self.path.append(self.state)
-        self._events.append(Input(data, state.id, t.id, self.state))
+        self._events.append(Input(sent, state.id, t.id, self.state))
         if t.announce is not None:
             port = decode_port(data, *t.announce)
             if port is not None:
@@ -1379,6 +1440,36 @@ class Emulator:
         if usual is None or not usual[1].isdisjoint(_names(line)):
             return None
         return _alike(usual[0], data, self.params.compare_bytes)
+
+    def _same_command(self, state: _State, data: bytes) -> _Transition | None:
+        """For a request of text that nothing answers above the floor: the most similar
+        sample of its command, of this state, else of the model, down to `last_floor`. The
+        command says what is asked; its arguments, what the rest of the bytes are like
+        (smtplib's `ehlo ws01.corpus.test` was more like a `MAIL FROM:<bob@corpus.test>`
+        than any EHLO, byte for byte)."""
+        first = _first_name(data)
+        if not first.isalpha() or _TEXT.fullmatch(data[: self.params.compare_bytes]) is None:
+            return None  # no command, or a tag (IMAP's `A004`): what follows differs
+        for candidates in (state.nearest, self.machine.nearest):
+            same = [t for t in candidates if t.first_name == first]
+            t = self._nearest(same, data, self.params.last_floor) if same else None
+            if t is not None:
+                return t
+        return None
+
+    def _command_elsewhere(self, state: _State, data: bytes) -> _Transition | None:
+        """For a line of text whose command the model learned only in other states: the most
+        similar sample of that command. The command says what kind of answer comes, more
+        than what else is like its bytes here (curl's `EPRT |1|127.0.0.1|54203|`, in a state
+        that had only seen RETRs, got a RETR's 150)."""
+        first = _first_name(data)
+        same = self.machine.by_command.get(first) if first.isalpha() else None  # not a tag (IMAP's `A004`)
+        if not same or any(t.first_name == first for t in state.nearest):
+            return None
+        head = data[: self.params.compare_bytes]
+        if not _PRINTABLE.fullmatch(head.rstrip(b"\r\n")):
+            return None
+        return self._nearest(same, data, self.params.last_floor)
 
     def _elsewhere(self, state: _State, data: bytes, patterns: bool) -> _Match | None:
         """A transition of another state that matches: the model learned this request in
