@@ -814,3 +814,15 @@ def test_a_command_learned_only_in_another_state_is_answered_as_there(trickle):
     t = run(machine(sessions), [b"USER carol\r\n", b"PASS secret\r\n", b"EPRT |1|10.0.0.1|40777|\r\n"],
             trickle=trickle)
     assert t.answers[3] == b"200 EPRT command successful.\r\n" and t.unmatched[-1] == "elsewhere"
+
+
+def test_a_sample_with_the_very_request_line_is_nearer_than_one_with_a_line_like_it():
+    # curl's `GET /` never learned: nmap's `GET /` (other headers) got the home page, curl's
+    # `GET /files/` (the same headers) a listing. The line names what is asked; `/` and
+    # `/files/` are 0.83 alike as lines, and the same headers had made the listing nearer.
+    curl = b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n"
+    nmap = (b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0 (compatible; Nmap Scripting Engine;"
+            b" https://nmap.org/book/nse.html)\r\nConnection: close\r\n\r\n")
+    home, listing = http_answer(b"200 OK", b"<html>Welcome</html>"), http_answer(b"200 OK", b"Index of /files/")
+    sessions = [session((b"GET /" + nmap, home), port=80), session((b"GET /files/" + curl, listing), port=80)]
+    assert nearest_answer(sessions, b"GET /" + curl) == home

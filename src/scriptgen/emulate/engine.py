@@ -236,6 +236,7 @@ _MIN_ECHO = 3  # bytes a repeated piece must have (shorter ones repeat by chance
 _PREFIX_WEIGHT = 0.25  # a nearest sample beginning as the request does: up to this much more similar
 _PREFIX_BYTES = 32
 _LINE_WEIGHT = 1.0  # a nearest sample whose first line is the request's: this much more similar
+_SAME_LINE_WEIGHT = 0.3  # and this much more when it is the very same line
 
 
 def _common_start(a: bytes, b: bytes, text: bool) -> float:
@@ -1537,7 +1538,8 @@ class Emulator:
         # came 0.3 like `QUIT\r\n`).
         no_goodbye = (one_line and bool(names)) or (self.machine.reads_lines and not text)
         # the most a key adds to a ratio
-        bonus = (_PREFIX_WEIGHT + _COMMAND_WEIGHT + _ONCE_WEIGHT + (_LINE_WEIGHT if line is not None else 0.0)
+        bonus = (_PREFIX_WEIGHT + _COMMAND_WEIGHT + _ONCE_WEIGHT
+                 + (_LINE_WEIGHT + _SAME_LINE_WEIGHT if line is not None else 0.0)
                  + (_SHOWN_WEIGHT if names else 0.0))
         best, best_key = None, -1.0  # at least `floor`
         last, last_key = None, -1.0  # at least `low` (so last_key >= best_key)
@@ -1552,7 +1554,9 @@ class Emulator:
             bound = 2.0 * min(len(head), len(sample)) / size if size else 1.0
             if bound < low or bound + bonus <= best_key or (bound < floor and bound + bonus <= last_key):
                 continue
-            extra = _PREFIX_WEIGHT * _common_start(head, sample, text) + _LINE_WEIGHT * _same_line(line, sample)
+            same_line = _same_line(line, sample)
+            extra = (_PREFIX_WEIGHT * _common_start(head, sample, text) + _LINE_WEIGHT * same_line
+                     + (_SAME_LINE_WEIGHT if same_line == 1.0 else 0.0))
             same_command = first == t.first_name
             if same_command and first:
                 extra += _COMMAND_WEIGHT
