@@ -826,3 +826,13 @@ def test_a_sample_with_the_very_request_line_is_nearer_than_one_with_a_line_like
     home, listing = http_answer(b"200 OK", b"<html>Welcome</html>"), http_answer(b"200 OK", b"Index of /files/")
     sessions = [session((b"GET /" + nmap, home), port=80), session((b"GET /files/" + curl, listing), port=80)]
     assert nearest_answer(sessions, b"GET /" + curl) == home
+
+
+def test_a_binary_request_is_not_cut_at_a_byte_its_state_only_ended_with():
+    # Every learned request ends `\x07\x00` and holds no NUL before: a request whose id is
+    # a NUL, sent a byte at a time, is still one request. Cutting at the shortest suffix
+    # (a line end's rule, for text only) cut it at its first NUL; smbclient's requests, in
+    # TCP segments, fell apart that way (e2e SMB 9/9 to 7/9).
+    sessions = [session((b"\x05REQ" + x + b"\x07\x00", b"\x06ACK" + x), port=445) for x in (b"\x01", b"\x02", b"\x03")]
+    t = run(machine(sessions), [b"\x05REQ\x00\x07\x00"], trickle=True)
+    assert t.unmatched == [] and t.answers[1] == b"\x06ACK\x00"

@@ -268,6 +268,7 @@ _WORDS = re.compile(rb"[A-Za-z0-9]+|[^A-Za-z0-9]")  # a word, or one byte of any
 _NAMES = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z][A-Za-z0-9._-]*")
 _PRINTABLE = re.compile(rb"[\x20-\x7e\t]*")  # one line of text
 _TEXT = re.compile(rb"[\x20-\x7e\t\r\n]*")  # lines of text
+_PUNCTUATION = re.compile(rb"[\t\r\n\x20-\x2f\x3a-\x40\x5b-\x60\x7b-\x7e]+")  # of text, no letter or digit
 _WIDE = re.compile(rb"(?:[\x20-\x7e]\x00){3,}")  # UTF-16LE text, as Windows protocols write names
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
@@ -606,7 +607,7 @@ def _delimiter(requests: list[bytes]) -> bytes:
     # common at their end is content (its RCPTs all ended `@corpus.test>\r\n`; a RCPT to
     # another domain, pipelined with a DATA, still ends at its `\r\n`).
     for n in range(1, len(common) + 1):
-        if common[-n:][:1].isalnum():
+        if not _PUNCTUATION.fullmatch(common[-n:][:1]):
             break
         if delimits(common[-n:]):
             return common[-n:]
@@ -1043,8 +1044,8 @@ class Emulator:
                 continue
             ends = self.machine.states[self.state].terminators
             if self.machine.terminator and whole.endswith(self.machine.terminator) or (
-                    self.machine.reads_lines and whole.find(b"\n", pos) >= 0) or (ends and ends[0]
-                                                                                and whole.endswith(ends[0])):
+                    self.machine.reads_lines and whole.find(b"\n", pos) >= 0) or (
+                    ends and _PUNCTUATION.fullmatch(ends[0]) and whole.endswith(ends[0])):
                 # Every request in the capture (or in this state) ended so (a CRLF, say):
                 # this one is complete even though it matches nothing. Cut off what came
                 # before. (A server of lines takes every whole line of what came: a TLS
@@ -1280,7 +1281,7 @@ class Emulator:
                 else:
                     t = self._nearest(state.nearest, data)
                 end = state.terminators[0] if state.terminators else b""
-                if t is None and end.strip(b"\r\n") and data.endswith(end):
+                if t is None and end.strip(b"\r\n") and _PUNCTUATION.fullmatch(end) and data.endswith(end):
                     # It ends as every request here does, and that is more than a line end
                     # (a mail's `.\r\n`): one of them, however unlike them its bytes are.
                     t = self._nearest(state.nearest, data, 0.0)
