@@ -26,6 +26,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 Exchange = Callable[[bytes], bytes]
 
@@ -45,7 +46,7 @@ def _name(value: bytes) -> bytes:
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
-        token = random.randbytes(8)
+        token = cast("Server", self.server).tokens.randbytes(8)
         while True:
             payload = _read_frame(sock)
             if payload is None:
@@ -86,8 +87,9 @@ class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.tokens = random.Random(seed)  # one connection at a time: no lock needed
         self.port = self.server_address[1]
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
