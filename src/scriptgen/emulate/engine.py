@@ -405,8 +405,8 @@ def _replace_words(text: bytes, old: bytes, new: bytes) -> bytes:
 
 class _State:
     __slots__ = ("id", "label", "labels", "announces", "literal", "patterns", "closes_here", "delay", "nearest",
-                 "by_line", "terminators", "framed", "longest_literal", "watch", "longest_terminator", "common",
-                 "usual", "votes")
+                 "by_line", "terminators", "line_end", "framed", "longest_literal", "watch", "longest_terminator",
+                 "common", "usual", "votes")
 
     def __init__(self, doc: dict[str, Any], transitions: dict[int, _Transition], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -438,7 +438,12 @@ class _State:
                 self.by_line.setdefault(line, t)
         # What every request leaving this state ends with (e.g. CRLF): where to cut input
         # that matches nothing but holds several requests.
-        self.terminators = [_delimiter([r for t in outgoing for r in t.requests])] if outgoing else []
+        requests = [r for t in outgoing for r in t.requests]
+        self.terminators = [_delimiter(requests)] if outgoing else []
+        # That terminator, when every request is text and it is punctuation and line ends:
+        # input that ends with it is complete, and is one of this state's requests.
+        end = self.terminators[0] if self.terminators else b""
+        self.line_end = end if _PUNCTUATION.fullmatch(end) and all(map(_TEXT.fullmatch, requests)) else b""
         # Transitions that end in fixed bytes can be recognised at the front of pipelined input.
         self.framed = [t for t in outgoing if t.terminator][:_MAX_FRAMED]
         self.longest_literal = max((len(k) for k in self.literal), default=0)
@@ -603,10 +608,11 @@ def _delimiter(requests: list[bytes]) -> bytes:
         inside = [r for r in requests if r.find(suffix) not in (-1, len(r) - len(suffix))]
         return all(r.endswith(suffix) for r in inside) and (not inside or _pipelines(inside, requests, suffix))
 
-    # Of punctuation and line ends, the shortest: the rest of what a state's requests have in
-    # common at their end is content (its RCPTs all ended `@corpus.test>\r\n`; a RCPT to
-    # another domain, pipelined with a DATA, still ends at its `\r\n`).
-    for n in range(1, len(common) + 1):
+    # In text, of punctuation and line ends, the shortest: the rest of what a state's requests
+    # have in common at their end is content (its RCPTs all ended `@corpus.test>\r\n`; a RCPT
+    # to another domain, pipelined with a DATA, still ends at its `\r\n`).
+    text = all(map(_TEXT.fullmatch, requests))
+    for n in range(1, len(common) + 1 if text else 1):
         if not _PUNCTUATION.fullmatch(common[-n:][:1]):
             break
         if delimits(common[-n:]):
@@ -1042,10 +1048,9 @@ class Emulator:
                 self._take(whole[pos:end], now, match)
                 pos = end
                 continue
-            ends = self.machine.states[self.state].terminators
+            ends = self.machine.states[self.state].line_end
             if self.machine.terminator and whole.endswith(self.machine.terminator) or (
-                    self.machine.reads_lines and whole.find(b"\n", pos) >= 0) or (
-                    ends and _PUNCTUATION.fullmatch(ends[0]) and whole.endswith(ends[0])):
+                    self.machine.reads_lines and whole.find(b"\n", pos) >= 0) or (ends and whole.endswith(ends)):
                 # Every request in the capture (or in this state) ended so (a CRLF, say):
                 # this one is complete even though it matches nothing. Cut off what came
                 # before. (A server of lines takes every whole line of what came: a TLS
@@ -1280,8 +1285,8 @@ class Emulator:
                     how = "elsewhere"
                 else:
                     t = self._nearest(state.nearest, data)
-                end = state.terminators[0] if state.terminators else b""
-                if t is None and end.strip(b"\r\n") and _PUNCTUATION.fullmatch(end) and data.endswith(end):
+                end = state.line_end
+                if t is None and end.strip(b"\r\n") and data.endswith(end):
                     # It ends as every request here does, and that is more than a line end
                     # (a mail's `.\r\n`): one of them, however unlike them its bytes are.
                     t = self._nearest(state.nearest, data, 0.0)
@@ -1557,7 +1562,7 @@ class Emulator:
                 continue
             same_line = _same_line(line, sample)
             extra = (_PREFIX_WEIGHT * _common_start(head, sample, text) + _LINE_WEIGHT * same_line
-                     + (_SAME_LINE_WEIGHT if same_line == 1.0 else 0.0))
+                     + (_SAME_LINE_WEIGHT if same_line == 1.0 and text else 0.0))
             same_command = first == t.first_name
             if same_command and first:
                 extra += _COMMAND_WEIGHT
