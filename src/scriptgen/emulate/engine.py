@@ -439,11 +439,12 @@ class _State:
         # What every request leaving this state ends with (e.g. CRLF): where to cut input
         # that matches nothing but holds several requests.
         requests = [r for t in outgoing for r in t.requests]
-        self.terminators = [_delimiter(requests)] if outgoing else []
+        text = all(map(_TEXT.fullmatch, requests))
+        self.terminators = [_delimiter(requests, text)] if outgoing else []
         # That terminator, when every request is text and it is punctuation and line ends:
         # input that ends with it is complete, and is one of this state's requests.
         end = self.terminators[0] if self.terminators else b""
-        self.line_end = end if _PUNCTUATION.fullmatch(end) and all(map(_TEXT.fullmatch, requests)) else b""
+        self.line_end = end if text and _PUNCTUATION.fullmatch(end) else b""
         # Transitions that end in fixed bytes can be recognised at the front of pipelined input.
         self.framed = [t for t in outgoing if t.terminator][:_MAX_FRAMED]
         self.longest_literal = max((len(k) for k in self.literal), default=0)
@@ -591,13 +592,14 @@ def decode_port(request: bytes, encoding: str, side: str, offset: int) -> int | 
     return port if 0 < port < 65536 else None
 
 
-def _delimiter(requests: list[bytes]) -> bytes:
+def _delimiter(requests: list[bytes], text: bool) -> bytes:
     """What every request ends with and none holds elsewhere (a CRLF of a line protocol):
     the bytes that can delimit requests. Nothing for protocols whose requests contain their
     final bytes inside too (RESP's CRLFs, SMB's NULs): cutting there would shred requests.
     A request that holds them inside but is other requests sent at once (a client's
     pipeline) does not count against them, nor does a rare one that does not hold them at
-    all (netcat sending `USER alice\\r\\n` typed with backslashes)."""
+    all (netcat sending `USER alice\\r\\n` typed with backslashes). `text`: whether every
+    request is text (computed once by the caller, which needs it too)."""
     ends = Counter(r[-1:] for r in requests)
     last, count = ends.most_common(1)[0] if ends else (b"", 0)
     if not last or count < _DELIMITED_SHARE * len(requests):
@@ -611,7 +613,6 @@ def _delimiter(requests: list[bytes]) -> bytes:
     # In text, of punctuation and line ends, the shortest: the rest of what a state's requests
     # have in common at their end is content (its RCPTs all ended `@corpus.test>\r\n`; a RCPT
     # to another domain, pipelined with a DATA, still ends at its `\r\n`).
-    text = all(map(_TEXT.fullmatch, requests))
     for n in range(1, len(common) + 1 if text else 1):
         if not _PUNCTUATION.fullmatch(common[-n:][:1]):
             break
@@ -715,7 +716,8 @@ class Machine:
                     self.by_line.setdefault(line, t)
         self.patterns = [t for t in heaviest if t.literal is None]
         self.nearest = heaviest[: self.params.nearest_candidates * 4]
-        self.terminator = _delimiter([r for t in transitions.values() for r in t.requests])  # of every request
+        every = [r for t in transitions.values() for r in t.requests]
+        self.terminator = _delimiter(every, all(map(_TEXT.fullmatch, every)))  # of every request
         # A server of lines (every request ends with a line end) reads whatever comes as
         # lines: a TLS hello sent to vsftpd got one `530 Please login` per LF byte in it.
         self.reads_lines = self.terminator in (b"\n", b"\r\n")
@@ -737,11 +739,19 @@ class Machine:
         # an echo (nginx's `html` in its 404 to nmap's `GET /HNAP1` is no echo of curl's `GET
         # /missing.html`). Per command: Redis's COMMAND DOCS holds `arg`, an unknown command's
         # `'arg'` is an echo.
+        # And each command of text, folded to lower case -> as the capture's clients spelled it
+        # most often (`respelled`).
         self.unechoed: dict[bytes, set[bytes]] = {}
+        spelled: Counter[bytes] = Counter()
         for t in transitions.values():
             for k, request in enumerate(t.requests):
-                self.unechoed.setdefault(_first_name(request), set()).update(
-                    _words_of(self._answer_to(t, k)) - _alnum_words(request))
+                name = _first_name(request)
+                self.unechoed.setdefault(name, set()).update(_words_of(self._answer_to(t, k)) - _alnum_words(request))
+                if name.isalpha() and _TEXT.fullmatch(request[: self.params.compare_bytes]):
+                    spelled[name] += t.weight
+        self.spellings: dict[bytes, bytes] = {}
+        for name, _ in spelled.most_common():
+            self.spellings.setdefault(name.lower(), name)
         self.commands = frozenset(self.unechoed)  # every command learned (a key per sample's command)
         self.by_command: dict[bytes, list[_Transition]] = {}  # the heaviest transitions of each command, of text
         for t in heaviest:
@@ -749,16 +759,6 @@ class Machine:
                 same = self.by_command.setdefault(t.first_name, [])
                 if len(same) < self.params.nearest_candidates:
                     same.append(t)
-        # Each command, folded to lower case -> as the capture's clients spelled it most often.
-        spelled: Counter[bytes] = Counter()
-        for t in transitions.values():
-            for request in t.requests:
-                name = _first_name(request)
-                if _TEXT.fullmatch(request[: self.params.compare_bytes]) and name.isalpha():
-                    spelled[name] += t.weight
-        self.spellings: dict[bytes, bytes] = {}
-        for name, _ in spelled.most_common():
-            self.spellings.setdefault(name.lower(), name)
         # The binary samples of each size that have a request before them (in_context).
         self.by_size: dict[int, list[tuple[_Transition, int]]] = {}
         for t in heaviest:
