@@ -836,3 +836,21 @@ def test_a_binary_request_is_not_cut_at_a_byte_its_state_only_ended_with():
     sessions = [session((b"\x05REQ" + x + b"\x07\x00", b"\x06ACK" + x), port=445) for x in (b"\x01", b"\x02", b"\x03")]
     t = run(machine(sessions), [b"\x05REQ\x00\x07\x00"], trickle=True)
     assert t.unmatched == [] and t.answers[1] == b"\x06ACK\x00"
+
+
+@TRICKLE
+def test_an_answer_of_another_command_repeats_none_of_its_words(trickle):
+    # RSET never learned: its nearest is HELP, whose answer lists HELP, a word of Exim's own
+    # (its EHLO answer ends `250 HELP`). The answer is given as learned, not with `HELP`
+    # replaced by `RSET` (`... QUIT RSET RSET`): one command's answer does not repeat
+    # another's words. The same command's arguments still are.
+    hello = b"250-mx Hello %s\r\n250 HELP\r\n"
+    sessions = [
+        session((b"EHLO alice-pc\r\n", hello % b"alice-pc"),
+                (b"HELP\r\n", b"214-Commands supported:\r\n214 HELO EHLO MAIL QUIT RSET HELP\r\n"),
+                (b"QUIT\r\n", b"221 Bye.\r\n"), banner=b"220 mx ESMTP\r\n", closed_by=Sender.SERVER),
+        session((b"EHLO bob-pc\r\n", hello % b"bob-pc"), (b"QUIT\r\n", b"221 Bye.\r\n"),
+                banner=b"220 mx ESMTP\r\n", closed_by=Sender.SERVER)]
+    t = run(machine(sessions), [b"EHLO carol-pc\r\n", b"RSET\r\n"], trickle=trickle)
+    assert t.answers[1] == hello % b"carol-pc"
+    assert t.answers[2] == b"214-Commands supported:\r\n214 HELO EHLO MAIL QUIT RSET HELP\r\n"

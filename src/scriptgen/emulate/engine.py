@@ -308,6 +308,20 @@ def _first_name(data: bytes) -> bytes:
     return m.group() if m else b""
 
 
+def _other_command(sample: bytes, request: bytes, answer: bytes, vocabulary: frozenset[bytes]) -> bool:
+    """Whether two requests of text are different commands (`HELP`, `RSET`) and the
+    sample's answer is not one about its command's name: then it repeats none of the
+    request's words (Exim's command list does not end `RSET RSET`). An answer about the
+    name repeats it, and the name is no word of the server's own (`vocabulary`: Redis's
+    `-ERR unknown command 'NOSUCHCOMMAND'`, where `HELP` is also in Exim's `250 HELP`)."""
+    first, second = _first_name(sample), _first_name(request)
+    if not (first.isalpha() and second.isalpha()) or first.upper() == second.upper():
+        return False
+    if _TEXT.fullmatch(sample[:_PREFIX_BYTES]) is None or _TEXT.fullmatch(request[:_PREFIX_BYTES]) is None:
+        return False
+    return first in vocabulary or first not in _alnum_words(answer)
+
+
 def _shows(names: frozenset[bytes], shown: frozenset[bytes]) -> bool:
     """Whether any of the names is one of the server's answers' (Machine.shown)."""
     return not names.isdisjoint(shown)
@@ -753,6 +767,7 @@ class Machine:
         for name, _ in spelled.most_common():
             self.spellings.setdefault(name.lower(), name)
         self.commands = frozenset(self.unechoed)  # every command learned (a key per sample's command)
+        self.vocabulary: frozenset[bytes] = frozenset().union(*self.unechoed.values())  # the server's own words
         self.by_command: dict[bytes, list[_Transition]] = {}  # the heaviest transitions of each command, of text
         for t in heaviest:
             if t.first_name and _TEXT.fullmatch(t.sample[: self.params.compare_bytes]):
@@ -1361,7 +1376,8 @@ class Emulator:
             if _TEXT.fullmatch(before[: self.params.compare_bytes]) is None:
                 before = b""
             for old_request, new_request in ((sample, data), (before, previous)):
-                if old_request and new_request:
+                if old_request and new_request and not _other_command(old_request, new_request, answer,
+                                                                       self.machine.vocabulary):
                     unechoed = self.machine.unechoed.get(_first_name(old_request), set())
                     for old, new in _echoes(old_request, new_request, answer, self.params.compare_bytes, unechoed):
                         answer = _replace_words(answer, old, new)
