@@ -308,16 +308,21 @@ def _first_name(data: bytes) -> bytes:
     return m.group() if m else b""
 
 
+def _text_command(data: bytes, limit: int) -> bytes:
+    """The command of a request of text: its first name when that is letters only (not a
+    tag: IMAP's `A004`) and its first `limit` bytes are text; else b""."""
+    first = _first_name(data)
+    return first if first.isalpha() and _TEXT.fullmatch(data[:limit]) is not None else b""
+
+
 def _other_command(sample: bytes, request: bytes, answer: bytes, vocabulary: frozenset[bytes]) -> bool:
     """Whether two requests of text are different commands (`HELP`, `RSET`) and the
     sample's answer is not one about its command's name: then it repeats none of the
     request's words (Exim's command list does not end `RSET RSET`). An answer about the
     name repeats it, and the name is no word of the server's own (`vocabulary`: Redis's
     `-ERR unknown command 'NOSUCHCOMMAND'`, where `HELP` is also in Exim's `250 HELP`)."""
-    first, second = _first_name(sample), _first_name(request)
-    if not (first.isalpha() and second.isalpha()) or first.upper() == second.upper():
-        return False
-    if _TEXT.fullmatch(sample[:_PREFIX_BYTES]) is None or _TEXT.fullmatch(request[:_PREFIX_BYTES]) is None:
+    first, second = _text_command(sample, _PREFIX_BYTES), _text_command(request, _PREFIX_BYTES)
+    if not first or not second or first.upper() == second.upper():
         return False
     return first in vocabulary or first not in _alnum_words(answer)
 
@@ -1470,9 +1475,9 @@ class Emulator:
         command says what is asked; its arguments, what the rest of the bytes are like
         (smtplib's `ehlo ws01.corpus.test` was more like a `MAIL FROM:<bob@corpus.test>`
         than any EHLO, byte for byte)."""
-        first = _first_name(data)
-        if not first.isalpha() or _TEXT.fullmatch(data[: self.params.compare_bytes]) is None:
-            return None  # no command, or a tag (IMAP's `A004`): what follows differs
+        first = _text_command(data, self.params.compare_bytes)
+        if not first:
+            return None
         for candidates in (state.nearest, self.machine.nearest):
             same = [t for t in candidates if t.first_name == first]
             t = self._nearest(same, data, self.params.last_floor) if same else None
@@ -1485,13 +1490,12 @@ class Emulator:
         similar sample of that command. The command says what kind of answer comes, more
         than what else is like its bytes here (curl's `EPRT |1|127.0.0.1|54203|`, in a state
         that had only seen RETRs, got a RETR's 150)."""
-        first = _first_name(data)
-        same = self.machine.by_command.get(first) if first.isalpha() else None  # not a tag (IMAP's `A004`)
+        first = _text_command(data, self.params.compare_bytes)
+        same = self.machine.by_command.get(first) if first else None
         if not same or any(t.first_name == first for t in state.nearest):
             return None
-        head = data[: self.params.compare_bytes]
-        if not _PRINTABLE.fullmatch(head.rstrip(b"\r\n")):
-            return None
+        if not _PRINTABLE.fullmatch(data[: self.params.compare_bytes].rstrip(b"\r\n")):
+            return None  # more than one line
         return self._nearest(same, data, self.params.last_floor)
 
     def _elsewhere(self, state: _State, data: bytes, patterns: bool) -> _Match | None:
