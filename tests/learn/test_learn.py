@@ -159,6 +159,32 @@ def test_a_client_speaking_before_the_banner_does_not_fold_it_into_the_answer():
     assert port.states[port.transitions[t_id].target].labels[0].parts == (b"221 bye\r\n",)
 
 
+def test_a_banner_with_the_time_in_it_is_found_in_front_of_a_raced_answer_too():
+    # Exim's banner says when it was sent, so no two sessions' banners are the same bytes;
+    # nmap's TLS hello, sent at once, got the banner and the answer to it as one answer.
+    def banner(second: int) -> bytes:
+        return b"220 mail01 ESMTP Exim 4.96 Sun, 22 Nov 2026 11:41:%02d +0000\r\n" % second
+
+    sessions = [session((b"QUIT\r\n", b"221 bye\r\n"), banner=banner(s)) for s in (3, 17, 42)]
+    sessions.append(session((b"\x16\x03\x00\x00i\x01", banner(58) + b"501 NUL characters are not allowed\r\n")))
+    port = only_port(sessions)
+    root = port.states[port.root]
+    assert all(label.render().startswith(b"220 mail01 ESMTP") for label in root.labels)
+    assert sum(label.count for label in root.labels) == 4
+    answers = sorted(port.states[port.transitions[t].target].default.render() for t in root.transitions)
+    assert answers == [b"221 bye\r\n", b"501 NUL characters are not allowed\r\n"]
+
+
+def test_an_answer_unlike_the_banner_is_not_cut():
+    # A first answer as long as the banner, but other words: the client's own answer.
+    sessions = [session((b"QUIT\r\n", b"221 bye\r\n"), banner=BANNER) for _ in range(2)]
+    sessions.append(session((b"HELP\r\n", b"214 helps\r\n")))
+    port = only_port(sessions)
+    root = port.states[port.root]
+    answers = sorted(port.states[port.transitions[t].target].default.render() for t in root.transitions)
+    assert answers == [b"214 helps\r\n", b"221 bye\r\n"]
+
+
 def _page(status: bytes, date: bytes, body: bytes) -> bytes:
     headers = (b"HTTP/1.1 " + status + b"\r\nServer: nginx/1.22.1\r\nDate: Sun, " + date + b" Nov 2026 18:39:45 GMT\r\n"
                b"Content-Type: text/html\r\nContent-Length: %d\r\nLast-Modified: Mon, 03 Jun 2024 12:00:00 GMT\r\n"

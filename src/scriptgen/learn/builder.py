@@ -15,13 +15,16 @@ the client speaks again (several UDP datagrams of one answer are joined).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scriptgen.learn.channels import ChildLink, Mark, data_session
 from scriptgen.learn.fields import AnswerSample
 from scriptgen.model import BEFORE_BYTES, Label, Part, Sender, Session
 from scriptgen.params import LearnParams
+
+_BANNERS = 8  # the most frequent banners of a port that a raced one is compared with
+_BANNER_ALIKE = 0.9  # the share of its bytes a raced banner has as one of them (_raced_banner)
 
 __all__ = ["RawEdge", "RawNode", "RawTree", "build", "turns", "answer_times", "label_list"]
 
@@ -126,8 +129,8 @@ def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, 
 
     Sessions with no message at all (port scans, refused connections) are skipped. A
     client that spoke before the banner arrived finds the banner at the front of the first
-    answer: where that is the port's usual banner, it is taken as the banner (the server
-    sent it on connect; the answer is what follows). `links` (channels.find_channels, by
+    answer: where that is one of the port's banners, or like one (_raced_banner), it is
+    taken as the banner (the server sent it on connect; the answer is what follows). `links` (channels.find_channels, by
     position in `sessions`) names the data channels: they join their parent's tree on the
     edge of the request they answer, and where it announced their port is marked."""
     sessions = list(sessions)
@@ -146,27 +149,47 @@ def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, 
         banner, _ = turns(session)
         if banner:
             banners.setdefault((session.transport.value, session.server_port), Counter())[banner] += 1
+    # Each port's banners, most frequent first (a few: a banner with a date is one per session).
+    usual = {key: sorted(c, key=lambda b: (-c[b], b))[:_BANNERS] for key, c in banners.items()}
     trees: dict[tuple[str, int], RawTree] = {}
     for i, session in kept:
         key = (session.transport.value, session.server_port)
         tree = trees.get(key)
         if tree is None:
             tree = trees[key] = RawTree(key[0], key[1], RawNode())
-        usual = min(banners[key], key=lambda b: (-banners[key][b], b)) if key in banners else b""
-        _add(tree, session, params, usual, marks.get(i, []), channels.get(i, []))
+        _add(tree, session, params, usual.get(key, ()), marks.get(i, []), channels.get(i, []))
     for key in sorted(trees):
         yield trees[key]
 
 
-def _add(tree: RawTree, session: Session, params: LearnParams, usual_banner: bytes = b"",
+def _raced_banner(answer: bytes, banners: Sequence[bytes]) -> int:
+    """How many bytes at the front of a first answer are the port's banner (0: none), for a
+    client that spoke before the banner arrived: one of the port's banners, or bytes like
+    one of them: as long, with as many lines, the same byte at nearly every place but where
+    both have a digit (Exim's banner holds the date and time it was sent)."""
+    for banner in banners:
+        n = len(banner)
+        head = answer[:n]
+        if head == banner:
+            return n
+        if len(head) < n or head.count(b"\n") != banner.count(b"\n") or head[-1] != banner[-1]:
+            continue
+        alike = sum(a == b or (48 <= a <= 57 and 48 <= b <= 57) for a, b in zip(head, banner))
+        if alike >= _BANNER_ALIKE * n:
+            return n
+    return 0
+
+
+def _add(tree: RawTree, session: Session, params: LearnParams, banners: Sequence[bytes] = (),
          marks: list[Mark] | tuple[Mark, ...] = (), channels: list[tuple[int, Session]] | tuple[()] = ()) -> None:
     banner, steps = turns(session)
     banner_time, times = answer_times(session)
     split = 0  # bytes of the first answer that were the banner
-    if not banner and usual_banner and steps and steps[0][1].startswith(usual_banner) and session.transport.value == "tcp":
+    if not banner and banners and steps and session.transport.value == "tcp":
         request, answer, delay = steps[0]
-        banner, steps = usual_banner, [(request, answer[len(usual_banner) :], delay), *steps[1:]]
-        split = len(usual_banner)
+        split = _raced_banner(answer, banners)
+        if split:
+            banner, steps = answer[:split], [(request, answer[split:], delay), *steps[1:]]
     # Where marks and channels go: per turn (-1: the banner), the ports its answer
     # announces, what its request announces, the channels that answered its request.
     answer_ports: dict[int, list[tuple[int, int, str]]] = {}
