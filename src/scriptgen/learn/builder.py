@@ -130,9 +130,10 @@ def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, 
     Sessions with no message at all (port scans, refused connections) are skipped. A
     client that spoke before the banner arrived finds the banner at the front of the first
     answer: where that is one of the port's banners, or like one (_raced_banner), it is
-    taken as the banner (the server sent it on connect; the answer is what follows). `links` (channels.find_channels, by
-    position in `sessions`) names the data channels: they join their parent's tree on the
-    edge of the request they answer, and where it announced their port is marked."""
+    taken as the banner (the server sent it on connect; the answer is what follows).
+    `links` (channels.find_channels, by position in `sessions`) names the data channels:
+    they join their parent's tree on the edge of the request they answer, and where it
+    announced their port is marked."""
     sessions = list(sessions)
     links = links or {}
     marks: dict[int, list[Mark]] = {}
