@@ -766,7 +766,7 @@ class Machine:
             for k, request in enumerate(t.requests):
                 name = _first_name(request)
                 self.unechoed.setdefault(name, set()).update(_words_of(self._answer_to(t, k)) - _alnum_words(request))
-                if name.isalpha() and _TEXT.fullmatch(request[: self.params.compare_bytes]):
+                if _text_command(request, self.params.compare_bytes):
                     spelled[name] += t.weight
         self.spellings: dict[bytes, bytes] = {}
         for name, _ in spelled.most_common():
@@ -775,7 +775,7 @@ class Machine:
         self.vocabulary: frozenset[bytes] = frozenset().union(*self.unechoed.values())  # the server's own words
         self.by_command: dict[bytes, list[_Transition]] = {}  # the heaviest transitions of each command, of text
         for t in heaviest:
-            if t.first_name and _TEXT.fullmatch(t.sample[: self.params.compare_bytes]):
+            if _text_command(t.sample, self.params.compare_bytes):
                 same = self.by_command.setdefault(t.first_name, [])
                 if len(same) < self.params.nearest_candidates:
                     same.append(t)
