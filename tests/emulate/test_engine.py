@@ -595,6 +595,27 @@ def _found(name: bytes):
 
 
 @TRICKLE
+def test_an_answer_of_binary_given_as_a_samples_carries_the_ids_of_the_request_at_hand(trickle):
+    # dig's queries each have an id of their own, which the answer repeats at its place, and
+    # a name never asked is answered as the nearest query was. That answer with the nearest
+    # query's id would be dropped by the client. Over TCP the id is after the length.
+    def query(qid: bytes, name: bytes, tcp: bool) -> tuple[bytes, bytes]:
+        q, question = _srv(name)
+        q, a = qid + q[2:], qid + b"\x81\x83\x00\x01\x00\x00\x00\x00\x00\x00" + question
+        return (len(q).to_bytes(2, "big") + q, len(a).to_bytes(2, "big") + a) if tcp else (q, a)
+    names = [b"alpha.corp.test", b"beta.corp.test", b"gamma.corp.test"]
+    for tcp in (False, True):
+        learned = [session(query(bytes([7 * i + 1, 9 * i + 2]), n, tcp), port=53) for i, n in enumerate(names)]
+        request, expected = query(b"\xbe\xef", b"delta.corp.test", tcp)
+        answer = nearest_answer(learned, request, trickle=trickle)
+        at = 2 if tcp else 0
+        assert answer[at : at + 4] == b"\xbe\xef\x81\x83", answer
+        # The rest is the sample's, as before: the header's counts, where the request's
+        # bytes happen to be the sample's too, are unchanged.
+        assert answer[at + 4 : at + 12] == expected[at + 4 : at + 12]
+
+
+@TRICKLE
 def test_of_two_matching_patterns_the_one_most_requests_like_it_took_answers(trickle):
     # nmap's dns-srv-enum against dnsmasq: most `_<service>._tcp` names do not exist, a few
     # do. The pattern of those few (`<$1>\x04_<$2>p\x04corp...`) is the more specific, but

@@ -233,6 +233,7 @@ class _Transition:
 _Match = tuple[_Transition, "re.Match[bytes] | None"]
 
 _MIN_ECHO = 3  # bytes a repeated piece must have (shorter ones repeat by chance)
+_HEADER_BYTES = 64  # where an answer of binary repeats the request's ids at their place (_same_place)
 _PREFIX_WEIGHT = 0.25  # a nearest sample beginning as the request does: up to this much more similar
 _PREFIX_BYTES = 32
 _LINE_WEIGHT = 1.0  # a nearest sample whose first line is the request's: this much more similar
@@ -394,6 +395,26 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int, unechoed: set
             if new:
                 pairs.append((old, new))
     return pairs
+
+
+def _same_place(sample: bytes, data: bytes, answer: bytes) -> bytes:
+    """(ours) An answer of binary given as `sample`'s, to `data`: where the answer held the
+    sample's own bytes at the same place in its header (runs of 2 or more), the request's.
+    DNS's transaction id, SMB's message, tree and session ids, Modbus's transaction id: a
+    client drops an answer that does not repeat its own."""
+    n = min(len(sample), len(data), len(answer), _HEADER_BYTES)
+    if sample[:n] == data[:n] or _TEXT.fullmatch(sample[:_PREFIX_BYTES]) is not None:
+        return answer
+    out = bytearray(answer)
+    i = 0
+    while i < n:
+        j = i
+        while j < n and sample[j] == answer[j]:
+            j += 1
+        if j - i >= 2:
+            out[i:j] = data[i:j]
+        i = j + 1
+    return bytes(out)
 
 
 def _alnum_words(data: bytes) -> set[bytes]:
@@ -1378,6 +1399,7 @@ class Emulator:
             # (Redis's GET after a SET repeats the SET's value: `$4\r\nfive` for `SET k six` is
             # `$3\r\nsix`; in binary it lost: smb_dev_nmap 78 to 77 carried).
             sample, data, before, previous = self._echo
+            answer = _same_place(sample, data, answer)
             if _TEXT.fullmatch(before[: self.params.compare_bytes]) is None:
                 before = b""
             for old_request, new_request in ((sample, data), (before, previous)):
