@@ -234,6 +234,7 @@ _Match = tuple[_Transition, "re.Match[bytes] | None"]
 
 _MIN_ECHO = 3  # bytes a repeated piece must have (shorter ones repeat by chance)
 _HEADER_BYTES = 64  # where an answer of binary repeats the request's ids at their place (_same_place)
+_ID_BYTES = 8  # the longest id (SMB2's session id): two requests differing for longer differ in layout
 _PREFIX_WEIGHT = 0.25  # a nearest sample beginning as the request does: up to this much more similar
 _PREFIX_BYTES = 32
 _LINE_WEIGHT = 1.0  # a nearest sample whose first line is the request's: this much more similar
@@ -405,6 +406,19 @@ def _same_place(sample: bytes, data: bytes, answer: bytes) -> bytes:
     n = min(len(sample), len(data), len(answer), _HEADER_BYTES)
     if sample[:n] == data[:n] or _TEXT.fullmatch(sample[:_PREFIX_BYTES]) is not None:
         return answer
+    # The header ends where the two requests differ for longer than an id (a byte alike by
+    # chance does not end a difference; two do): a payload, or the same fields at other
+    # places (DNS names of two lengths). Past it, bytes the answer and the sample share at
+    # one offset are chance (zeros, a class), and the request's there are another field's.
+    start = different = 0
+    for i in range(n):
+        if sample[i] != data[i]:
+            start, different = (i, 1) if not different else (start, different + 1)
+            if different > _ID_BYTES:
+                n = start
+                break
+        elif i + 1 < n and sample[i + 1] == data[i + 1]:
+            different = 0
     out = bytearray(answer)
     i = 0
     while i < n:
@@ -1033,6 +1047,7 @@ class Emulator:
         # (sample, request, the sample's request before, the request before) of a request
         # answered as a sample was, for its answer's echoes
         self._echo: tuple[bytes, bytes, bytes, bytes] | None = None
+        self._placed: tuple[bytes, bytes] | None = None  # a label's sample, and the request it answers
         self._previous = b""  # the request before
         if not machine.datagram:
             self._answer(machine.states[machine.root], {}, now)
@@ -1379,6 +1394,10 @@ class Emulator:
         target = self.machine.states[t.target]
         if t.label_of:
             label = t.label_of[chosen] if chosen is not None else _label_for(t, sample or data)
+            if self._echo is None and data not in t.seen and label in t.label_of:
+                # A request never seen, answered with the label a sample got: with the ids of
+                # the request at hand where that sample's were (_same_place).
+                self._placed = (t.requests[t.label_of.index(label)], data)
             self._answer(target, values, now, target.labels[label])
         else:
             self._answer(target, values, now)
@@ -1394,6 +1413,8 @@ class Emulator:
     def _send_answer(self, state: _State, values: dict[int, bytes], now: float, port: int | None,
                      host: str | None, label: list[_Part]) -> None:
         answer = self._render(label, values, now, port, host)
+        if self._placed is not None:
+            answer, self._placed = _same_place(*self._placed, answer), None
         if self._echo is not None:
             # The pieces of the request it repeats, then, in text, those of the request before
             # (Redis's GET after a SET repeats the SET's value: `$4\r\nfive` for `SET k six` is
