@@ -213,6 +213,35 @@ def test_two_connections_get_different_tokens(tokenproto_capture):
     assert first[token + 8 :] == second[token + 8 :]  # the rest: the same name, the same time
 
 
+def test_answers_carry_the_token_the_client_sends():
+    # A server id (SMB's session id) in a request seen once: the token is cut out of its
+    # fixed bytes. A client that repeats another id than the one it was given (a replayed
+    # session, a tool with ids of its own) gets answers with its own: a real server never
+    # answers a request with another id than the request's.
+    rng = random.Random(5)
+    header = b"\x00\x10ABCD\x01\x02"
+    sessions = []
+    for i, verb in enumerate([b"LIST", b"STAT", b"READ", b"OPEN"]):
+        token, start = rng.randbytes(8), 1_790_000_000.0 + 10 * i
+        turns = [(header + b"HELO", header + b"WELC" + token), (header + verb + token, header + verb.lower() + token + b"\x00ok")]
+        messages = [Message(sender, data, start + k * 0.01) for k, turn in enumerate(turns)
+                    for sender, data in zip((Sender.CLIENT, Sender.SERVER), turn)]
+        sessions.append(Session(100 + i, Transport.TCP, Endpoint("10.0.0.1", 41000 + i), Endpoint("10.0.0.2", 9000),
+                                start, start + 1, False, messages, "fin", Sender.CLIENT))
+    (port,) = learn(sessions, LearnParams(jobs=1)).ports
+    assert port.tokens, "the server's id is a token"
+    machine = Machine(port_doc(port))
+    own = b"\x11\x22\x33\x44\x55\x66\x77\x88"
+    conn = Emulator(machine, 0.0, seed=3)
+    welcome = _answer(conn, header + b"HELO")
+    assert welcome[:-8] == header + b"WELC" and welcome[-8:] != own
+    assert _answer(conn, header + b"STAT" + own) == header + b"stat" + own + b"\x00ok"
+    # And one that repeats the id it was given gets it back, as before.
+    conn = Emulator(machine, 0.0, seed=3)
+    given = _answer(conn, header + b"HELO")[-8:]
+    assert _answer(conn, header + b"READ" + given) == header + b"read" + given + b"\x00ok"
+
+
 # -- real captures ------------------------------------------------------------------------
 
 SMB = Path(__file__).resolve().parents[3] / "shared/corpus/dev/smb/smb_dev_smbclient.pcap"

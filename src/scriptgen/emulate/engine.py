@@ -171,7 +171,8 @@ Event = Send | Input | Unmatched | Close | NeedData | Listen | Connect | Channel
 
 class _Transition:
     __slots__ = ("id", "target", "weight", "regex", "literal", "fixed_bytes", "terminator", "groups", "sample",
-                 "requests", "defaults", "announce", "channel", "names", "first_name", "lines", "label_of", "counts", "seen", "before")
+                 "requests", "defaults", "announce", "channel", "names", "first_name", "lines", "label_of", "counts", "seen", "before",
+                 "tokens")
 
     def __init__(self, doc: dict[str, Any], params: EmulatorParams) -> None:
         self.id: int = doc["id"]
@@ -187,6 +188,7 @@ class _Transition:
         fixed: list[bytes] = []
         self.groups: dict[int, int] = {}  # region index -> regex group number
         self.defaults: dict[int, bytes] = {}  # region index -> a value seen (for fallbacks)
+        self.tokens: dict[int, int] = {}  # regex group number -> the token its region repeats
         self.fixed_bytes = 0
         self.terminator = b""
         for i, region in enumerate(doc["pattern"]):
@@ -205,6 +207,7 @@ class _Transition:
             lo, hi = region["min"], region["max"]
             if "token" in region:  # a server token the client repeats: its exact length
                 parts.append(b"(.{%d})" % lo)
+                self.tokens[self.groups[i]] = int(region["token"])
             elif region["ascii"]:
                 lo, hi = min(lo, 1), max(hi * 4, hi + params.wildcard_slack)
                 line_free = not any(b"\n" in s or b"\r" in s for s in samples)
@@ -1379,6 +1382,12 @@ class Emulator:
             if m is None and how == "context":  # a match here, answered as a sample elsewhere
                 m = t.regex.fullmatch(sample)
                 self._echo = (sample, data, _before_of(t, sample), previous)
+            elif m is not None:
+                # The token values the client repeats are the connection's from now on, ours
+                # or not: a tool that sends an id of its own (a replay, an exploit's fixed
+                # SMB ids) gets answers that carry it, as the real server's did.
+                for group, token in t.tokens.items():
+                    self._tokens[token] = m.group(group)
             values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
         # What the server says to what it does not know leaves it where it was (vsftpd
         # still wants a login after its `530`); any other answer goes where its sample went.
