@@ -616,6 +616,22 @@ def test_an_answer_of_binary_given_as_a_samples_carries_the_ids_of_the_request_a
             assert nearest_answer(learned, request, trickle=trickle) == expected, (tcp, name)
 
 
+@TRICKLE
+def test_an_answer_of_binary_given_as_a_samples_keeps_the_servers_own_bytes(trickle):
+    # samba's NTLMSSP challenge, given to a session setup whose SMB process id is not the
+    # sample's (`e5 02`, now `Y5`): the id is the request's at its place, and the message
+    # type `02 00 00 00` stays the server's. It was taken for an echo of the id's last byte
+    # and the zeros after it, and became `Y5 00 00 00`: nmap's smb-os-discovery, handed a
+    # challenge one byte longer, printed the workgroup in place of the host's names.
+    def setup(pid: bytes) -> tuple[bytes, bytes]:
+        request = b"\xffSMBs\x00\x00\x00\x00\x18\x45\x68" + bytes(12) + pid + b"\x00\x00\x01\x00\x0c\xff"
+        answer = b"\xffSMBs\x16\x00\x00\xc0\x88\x07\x48" + bytes(12) + pid + b"\x7c\xfa\x01\x00\x04\xff"
+        return (request + b"NTLMSSP\x00\x01\x00\x00\x00\x15\x82\x08\x00",
+                answer + b"NTLMSSP\x00\x02\x00\x00\x00\x12\x00\x12\x00\x38\x00\x00\x00F\x00S\x00")
+    request, _ = setup(b"Y5")
+    assert nearest_answer([session(setup(b"\xe5\x02"), port=445)], request, trickle=trickle) == setup(b"Y5")[1]
+
+
 DNS_TOOLS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "dev" / "dns" / "dns_dev_tools.pcap"
 
 

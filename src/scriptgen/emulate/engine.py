@@ -362,16 +362,18 @@ def _echoes(sample: bytes, data: bytes, answer: bytes, limit: int, unechoed: set
             at.setdefault(w, []).append(j)
         if j + 1 < len(a):
             at.setdefault((w, a[j + 1]), []).append(j)
-    # In text, a piece of punctuation and line ends only is syntax, not a value: Redis's
-    # "\r\n$" replaced by an inline command's "\r\nQUIT" broke the answer's RESP.
+    # A piece with no letter or digit is syntax, not a value: in text, Redis's "\r\n$"
+    # replaced by an inline command's "\r\nQUIT" broke the answer's RESP; in binary, zeros
+    # and small numbers are everywhere: NTLMSSP's message type `02 00 00` in samba's
+    # answer became `Y5 00 00`, as the sample's SMB process id `e5 02` was the request's `Y5`.
     pieces = []  # (first word, words): the longest run of the sample's words the answer has, from each word
     i = 0
     while i < asked:
         starts = at.get(s[i], []) + (at.get((s[i], s[i + 1]), []) if i + 1 < len(s) else [])
         n = min(max((_common_words(s, i, a, j) for j in starts), default=0), asked - i)
         words = [w for w in s[i : i + n] if w[:1].isalnum()]
-        if (n and sum(len(w) for w in s[i : i + n]) >= _MIN_ECHO and (not text or words)
-                and not (words and all(w in unechoed for w in words))):
+        if (n and sum(len(w) for w in s[i : i + n]) >= _MIN_ECHO and words
+                and not all(w in unechoed for w in words)):
             pieces.append((i, n))
         i += n or 1
     if not pieces:
