@@ -1386,8 +1386,8 @@ class Emulator:
                 self._echo = (sample, data, _before_of(t, sample), previous)
             elif m is not None:
                 # The token values the client repeats are the connection's from now on, ours
-                # or not: a tool that sends an id of its own (a replay, an exploit's fixed
-                # SMB ids) gets answers that carry it, as the real server's did.
+                # or not: a real server answers a request with the id it carries, never
+                # another (a replayed session, a tool with ids of its own).
                 for group, token in t.tokens.items():
                     self._tokens[token] = m.group(group)
             values = {region: m.group(group) for region, group in t.groups.items()} if m else {}
