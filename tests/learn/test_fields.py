@@ -21,6 +21,7 @@ from scriptgen.modelfile import dumps, loads, port_doc
 from scriptgen.params import LearnParams
 from tests.learn import tokenproto
 from tests.learn.loopback import capturing
+from tests.learn.sessions import session
 
 # -- encodings: the learner's decoders and the emulator's encoders agree -----------------
 
@@ -221,13 +222,10 @@ def test_answers_carry_the_token_the_client_sends():
     rng = random.Random(5)
     header = b"\x00\x10ABCD\x01\x02"
     sessions = []
-    for i, verb in enumerate([b"LIST", b"STAT", b"READ", b"OPEN"]):
-        token, start = rng.randbytes(8), 1_790_000_000.0 + 10 * i
-        turns = [(header + b"HELO", header + b"WELC" + token), (header + verb + token, header + verb.lower() + token + b"\x00ok")]
-        messages = [Message(sender, data, start + k * 0.01) for k, turn in enumerate(turns)
-                    for sender, data in zip((Sender.CLIENT, Sender.SERVER), turn)]
-        sessions.append(Session(100 + i, Transport.TCP, Endpoint("10.0.0.1", 41000 + i), Endpoint("10.0.0.2", 9000),
-                                start, start + 1, False, messages, "fin", Sender.CLIENT))
+    for verb in (b"LIST", b"STAT", b"READ", b"OPEN"):
+        token = rng.randbytes(8)
+        sessions.append(session((header + b"HELO", header + b"WELC" + token),
+                                (header + verb + token, header + verb.lower() + token + b"\x00ok"), port=9000))
     (port,) = learn(sessions, LearnParams(jobs=1)).ports
     assert port.tokens, "the server's id is a token"
     machine = Machine(port_doc(port))
