@@ -10,7 +10,7 @@ from pathlib import Path
 
 from scriptgen.cli.main import main
 
-from tests.capture.craft import SERVER, conversation, ethernet, udp, write_pcap
+from tests.capture.craft import ACK, RST, SERVER, SYN, conversation, ethernet, tcp, udp, write_pcap
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,28 @@ def test_table_per_transport_and_port(tmp_path, capsys):
     assert lines[2].split() == ["tcp", "80", "1", "2", "7", "8", "0", "0", "0", "0"]
     assert lines[3].split() == ["udp", "53", "1", "2", "5", "6", "0", "0", "0", "0"]
     assert "anomalies: none" in out
+
+
+def test_a_port_scan_is_one_line_not_a_row_a_port(tmp_path, capsys):
+    # A machine being probed: a SYN scan of ports 1-3000 (refused but for 80 and 2024), one
+    # connection to 2024 that sends nothing, and one real conversation on 80.
+    scanner, target = ("10.0.0.9", 50000), "10.0.0.2"
+    pkts = []
+    for port in [*range(1, 3001), 5000, 5002]:
+        if port != 80:
+            pkts += [tcp(scanner, (target, port), 7, 0, SYN), tcp((target, port), scanner, 0, 8, RST | ACK)]
+    pkts += conversation(("10.0.0.1", 2222), ("10.0.0.2", 2024), exchanges=[])
+    pkts += conversation(("10.0.0.1", 1111), SERVER, exchanges=[(b"GET /\r\n", b"200 OK\r\n")])
+    capture = write_pcap(tmp_path / "scan.pcap", [ethernet(p) for p in pkts])
+    assert main(["sessions", str(capture)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:4] for line in lines[:2]] == [["transport", "port", "sessions", "messages"],
+                                                       ["tcp", "80", "1", "2"]]
+    assert lines[2] == ("tcp: 3001 port(s) where no session carried data (3002 session(s): refused or empty "
+                        "connections), not listed: 1-79, 81-3000, 5000, 5002")
+    # Asked for by port, a silent port has its row.
+    assert main(["sessions", "--port", "2024", str(capture)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:4] == ["tcp", "2024", "2", "0"]
 
 
 def test_json_lines_and_port_filter(tmp_path, capsys):

@@ -33,7 +33,9 @@ def add_parser(commands: Any) -> None:
             "Read pcap/pcapng captures, reassemble TCP streams and UDP exchanges, and print "
             "a table per (transport, server port): sessions, messages, bytes each way, "
             "sessions without a captured handshake (midstream), holes left by lost "
-            "packets (gaps) and dropped segments; then what could not be used. "
+            "packets (gaps) and dropped segments; then what could not be used. Ports where no "
+            "session carried data (a port scan's refused connections) are one line per "
+            "transport, not a row each, unless asked for with --port. "
             "A message is the longest run of bytes one side sent before the other spoke. "
             "The reassembly policy is in docs/capture.md."
         ),
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             out.write(json.dumps(session_json(session), separators=(",", ":")) + "\n")
         out.flush()
     else:
-        _print_table(list(sessions), stats, out)
+        _print_table(list(sessions), stats, out, fold_silent=not args.ports)
     return report_damage(stats.damage)
 
 
@@ -118,7 +120,10 @@ def session_json(session: Session) -> dict[str, Any]:
     }
 
 
-def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO) -> None:
+def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold_silent: bool = True) -> None:
+    """One row per (transport, port); with `fold_silent`, the ports where no session carried
+    a byte (a port scan's refused or empty connections: thousands of them in a capture of a
+    machine being probed) are one line per transport after the table."""
     rows: dict[tuple[str, int], Counter[str]] = {}
     for s in sessions:
         row = rows.setdefault((s.transport.value, s.server_port), Counter())
@@ -130,19 +135,41 @@ def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO) -> N
         row["gaps"] += s.gaps
         row["dropped"] += sum(s.anomalies.get(k, 0) for k in _DROPPED)
         row["bogus seq"] += s.anomalies.get("bogus_seq", 0)
+    silent = {key: row for key, row in rows.items() if fold_silent and not row["messages"]}
     columns = ["sessions", "messages", "client bytes", "server bytes", "midstream", "gaps", "dropped", "bogus seq"]
     table = [["transport", "port", *columns]]
     for (transport, server_port), row in sorted(rows.items()):
-        table.append([transport, str(server_port), *(str(row[c]) for c in columns)])
-    write_table(table, out)
-    if not rows:
+        if (transport, server_port) not in silent:
+            table.append([transport, str(server_port), *(str(row[c]) for c in columns)])
+    if len(table) > 1:
+        write_table(table, out)
+    elif silent:
+        out.write("(no session carried data)\n")
+    else:
         out.write("(no TCP or UDP sessions)\n")
+    for transport in sorted({t for t, _ in silent}):
+        ports = sorted(p for t, p in silent if t == transport)
+        count = sum(row["sessions"] for (t, _), row in silent.items() if t == transport)
+        out.write(f"{transport}: {len(ports)} port(s) where no session carried data ({count} session(s): refused "
+                  f"or empty connections), not listed: {_ranges(ports)}\n")
     links = ", ".join(
         f"{_LINKTYPE_NAMES.get(lt, f'link type {lt}')} {n}" for lt, n in sorted(stats.linktypes.items())
     )
     out.write(f"\n{stats.packets} packets, {stats.bytes} bytes ({links or 'none'})\n")
     notes = _anomalies(sessions, stats)
     out.write("anomalies: " + (", ".join(notes) if notes else "none") + "\n")
+
+
+def _ranges(ports: list[int], most: int = 8) -> str:
+    """Sorted ports as ranges (`1-1023, 2049`), the first `most` of them."""
+    spans: list[list[int]] = []
+    for p in ports:
+        if spans and p == spans[-1][1] + 1:
+            spans[-1][1] = p
+        else:
+            spans.append([p, p])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans[:most])
+    return text + (f", and {len(spans) - most} more range(s) (--port P lists one)" if len(spans) > most else "")
 
 
 def _anomalies(sessions: list[Session], stats: CaptureStats) -> list[str]:
