@@ -10,7 +10,9 @@ from pathlib import Path
 
 from scriptgen.cli.main import main
 
-from tests.capture.craft import ACK, RST, SERVER, SYN, conversation, ethernet, tcp, udp, write_pcap
+from tests.capture.craft import (
+    ACK, RST, SERVER, SYN, conversation, ethernet, port_unreachable, tcp, udp, write_pcap,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +37,13 @@ def test_table_per_transport_and_port(tmp_path, capsys):
 
 def test_a_port_scan_is_one_line_not_a_row_a_port(tmp_path, capsys):
     # A machine being probed: a SYN scan of ports 1-3000 (refused but for 80 and 2024), one
-    # connection to 2024 that sends nothing, and one real conversation on 80.
+    # connection to 2024 that sends nothing, one real conversation on 80, and a UDP scan
+    # that finds 7 and 9 closed.
     scanner, target = ("10.0.0.9", 50000), "10.0.0.2"
     pkts = []
+    for port in (7, 9):
+        probe = udp(scanner, (target, port), b"probe")
+        pkts += [probe, port_unreachable(probe)]
     for port in [*range(1, 3001), 5000, 5002]:
         if port != 80:
             pkts += [tcp(scanner, (target, port), 7, 0, SYN), tcp((target, port), scanner, 0, 8, RST | ACK)]
@@ -48,8 +54,9 @@ def test_a_port_scan_is_one_line_not_a_row_a_port(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:4] for line in lines[:2]] == [["transport", "port", "sessions", "messages"],
                                                        ["tcp", "80", "1", "2"]]
-    assert lines[2] == ("tcp: 3001 port(s) where no session carried data (3002 session(s): refused or empty "
-                        "connections), not listed: 1-79, 81-3000, 5000, 5002")
+    assert lines[2] == ("tcp: 3001 port(s) where no session carried data, 3002 session(s), not listed: "
+                        "1-79, 81-3000, 5000, 5002")
+    assert lines[3] == "udp: 2 port(s) closed (never answered; ICMP port unreachable), 2 session(s), not listed: 7, 9"
     # Asked for by port, a silent port has its row.
     assert main(["sessions", "--port", "2024", str(capture)]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:4] == ["tcp", "2024", "2", "0"]

@@ -45,6 +45,16 @@ def udp(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bytes:
     return ip_packet(src[0], dst[0], 17, struct.pack("!HHHH", src[1], dst[1], 8 + len(data), 0) + data)
 
 
+def port_unreachable(datagram: bytes) -> bytes:
+    """The ICMP (IPv4) or ICMPv6 port unreachable the receiver of `datagram` (an IP packet
+    made by `udp`) sends back, quoting its IP header and the first 8 bytes after it."""
+    if datagram[0] >> 4 == 6:
+        src, dst = socket.inet_ntop(socket.AF_INET6, datagram[8:24]), socket.inet_ntop(socket.AF_INET6, datagram[24:40])
+        return ip_packet(dst, src, 58, bytes([1, 4, 0, 0, 0, 0, 0, 0]) + datagram[:48])
+    src, dst = socket.inet_ntoa(datagram[12:16]), socket.inet_ntoa(datagram[16:20])
+    return ip_packet(dst, src, 1, bytes([3, 3, 0, 0, 0, 0, 0, 0]) + datagram[:28])
+
+
 def ethernet(packet: bytes, vlans: Iterable[int] = (), tag: int = 0x8100) -> bytes:
     ethertype = 0x86DD if packet[0] >> 4 == 6 else 0x0800
     head = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01"

@@ -12,7 +12,7 @@ from scriptgen.model import Sender, Transport
 
 from tests.capture.craft import (
     ACK, CLIENT, PSH, SERVER, conversation, ethernet, ip_packet, null_loopback, pcapng_block,
-    sll, sll2, tcp, udp, write_pcap, write_pcapng,
+    port_unreachable, sll, sll2, tcp, udp, write_pcap, write_pcapng,
 )
 
 EXPECTED = [(Sender.CLIENT, b"GET / HTTP/1.0\r\n\r\n"), (Sender.SERVER, b"HTTP/1.0 200 OK\r\n\r\nhi")]
@@ -190,6 +190,23 @@ def test_udp_server_is_the_first_datagrams_destination_between_high_ports(tmp_pa
     (session,) = read_sessions([str(path)])
     assert session.server_port == 40000
     assert [(m.sender, m.data) for m in session.messages] == [(Sender.CLIENT, b"q"), (Sender.SERVER, b"a")]
+
+
+@pytest.mark.parametrize("client, server", [(("10.0.0.1", 50000), ("10.0.0.2", 161)),
+                                            (("2001:db8::1", 50000), ("2001:db8::2", 161))])
+def test_a_datagram_refused_by_icmp_ends_its_session_as_refused(tmp_path, client, server):
+    # A UDP scan: a probe, the closed port's ICMP port unreachable, a retry refused again;
+    # then an ICMP for a datagram never captured, and one too short to quote a port.
+    probe = udp(client, server, b"probe")
+    stray = udp(client, (server[0], 9999), b"x")
+    v6 = ":" in client[0]
+    short = ip_packet(server[0], client[0], 58 if v6 else 1, bytes([1, 4] if v6 else [3, 3]) + bytes(6))
+    frames = [probe, port_unreachable(probe), probe, port_unreachable(probe), port_unreachable(stray), short]
+    stats = CaptureStats()
+    sessions = list(read_sessions([str(write_pcap(tmp_path / "t.pcap", [ethernet(f) for f in frames]))], stats=stats))
+    assert [(x.server_port, flow(x), x.close, x.closed_by) for x in sessions] == [
+        (161, [(Sender.CLIENT, b"probe")], "refused", Sender.SERVER)] * 2
+    assert stats.decode.other_protocols == 1  # the short one: counted, not a refusal
 
 
 def test_snap_length_cut_payload_is_recorded_as_a_gap(tmp_path):

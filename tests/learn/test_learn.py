@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from scriptgen.learn import learn
-from scriptgen.model import PortModel, Region, Sender, Slot
+from scriptgen.model import PortModel, Region, Sender, Slot, Transport
 from scriptgen.params import LearnParams
 
 from tests.learn.sessions import session
@@ -236,3 +236,14 @@ def test_a_letter_two_values_share_by_chance_is_not_fixed_between_them():
     pattern = port.transitions[t_id].pattern
     assert [r.value for r in pattern if r.fixed] == [b"GET /", b"p HTTP/1.1\r\n\r\n"]
     assert regex(pattern).fullmatch(b"GET /cgi-bin/status.php HTTP/1.1\r\n\r\n")
+
+
+def test_a_udp_port_the_machine_refused_is_not_learned_one_that_stayed_silent_is():
+    # A UDP scan: port 161 refused every probe (ICMP port unreachable), 514 took its datagrams
+    # and said nothing (a syslog daemon, or a firewall), 53 answered.
+    refused = session((b"\x30\x26probe", b""), port=161, transport=Transport.UDP, closed_by=Sender.SERVER)
+    refused.close = "refused"
+    silent = session((b"<13>hello", b""), port=514, transport=Transport.UDP, closed_by=None)
+    dns = session((b"\x12\x34query", b"\x12\x34answer"), port=53, transport=Transport.UDP, closed_by=None)
+    model = learn([refused, silent, dns], LearnParams(jobs=1))
+    assert [(p.transport, p.port) for p in model.ports] == [("udp", 53), ("udp", 514)]

@@ -10,7 +10,9 @@ The output is a tuple, not an object, because this runs once per packet:
 `key` is the flow key as bytes: source address, destination address, source port,
 destination port (12 bytes for IPv4, 36 for IPv6). `length` is the payload's true length
 from the IP header; `payload` can be shorter when the snap length cut the frame.
-For UDP, seq/ack/flags are 0. Everything unusable is counted in `DecodeCounts`.
+For UDP, seq/ack/flags are 0. An ICMP or ICMPv6 port unreachable that quotes a UDP
+datagram is protocol REFUSED, with the key of the datagram it refuses (the port was
+closed), no payload. Everything unusable is counted in `DecodeCounts`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from dataclasses import dataclass, field
 
 from scriptgen.params import CaptureParams
 
-__all__ = ["Decoder", "DecodeCounts", "Packet", "TCP", "UDP", "SUPPORTED_LINKTYPES"]
+__all__ = ["Decoder", "DecodeCounts", "Packet", "REFUSED", "TCP", "UDP", "SUPPORTED_LINKTYPES"]
 
 TCP, UDP = 6, 17
+REFUSED = -1  # not an IP protocol number: a UDP datagram refused by ICMP (port unreachable)
+_ICMP, _ICMP6 = 1, 58
 Packet = tuple[int, bytes, int, int, int, bytes, int]
 
 _ETHERNET, _NULL, _LOOP, _SLL, _SLL2 = 1, 0, 108, 113, 276
@@ -221,7 +225,29 @@ class Decoder:
             if len(payload) < size:
                 self.counts.snapped += 1
             return UDP, addresses + buf[q : q + 4], 0, 0, 0, payload, size
+        refused = self._refused(proto, buf, q, end)
+        if refused is not None:
+            return REFUSED, refused, 0, 0, 0, b"", 0
         self.counts.other_protocols += 1
+        return None
+
+    @staticmethod
+    def _refused(proto: int, buf: bytes, q: int, end: int) -> bytes | None:
+        """The flow key of the UDP datagram an ICMP (type 3, code 3) or ICMPv6 (type 1,
+        code 4) port unreachable quotes: its addresses and ports, as it was sent."""
+        if end - q < 8:
+            return None
+        if proto == _ICMP and buf[q] == 3 and buf[q + 1] == 3:
+            r = q + 8
+            if end - r < 20 or buf[r] >> 4 != 4 or buf[r + 9] != UDP or buf[r] & 15 < 5:
+                return None
+            u = r + (buf[r] & 15) * 4
+            return buf[r + 12 : r + 20] + buf[u : u + 4] if end - u >= 4 else None
+        if proto == _ICMP6 and buf[q] == 1 and buf[q + 1] == 4:
+            r = q + 8
+            if end - r < 44 or buf[r] >> 4 != 6 or buf[r + 6] != UDP:  # extension headers: not followed
+                return None
+            return buf[r + 8 : r + 40] + buf[r + 40 : r + 44]
         return None
 
     def _defragment(

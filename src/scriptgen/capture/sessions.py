@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from scriptgen.capture.decode import TCP, DecodeCounts, Decoder
+from scriptgen.capture.decode import REFUSED, TCP, DecodeCounts, Decoder
 from scriptgen.capture.reader import read_records
 from scriptgen.capture.tcp import TcpReassembler
 from scriptgen.capture.udp import UdpSessions
@@ -63,6 +63,7 @@ def read_sessions(
     decode = decoder.decode
     segment = tcp.segment
     datagram = udp.datagram
+    refused = udp.refused
     tcp_done, udp_done = tcp.finished, udp.finished
     linktypes = stats.linktypes
     try:
@@ -85,7 +86,10 @@ def read_sessions(
                     if tcp_done:
                         yield from _drain(tcp_done, wanted)
                 else:
-                    datagram(ts, key, payload, length)
+                    if proto == REFUSED:
+                        refused(ts, key)
+                    else:
+                        datagram(ts, key, payload, length)
                     if udp_done:
                         yield from _drain(udp_done, wanted)
             stats.packets += packets

@@ -1,7 +1,8 @@
 """Capture stage, step 3 (UDP): datagrams -> sessions.
 
 A session is the exchange on one 4-tuple; it ends after `udp_idle_timeout` seconds of
-capture time without a datagram. Each datagram is one message (UDP keeps boundaries, and
+capture time without a datagram, or when the server's machine refuses a datagram of the
+client's (ICMP port unreachable: close "refused", the port was closed). Each datagram is one message (UDP keeps boundaries, and
 an emulator answers datagram by datagram), so two requests in a row stay two messages.
 Which side is the server: a port already seen as a UDP server port, else the only port
 below `well_known_port_limit`, else the destination of the first datagram.
@@ -58,6 +59,17 @@ class UdpSessions:
         flow.messages.append(Message(sender, payload, ts, gaps))
         self._expire(ts)
 
+    def refused(self, ts: float, key: bytes) -> None:
+        """An ICMP port unreachable for the datagram of flow `key`: if the client sent it to
+        the server, the session ends there (an ICMP for a datagram not captured, or one the
+        server sent, changes nothing)."""
+        entry = self._flows.get(key)
+        if entry is None:
+            return
+        flow, side = entry
+        if side != flow.server_side and ts >= flow.last:
+            self._finish(flow, "refused", Sender.SERVER)
+
     def _open(self, ts: float, key: bytes) -> _UdpFlow:
         src, dst = endpoints(key)
         limit = self.params.well_known_port_limit
@@ -75,7 +87,7 @@ class UdpSessions:
         self._active[flow.index] = flow
         return flow
 
-    def _finish(self, flow: _UdpFlow, close: str) -> None:
+    def _finish(self, flow: _UdpFlow, close: str, closed_by: Sender | None = None) -> None:
         del self._flows[flow.key]
         del self._flows[reverse_key(flow.key)]
         del self._active[flow.index]
@@ -84,6 +96,7 @@ class UdpSessions:
         self.finished.append(Session(
             index=flow.index, transport=Transport.UDP, client=client, server=server,
             start=flow.start, end=flow.last, midstream=False, messages=flow.messages, close=close,
+            closed_by=closed_by,
         ))
 
     def _expire(self, now: float) -> None:

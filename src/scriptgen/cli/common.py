@@ -9,7 +9,7 @@ from typing import TextIO
 
 from scriptgen.errors import CaptureTruncatedError
 
-__all__ = ["port", "unit_interval", "seconds", "positive", "holdout", "warn", "write_table", "report_damage"]
+__all__ = ["port", "unit_interval", "seconds", "positive", "holdout", "warn", "port_ranges", "write_table", "report_damage"]
 
 
 def port(text: str) -> int:
@@ -68,6 +68,18 @@ def holdout(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be at least 2 (one session in K is held out): {value}")
     return value
+
+
+def port_ranges(ports: list[int], most: int = 8) -> str:
+    """Sorted ports as ranges (`1-1023, 2049`), the first `most` of them."""
+    spans: list[list[int]] = []
+    for p in ports:
+        if spans and p == spans[-1][1] + 1:
+            spans[-1][1] = p
+        else:
+            spans.append([p, p])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans[:most])
+    return text + (f", and {len(spans) - most} more range(s)" if len(spans) > most else "")
 
 
 def write_table(rows: Sequence[Sequence[str]], out: TextIO, left: int = 1) -> None:

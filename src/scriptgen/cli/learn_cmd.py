@@ -8,8 +8,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import port, positive, report_damage, unit_interval, warn, write_table
-from scriptgen.model import PortModel
+from scriptgen.cli.common import port, port_ranges, positive, report_damage, unit_interval, warn, write_table
+from scriptgen.model import PortModel, Transport, closed_udp_ports
 
 if TYPE_CHECKING:
     from scriptgen.learn.builder import RawTree
@@ -90,9 +90,14 @@ def run(args: argparse.Namespace) -> int:
     # A data channel goes with its parent: counted and kept (or not) with the parent's port.
     links = find_channels(sessions) if "channels" in params.rules else {}
     owners = [sessions[links[i].parent] if i in links else s for i, s in enumerate(sessions)]
+    closed = closed_udp_ports(sessions)
+    if closed:
+        warn(f"skipped {len(closed)} closed UDP port(s) (never answered, refused by ICMP port unreachable): "
+             f"{port_ranges(sorted(closed))}")
     counts: dict[tuple[str, int], int] = {}
     for i, s in enumerate(sessions):
-        if s.messages and i not in links and (not args.ports or s.server_port in args.ports):
+        if (s.messages and i not in links and (not args.ports or s.server_port in args.ports)
+                and not (s.transport is Transport.UDP and s.server_port in closed)):
             key = (s.transport.value, s.server_port)
             counts[key] = counts.get(key, 0) + 1
     keep = {k for k, n in counts.items() if n >= args.min_sessions}

@@ -10,8 +10,8 @@ from collections import Counter
 from typing import Any, TextIO
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import port, report_damage, write_table
-from scriptgen.model import Session
+from scriptgen.cli.common import port, port_ranges, report_damage, write_table
+from scriptgen.model import Session, closed_udp_ports
 from scriptgen.params import CaptureParams
 
 __all__ = ["add_parser", "session_json"]
@@ -123,7 +123,8 @@ def session_json(session: Session) -> dict[str, Any]:
 def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold_silent: bool = True) -> None:
     """One row per (transport, port); with `fold_silent`, the ports where no session carried
     a byte (a port scan's refused or empty connections: thousands of them in a capture of a
-    machine being probed) are one line per transport after the table."""
+    machine being probed), and the closed UDP ports (a UDP scan's), are one line each after
+    the table."""
     rows: dict[tuple[str, int], Counter[str]] = {}
     for s in sessions:
         row = rows.setdefault((s.transport.value, s.server_port), Counter())
@@ -135,7 +136,8 @@ def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold
         row["gaps"] += s.gaps
         row["dropped"] += sum(s.anomalies.get(k, 0) for k in _DROPPED)
         row["bogus seq"] += s.anomalies.get("bogus_seq", 0)
-    silent = {key: row for key, row in rows.items() if fold_silent and not row["messages"]}
+    closed = {("udp", p) for p in closed_udp_ports(sessions)} if fold_silent else set()
+    silent = {key: row for key, row in rows.items() if (fold_silent and not row["messages"]) or key in closed}
     columns = ["sessions", "messages", "client bytes", "server bytes", "midstream", "gaps", "dropped", "bogus seq"]
     table = [["transport", "port", *columns]]
     for (transport, server_port), row in sorted(rows.items()):
@@ -147,29 +149,21 @@ def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold
         out.write("(no session carried data)\n")
     else:
         out.write("(no TCP or UDP sessions)\n")
-    for transport in sorted({t for t, _ in silent}):
-        ports = sorted(p for t, p in silent if t == transport)
-        count = sum(row["sessions"] for (t, _), row in silent.items() if t == transport)
-        out.write(f"{transport}: {len(ports)} port(s) where no session carried data ({count} session(s): refused "
-                  f"or empty connections), not listed: {_ranges(ports)}\n")
+    empty = "where no session carried data"
+    groups = [("tcp", empty, [k for k in silent if k[0] == "tcp"]),
+              ("udp", empty, [k for k in silent if k[0] == "udp" and k not in closed]),
+              ("udp", "closed (never answered; ICMP port unreachable)", [k for k in silent if k in closed])]
+    for transport, what, keys in groups:
+        if keys:
+            count = sum(silent[k]["sessions"] for k in keys)
+            out.write(f"{transport}: {len(keys)} port(s) {what}, {count} session(s), not listed: "
+                      f"{port_ranges(sorted(p for _, p in keys))}\n")
     links = ", ".join(
         f"{_LINKTYPE_NAMES.get(lt, f'link type {lt}')} {n}" for lt, n in sorted(stats.linktypes.items())
     )
     out.write(f"\n{stats.packets} packets, {stats.bytes} bytes ({links or 'none'})\n")
     notes = _anomalies(sessions, stats)
     out.write("anomalies: " + (", ".join(notes) if notes else "none") + "\n")
-
-
-def _ranges(ports: list[int], most: int = 8) -> str:
-    """Sorted ports as ranges (`1-1023, 2049`), the first `most` of them."""
-    spans: list[list[int]] = []
-    for p in ports:
-        if spans and p == spans[-1][1] + 1:
-            spans[-1][1] = p
-        else:
-            spans.append([p, p])
-    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans[:most])
-    return text + (f", and {len(spans) - most} more range(s) (--port P lists one)" if len(spans) > most else "")
 
 
 def _anomalies(sessions: list[Session], stats: CaptureStats) -> list[str]:

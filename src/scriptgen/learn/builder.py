@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from scriptgen.learn.channels import ChildLink, Mark, data_session
 from scriptgen.learn.fields import AnswerSample
-from scriptgen.model import BEFORE_BYTES, Label, Part, Sender, Session
+from scriptgen.model import BEFORE_BYTES, Label, Part, Sender, Session, Transport, closed_udp_ports
 from scriptgen.params import LearnParams
 
 _BANNERS = 8  # the most frequent banners of a port that a raced one is compared with
@@ -127,7 +127,8 @@ def answer_times(session: Session) -> tuple[float, list[float]]:
 def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, ChildLink] | None = None) -> Iterator[RawTree]:
     """One raw tree per (transport, server port), sorted by transport and port.
 
-    Sessions with no message at all (port scans, refused connections) are skipped. A
+    Sessions with no message at all (port scans, refused connections) are skipped, and so
+    are the UDP ports the real machine had closed (`closed_udp_ports`). A
     client that spoke before the banner arrived finds the banner at the front of the first
     answer: where that is one of the port's banners, or like one (_raced_banner), it is
     taken as the banner (the server sent it on connect; the answer is what follows).
@@ -144,7 +145,9 @@ def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, 
             parent = sessions[link.parent]
             channels.setdefault(link.parent, []).append(
                 (link.trigger, data_session(sessions[link.child], link, parent)))
-    kept = [(i, s) for i, s in enumerate(sessions) if s.messages and i not in links]
+    closed = closed_udp_ports(sessions)
+    kept = [(i, s) for i, s in enumerate(sessions)
+            if s.messages and i not in links and not (s.transport is Transport.UDP and s.server_port in closed)]
     banners: dict[tuple[str, int], Counter[bytes]] = {}
     for _, session in kept:
         banner, _ = turns(session)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["Sender", "Transport", "Endpoint", "Gap", "Message", "Session"]
+__all__ = ["Sender", "Transport", "Endpoint", "Gap", "Message", "Session", "closed_udp_ports"]
 
 
 class Sender(enum.Enum):
@@ -56,8 +57,9 @@ class Session:
     """One connection (TCP) or one 4-tuple exchange (UDP), messages in the order sent.
 
     `close` says how it ended: "fin" (both sides closed), "rst", "timeout" (idle),
-    "reused" (a new SYN on the same 4-tuple), "evicted" (flow cap), or "eof" (the capture
-    ended first). `closed_by` is who sent the first FIN or the RST, if anyone did.
+    "reused" (a new SYN on the same 4-tuple), "evicted" (flow cap), "refused" (UDP: the
+    server's machine answered a datagram with ICMP port unreachable), or "eof" (the capture
+    ended first). `closed_by` is who sent the first FIN, the RST or the ICMP, if anyone did.
     `midstream` is True when neither the SYN nor the SYN-ACK was captured.
     `anomalies` counts what the reassembler dropped in this session (see docs/capture.md).
     """
@@ -82,3 +84,19 @@ class Session:
     def gaps(self) -> int:
         """Number of holes in the captured byte streams of this session."""
         return sum(len(m.gaps) for m in self.messages)
+
+
+def closed_udp_ports(sessions: Iterable[Session]) -> set[int]:
+    """The UDP ports that never sent a datagram and refused one (ICMP port unreachable):
+    closed on the real machine, as a UDP scan finds most of them. Not a service to learn
+    or serve: a port that takes datagrams and says nothing is nmap's `open|filtered`, where
+    the real machine's was `closed`."""
+    refused: set[int] = set()
+    answered: set[int] = set()
+    for s in sessions:
+        if s.transport is Transport.UDP:
+            if any(m.sender is Sender.SERVER for m in s.messages):
+                answered.add(s.server_port)
+            elif s.close == "refused":
+                refused.add(s.server_port)
+    return refused - answered
