@@ -91,6 +91,7 @@ def test_tcp_script_answers_like_the_engine(tmp_path, requests):
 def test_udp_script_answers_datagram_by_datagram(tmp_path):
     sessions = [session((b"Q" + bytes([i]) * 4, b"A" + bytes([i]) * 4), port=53, transport=Transport.UDP)
                 for i in range(4)]
+    sessions.append(session((b"", b"pong"), port=53, transport=Transport.UDP))  # nmap -sU's empty probe
     script, m = _script(tmp_path, sessions, macro=0.0, micro=0.0)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     proc = subprocess.Popen([sys.executable, str(script), "10.1.2.3", "5353", "10.9.9.9", "53"],
@@ -98,13 +99,14 @@ def test_udp_script_answers_datagram_by_datagram(tmp_path):
     theirs.close()
     ours.settimeout(5)
     got = []
-    for i in (2, 0, 3):
-        ours.send(b"Q" + bytes([i]) * 4)
+    requests = [b"Q\x02\x02\x02\x02", b"", b"Q\x00\x00\x00\x00", b"Q\x03\x03\x03\x03"]
+    for request in requests:
+        ours.send(request)
         got.append(ours.recv(65535))
     proc.kill()
     proc.communicate(timeout=10)
-    expected = [run(m, [b"Q" + bytes([i]) * 4]).answers[1] for i in (2, 0, 3)]
-    assert got == expected == [b"A\x02\x02\x02\x02", b"A\x00\x00\x00\x00", b"A\x03\x03\x03\x03"]
+    expected = [run(m, [request]).answers[1] for request in requests]
+    assert got == expected == [b"A\x02\x02\x02\x02", b"pong", b"A\x00\x00\x00\x00", b"A\x03\x03\x03\x03"]
 
 
 def test_hostile_capture_bytes_stay_data(tmp_path):

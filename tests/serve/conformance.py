@@ -53,6 +53,8 @@ CASES = [
     Case("binary garbage: silence", "binary", (b"\xff\xfe",), (b"", b""), False),
     Case("datagrams", "udp", (b"Q\x02\x02\x02\x02", b"Q\x03\x03\x03\x03", b"zzz"),
          (b"", b"A\x02\x02\x02\x02", b"A\x03\x03\x03\x03", b""), False),
+    Case("an empty datagram is a request (nmap -sU's probe), not the end", "udp", (b"", b"Q\x02\x02\x02\x02", b""),
+         (b"", b"pong", b"A\x02\x02\x02\x02", b"pong"), False),
 ]
 
 

@@ -49,6 +49,8 @@ def binary_model() -> Model:
 def udp_model() -> Model:
     sessions = [session((b"Q" + bytes([i]) * 4, b"A" + bytes([i]) * 4), port=53, transport=Transport.UDP)
                 for i in range(4)]
+    # nmap -sU probes most ports with an empty datagram
+    sessions.append(session((b"", b"pong"), port=53, transport=Transport.UDP))
     return _learn(sessions, macro=0.0, micro=0.0)
 
 

@@ -6,7 +6,7 @@ this same code. No sockets, no clocks, no globals: time comes in as `now`.
 
     machine = Machine(port_doc)            # one per model port, compiled once, shared
     conn = Emulator(machine, now)          # one per connection
-    conn.receive_data(b"USER x\\r\\n", now)  # b"" = the client closed
+    conn.receive_data(b"USER x\\r\\n", now)  # b"" = the client closed (UDP: an empty datagram)
     event = conn.next_event(now)           # Send | Input | Unmatched | Close | NeedData
                                            # | Listen | Connect | Channel (data channels)
 
@@ -1067,14 +1067,15 @@ class Emulator:
         return self._closed
 
     def receive_data(self, data: bytes, now: float) -> None:
-        """Bytes from the client (for UDP: one datagram); b"" means the client closed."""
+        """Bytes from the client; b"" means the client closed. For UDP, one datagram, an
+        empty one too (nmap -sU's probe of most ports): UDP has no close."""
         if self._closed or self._eof:
-            return
-        if not data:
-            self._eof = True
             return
         if self.machine.datagram:
             self._take(bytes(data), now)
+            return
+        if not data:
+            self._eof = True
             return
         self._buffer += data
         self._last_data = now

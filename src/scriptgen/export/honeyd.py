@@ -128,9 +128,7 @@ def main(argv):
             _log(peer, f"closed reason=read-failed ({exc.strerror})")
             return 0
         last_input = _time.monotonic()
-        if not data and dgram is not None:
-            continue
-        conn.receive_data(data, last_input)
+        conn.receive_data(data, last_input)  # from the socket, b"" is an empty datagram
 
 
 if __name__ == "__main__":

@@ -392,7 +392,7 @@ class _Session:
             return
         try:
             now = self.server.loop.time()
-            if data:
+            if data or self.transport_name == "udp":  # an empty datagram is a request
                 self.last_data = now
                 self.bytes_in += len(data)
             self.conn.receive_data(data, now)
