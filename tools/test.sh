@@ -11,7 +11,7 @@ command -v tcpdump >/dev/null || need_apt+=(tcpdump)
 # e2e: a command each package provides, and the package.
 for pair in vsftpd:vsftpd lftp:lftp curl:curl redis-server:redis-server redis-cli:redis-tools \
             nginx:nginx exim4:exim4-daemon-light swaks:swaks smbd:samba smbclient:smbclient \
-            rpcclient:smbclient nmap:nmap; do
+            rpcclient:smbclient nmap:nmap dnsmasq:dnsmasq-base dig:bind9-dnsutils; do
     command -v "${pair%%:*}" >/dev/null || [[ " ${need_apt[*]} " == *" ${pair#*:} "* ]] \
         || need_apt+=("${pair#*:}")
 done

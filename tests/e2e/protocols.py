@@ -304,4 +304,38 @@ def smb() -> Protocol:
     ])
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (ftp(), ftp_seen(), redis(), http(), smtp(), smb())}
+def dns() -> Protocol:
+    """UDP (and TCP) through the whole pipeline: nmap's UDP probes and scripts, and dig.
+    Not in issue 6's overall figure (its five protocols), reported apart as ftp-seen is."""
+
+    def dig(label: str, *args: str) -> Tool:
+        return Tool(label, ["dig", f"@{HOST}", "+short", "+tries=1", "+time=3", *args], timeout=30)
+
+    udp_scan = nmap("nmap -sU -sV", [53], "-sU", "-sV", "-oX", "nmap-sV.xml")
+    nsid = nmap("nmap dns-nsid", [53], "-sU", "--script", "dns-nsid")
+    return Protocol("dns", [53], ["dnsmasq", "dig", "nmap"], counted=False, training=[
+        udp_scan,
+        nsid,
+        nmap("nmap dns-recursion", [53], "-sU", "--script", "dns-recursion"),
+        dig("dig A", "www.corpus.test", "A"),
+        dig("dig A, another name", "mail01.corpus.test", "A"),
+        dig("dig MX", "corpus.test", "MX"),
+        dig("dig TXT", "corpus.test", "TXT"),
+        dig("dig SRV", "_ldap._tcp.corpus.test", "SRV"),
+        dig("dig missing name", "nothing.corpus.test", "A"),
+        dig("dig version.bind", "version.bind", "TXT", "CH"),
+        dig("dig A over TCP", "+tcp", "www.corpus.test", "A"),
+    ], test=[
+        udp_scan,
+        nsid,
+        dig("dig A", "www.corpus.test", "A"),
+        dig("dig MX", "corpus.test", "MX"),
+        dig("dig version.bind", "version.bind", "TXT", "CH"),
+        dig("dig A over TCP", "+tcp", "www.corpus.test", "A"),
+    ], unseen=[
+        dig("dig A, a name never asked", "files.corpus.test", "A"),
+        dig("dig missing name", "absent.corpus.test", "A"),
+    ])
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (ftp(), ftp_seen(), redis(), http(), smtp(), smb(), dns())}

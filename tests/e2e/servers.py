@@ -262,6 +262,19 @@ def samba(work: Path) -> Server:
                    f"--configfile={conf}"], [445, 139])
 
 
+def dnsmasq(work: Path) -> Server:
+    """dnsmasq answering for corpus.test from a hosts file and records of its own, with no
+    upstream (a name outside it is refused, not forwarded), over UDP and TCP on port 53."""
+    hosts = work / "dns-hosts"
+    hosts.write_text("10.20.0.10 www.corpus.test\n10.20.0.11 mail01.corpus.test\n"
+                     "10.20.0.12 files.corpus.test\n10.20.0.13 intranet.corpus.test\n")
+    return Server(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--pid-file=",
+                   "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--listen-address=127.0.0.1",
+                   "--bind-interfaces", "--port=53", "--local=/corpus.test/", "--domain=corpus.test",
+                   "--mx-host=corpus.test,mail01.corpus.test,10", "--txt-record=corpus.test,v=spf1 mx -all",
+                   "--srv-host=_ldap._tcp.corpus.test,intranet.corpus.test,389"], [53])
+
+
 SETUPS: dict[str, Callable[[Path], Server]] = {
     "ftp": vsftpd,
     "ftp-seen": vsftpd,  # issue 8: the data-channel tools with training names
@@ -269,4 +282,5 @@ SETUPS: dict[str, Callable[[Path], Server]] = {
     "http": nginx,
     "smtp": exim,
     "smb": samba,
+    "dns": dnsmasq,
 }
