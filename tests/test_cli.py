@@ -52,11 +52,12 @@ def test_a_port_scan_is_one_line_not_a_row_a_port(tmp_path, capsys):
     capture = write_pcap(tmp_path / "scan.pcap", [ethernet(p) for p in pkts])
     assert main(["sessions", str(capture)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:4] for line in lines[:2]] == [["transport", "port", "sessions", "messages"],
-                                                       ["tcp", "80", "1", "2"]]
-    assert lines[2] == ("tcp: 3001 port(s) where no session carried data, 3002 session(s), not listed: "
-                        "1-79, 81-3000, 5000, 5002")
-    assert lines[3] == "udp: 2 port(s) closed (never answered; ICMP port unreachable), 2 session(s), not listed: 7, 9"
+    # 2024 accepted a connection: open, a row (the learner serves it silent).
+    assert [line.split()[:4] for line in lines[:3]] == [["transport", "port", "sessions", "messages"],
+                                                       ["tcp", "80", "1", "2"], ["tcp", "2024", "2", "0"]]
+    assert lines[3] == ("tcp: 3000 port(s) where no session carried data or was accepted, 3000 session(s), not "
+                        "listed: 1-79, 81-2023, 2025-3000, 5000, 5002")
+    assert lines[4] == "udp: 2 port(s) closed (never answered; ICMP port unreachable), 2 session(s), not listed: 7, 9"
     # Asked for by port, a silent port has its row.
     assert main(["sessions", "--port", "2024", str(capture)]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:4] == ["tcp", "2024", "2", "0"]

@@ -91,6 +91,17 @@ def test_missing_handshake_is_accepted_and_flagged_midstream(tmp_path):
     assert flow(s) == [(C, b"USER x\r\n"), (S, b"331 ok\r\n")]
 
 
+def test_a_syn_ack_marks_the_session_accepted_a_refusal_does_not(tmp_path):
+    # A SYN scan: port 80 open (SYN-ACK, then the scanner's RST), port 81 closed (RST-ACK).
+    closed = (SERVER[0], 81)
+    pkts = [tcp(CLIENT, SERVER, 1000, 0, SYN), tcp(SERVER, CLIENT, 5000, 1001, SYN | ACK),
+            tcp(CLIENT, SERVER, 1001, 0, RST),
+            tcp(CLIENT, closed, 2000, 0, SYN), tcp(closed, CLIENT, 0, 2001, RST | ACK)]
+    sessions = sessions_of(tmp_path, pkts)
+    assert [(s.server_port, s.accepted, s.messages, s.close) for s in sessions] == [
+        (80, True, [], "rst"), (81, False, [], "rst")]
+
+
 def test_midstream_server_side_heuristic_uses_ports_seen_listening(tmp_path):
     # Both ports are high; 8080 got a SYN earlier, so it is the server of the midstream flow
     # even though its first captured packet goes the other way.

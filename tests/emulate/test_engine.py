@@ -912,3 +912,16 @@ def test_an_answer_of_another_command_repeats_none_of_its_words(trickle):
     t = run(machine(sessions), [b"EHLO carol-pc\r\n", b"RSET\r\n"], trickle=trickle)
     assert t.answers[1] == hello % b"carol-pc"
     assert t.answers[2] == b"214-Commands supported:\r\n214 HELO EHLO MAIL QUIT RSET HELP\r\n"
+
+
+@pytest.mark.parametrize("closed_by, closed", [(Sender.CLIENT, None), (Sender.SERVER, "server")])
+def test_a_port_nobody_spoke_on_is_open_and_silent_or_closes_as_it_did(closed_by, closed):
+    # Learned from connections the port accepted and nobody spoke on (a scan's): no banner,
+    # nothing answered, and the connection closed at once where the server closed it then.
+    scanned = session(port=3306, closed_by=closed_by)
+    scanned.accepted = True
+    m = machine([scanned])
+    for trickle in (False, True):
+        t = run(m, [b"\x16\x03\x01hello", b"GET / HTTP/1.0\r\n\r\n"], trickle=trickle)
+        assert t.closed == closed
+        assert t.answers == ([b""] if closed else [b"", b"", b""])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from scriptgen.learn import learn
-from scriptgen.model import PortModel, Region, Sender, Slot, Transport
+from scriptgen.model import PortModel, Region, Sender, Session, Slot, Transport
 from scriptgen.params import LearnParams
 
 from tests.learn.sessions import session
@@ -247,3 +247,20 @@ def test_a_udp_port_the_machine_refused_is_not_learned_one_that_stayed_silent_is
     dns = session((b"\x12\x34query", b"\x12\x34answer"), port=53, transport=Transport.UDP, closed_by=None)
     model = learn([refused, silent, dns], LearnParams(jobs=1))
     assert [(p.transport, p.port) for p in model.ports] == [("udp", 53), ("udp", 514)]
+
+
+def test_a_port_that_accepted_connections_nobody_spoke_on_is_learned_open_and_silent():
+    # A SYN scan found 3306 open (nobody spoke to it) and 3307 closed; on 21 a scan's
+    # accepted connection sits beside a real session.
+    def scanned(port: int, accepted: bool) -> Session:
+        s = session(port=port, closed_by=Sender.CLIENT if accepted else Sender.SERVER)
+        s.accepted, s.close = accepted, "rst"
+        return s
+
+    talking = session((b"USER a\r\n", b"331 ok\r\n"), banner=b"220 hi\r\n", port=21)
+    talking.accepted = True
+    model = learn([scanned(3306, True), scanned(3307, False), scanned(21, True), talking], LearnParams(jobs=1))
+    ports = {(p.transport, p.port): p for p in model.ports}
+    assert sorted(ports) == [("tcp", 21), ("tcp", 3306)]
+    assert not ports["tcp", 3306].transitions and ports["tcp", 3306].stats["sessions"] == 1
+    assert ports["tcp", 21].stats["sessions"] == 1  # the scan's empty connection is not a session of 21's

@@ -74,7 +74,7 @@ class _Flow:
         "index", "key", "server_side", "midstream", "start", "last",
         "base", "nxt", "pending", "pending_bytes", "fin", "done", "acked",
         "messages", "cur_side", "cur_data", "cur_ts", "cur_gaps",
-        "closed_by", "anomalies",
+        "closed_by", "anomalies", "accepted",
     )
 
     def __init__(self, index: int, key: bytes, ts: float) -> None:
@@ -98,6 +98,7 @@ class _Flow:
         self.cur_gaps: list[Gap] = []
         self.closed_by = -1
         self.anomalies: dict[str, int] = {}
+        self.accepted = False  # the server's SYN-ACK was seen: the port was open
 
     def count(self, what: str) -> None:
         self.anomalies[what] = self.anomalies.get(what, 0) + 1
@@ -149,6 +150,8 @@ class TcpReassembler:
                 flow, side = self._open(ts, key, flags, seq, ack), 0
         flow.last = ts
         if flags & _SYN:
+            if flags & _ACK:
+                flow.accepted = True
             if flow.base[side] is None:
                 flow.base[side] = (seq + 1) & _MASK
             if flags & _ACK and flow.base[1 - side] is None and flow.nxt[1 - side] == 0:
@@ -330,6 +333,7 @@ class TcpReassembler:
             close=close,
             closed_by=senders[flow.closed_by] if flow.closed_by >= 0 else None,
             anomalies=dict(sorted(flow.anomalies.items())),
+            accepted=flow.accepted,
         )
 
     def _sweep(self, now: float) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from scriptgen.capture import CaptureStats, read_sessions
 from scriptgen.cli.common import port, port_ranges, positive, report_damage, unit_interval, warn, write_table
-from scriptgen.model import PortModel, Transport, closed_udp_ports
+from scriptgen.model import PortModel, closed_udp_ports, learnable
 
 if TYPE_CHECKING:
     from scriptgen.learn.builder import RawTree
@@ -94,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if closed:
         warn(f"skipped {len(closed)} closed UDP port(s) (never answered, refused by ICMP port unreachable): "
              f"{port_ranges(sorted(closed))}")
+    learned = learnable(sessions)
     counts: dict[tuple[str, int], int] = {}
     for i, s in enumerate(sessions):
-        if (s.messages and i not in links and (not args.ports or s.server_port in args.ports)
-                and not (s.transport is Transport.UDP and s.server_port in closed)):
+        if i not in links and (not args.ports or s.server_port in args.ports) and learned(s):
             key = (s.transport.value, s.server_port)
             counts[key] = counts.get(key, 0) + 1
     keep = {k for k, n in counts.items() if n >= args.min_sessions}

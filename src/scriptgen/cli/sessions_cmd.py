@@ -34,8 +34,8 @@ def add_parser(commands: Any) -> None:
             "a table per (transport, server port): sessions, messages, bytes each way, "
             "sessions without a captured handshake (midstream), holes left by lost "
             "packets (gaps) and dropped segments; then what could not be used. Ports where no "
-            "session carried data (a port scan's refused connections) are one line per "
-            "transport, not a row each, unless asked for with --port. "
+            "session carried data or was accepted (a port scan's refused connections) are one "
+            "line per transport, not a row each, unless asked for with --port. "
             "A message is the longest run of bytes one side sent before the other spoke. "
             "The reassembly policy is in docs/capture.md."
         ),
@@ -62,7 +62,7 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--json", action="store_true",
         help="write one JSON object per session per line instead of the table: transport, "
-        "server_port, client, server (ip:port), midstream, messages [{from: client|server, "
+        "server_port, client, server (ip:port), midstream, accepted, messages [{from: client|server, "
         "data: base64, ts, gaps: [[offset, length]]}], plus start, end, close, closed_by, anomalies",
     )
     parser.add_argument(
@@ -103,6 +103,7 @@ def session_json(session: Session) -> dict[str, Any]:
         "client": str(session.client),
         "server": str(session.server),
         "midstream": session.midstream,
+        "accepted": session.accepted,
         "start": session.start,
         "end": session.end,
         "close": session.close,
@@ -133,11 +134,14 @@ def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold
         for m in s.messages:
             row["client bytes" if m.sender.value == "client" else "server bytes"] += len(m.data)
         row["midstream"] += s.midstream
+        row["accepted"] += s.accepted
         row["gaps"] += s.gaps
         row["dropped"] += sum(s.anomalies.get(k, 0) for k in _DROPPED)
         row["bogus seq"] += s.anomalies.get("bogus_seq", 0)
     closed = {("udp", p) for p in closed_udp_ports(sessions)} if fold_silent else set()
-    silent = {key: row for key, row in rows.items() if (fold_silent and not row["messages"]) or key in closed}
+    # Folded: what the learner does not learn (a port that accepted a connection is open).
+    silent = {key: row for key, row in rows.items()
+              if (fold_silent and not row["messages"] and not row["accepted"]) or key in closed}
     columns = ["sessions", "messages", "client bytes", "server bytes", "midstream", "gaps", "dropped", "bogus seq"]
     table = [["transport", "port", *columns]]
     for (transport, server_port), row in sorted(rows.items()):
@@ -149,7 +153,7 @@ def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold
         out.write("(no session carried data)\n")
     else:
         out.write("(no TCP or UDP sessions)\n")
-    empty = "where no session carried data"
+    empty = "where no session carried data or was accepted"
     groups = [("tcp", empty, [k for k in silent if k[0] == "tcp"]),
               ("udp", empty, [k for k in silent if k[0] == "udp" and k not in closed]),
               ("udp", "closed (never answered; ICMP port unreachable)", [k for k in silent if k in closed])]

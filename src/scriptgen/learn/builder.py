@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from scriptgen.learn.channels import ChildLink, Mark, data_session
 from scriptgen.learn.fields import AnswerSample
-from scriptgen.model import BEFORE_BYTES, Label, Part, Sender, Session, Transport, closed_udp_ports
+from scriptgen.model import BEFORE_BYTES, Label, Part, Sender, Session, learnable
 from scriptgen.params import LearnParams
 
 _BANNERS = 8  # the most frequent banners of a port that a raced one is compared with
@@ -127,8 +127,10 @@ def answer_times(session: Session) -> tuple[float, list[float]]:
 def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, ChildLink] | None = None) -> Iterator[RawTree]:
     """One raw tree per (transport, server port), sorted by transport and port.
 
-    Sessions with no message at all (port scans, refused connections) are skipped, and so
-    are the UDP ports the real machine had closed (`closed_udp_ports`). A
+    Sessions with no message at all (port scans, refused connections) are skipped, but for
+    a TCP port where no session carried a byte and one was accepted (`silent_open_ports`:
+    a tree of the root alone, served open and silent); and so are the UDP ports the real
+    machine had closed (`closed_udp_ports`). A
     client that spoke before the banner arrived finds the banner at the front of the first
     answer: where that is one of the port's banners, or like one (_raced_banner), it is
     taken as the banner (the server sent it on connect; the answer is what follows).
@@ -145,9 +147,8 @@ def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, 
             parent = sessions[link.parent]
             channels.setdefault(link.parent, []).append(
                 (link.trigger, data_session(sessions[link.child], link, parent)))
-    closed = closed_udp_ports(sessions)
-    kept = [(i, s) for i, s in enumerate(sessions)
-            if s.messages and i not in links and not (s.transport is Transport.UDP and s.server_port in closed)]
+    keep = learnable(sessions)
+    kept = [(i, s) for i, s in enumerate(sessions) if i not in links and keep(s)]
     banners: dict[tuple[str, int], Counter[bytes]] = {}
     for _, session in kept:
         banner, _ = turns(session)

@@ -177,4 +177,4 @@ def data_session(child: Session, link: ChildLink, parent: Session) -> Session:
     client, server = (child.server, child.client) if flip else (child.client, child.server)
     server = Endpoint(server.ip, 0)  # one model for every channel: its port is chosen when served
     return Session(child.index, child.transport, client, server, child.start, child.end, child.midstream, messages,
-                   child.close, closed_by, dict(child.anomalies))
+                   child.close, closed_by, dict(child.anomalies), child.accepted)

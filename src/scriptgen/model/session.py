@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["Sender", "Transport", "Endpoint", "Gap", "Message", "Session", "closed_udp_ports"]
+__all__ = ["Sender", "Transport", "Endpoint", "Gap", "Message", "Session", "closed_udp_ports", "learnable", "silent_open_ports"]
 
 
 class Sender(enum.Enum):
@@ -60,7 +60,9 @@ class Session:
     "reused" (a new SYN on the same 4-tuple), "evicted" (flow cap), "refused" (UDP: the
     server's machine answered a datagram with ICMP port unreachable), or "eof" (the capture
     ended first). `closed_by` is who sent the first FIN, the RST or the ICMP, if anyone did.
-    `midstream` is True when neither the SYN nor the SYN-ACK was captured.
+    `midstream` is True when neither the SYN nor the SYN-ACK was captured. `accepted` is
+    True when the server's SYN-ACK was (TCP: the port was open, whether or not anyone then
+    spoke).
     `anomalies` counts what the reassembler dropped in this session (see docs/capture.md).
     """
 
@@ -75,6 +77,7 @@ class Session:
     close: str = "eof"
     closed_by: Sender | None = None
     anomalies: dict[str, int] = field(default_factory=dict)
+    accepted: bool = False
 
     @property
     def server_port(self) -> int:
@@ -100,3 +103,33 @@ def closed_udp_ports(sessions: Iterable[Session]) -> set[int]:
             elif s.close == "refused":
                 refused.add(s.server_port)
     return refused - answered
+
+
+def silent_open_ports(sessions: Iterable[Session]) -> set[int]:
+    """The TCP ports that accepted a connection (SYN-ACK) where no session carried a byte:
+    open on the real machine, as a SYN scan finds them, with nobody speaking to them in the
+    capture. Served as they were (open, silent), not left closed."""
+    accepted: set[int] = set()
+    talking: set[int] = set()
+    for s in sessions:
+        if s.transport is Transport.TCP:
+            if s.messages:
+                talking.add(s.server_port)
+            elif s.accepted:
+                accepted.add(s.server_port)
+    return accepted - talking
+
+
+def learnable(sessions: Iterable[Session]) -> Callable[[Session], bool]:
+    """Which of `sessions` the learner learns from: those that carried data, but on the UDP
+    ports the machine had closed (`closed_udp_ports`); and on a TCP port where nobody spoke,
+    the connections it accepted (`silent_open_ports`)."""
+    sessions = list(sessions)
+    closed, silent = closed_udp_ports(sessions), silent_open_ports(sessions)
+
+    def keep(s: Session) -> bool:
+        if s.transport is Transport.UDP:
+            return bool(s.messages) and s.server_port not in closed
+        return bool(s.messages) or (s.accepted and s.server_port in silent)
+
+    return keep
