@@ -2,8 +2,9 @@
 
 A session is the exchange on one 4-tuple; it ends after `udp_idle_timeout` seconds of
 capture time without a datagram, or when the server's machine refuses a datagram of the
-client's (ICMP port unreachable: close "refused", the port was closed). Each datagram is one message (UDP keeps boundaries, and
-an emulator answers datagram by datagram), so two requests in a row stay two messages.
+client's (ICMP port unreachable: close "refused", the port was closed). Each datagram is
+one message (UDP keeps boundaries, and an emulator answers datagram by datagram), so two
+requests in a row stay two messages.
 Which side is the server: a port already seen as a UDP server port, else the only port
 below `well_known_port_limit`, else the destination of the first datagram.
 """

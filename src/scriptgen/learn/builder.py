@@ -127,10 +127,10 @@ def answer_times(session: Session) -> tuple[float, list[float]]:
 def build(sessions: Iterable[Session], params: LearnParams, links: Mapping[int, ChildLink] | None = None) -> Iterator[RawTree]:
     """One raw tree per (transport, server port), sorted by transport and port.
 
-    Sessions with no message at all (port scans, refused connections) are skipped, but for
-    a TCP port where no session carried a byte and one was accepted (`silent_open_ports`:
-    a tree of the root alone, served open and silent); and so are the UDP ports the real
-    machine had closed (`closed_udp_ports`). A
+    Learned from (`model.learnable`): the sessions that carried data, but not on a UDP port
+    the real machine had closed; and on a TCP port where nobody spoke, the connections it
+    accepted (a tree of the root alone: served open and silent). Port scans' refused
+    connections are skipped. A
     client that spoke before the banner arrived finds the banner at the front of the first
     answer: where that is one of the port's banners, or like one (_raced_banner), it is
     taken as the banner (the server sent it on connect; the answer is what follows).
