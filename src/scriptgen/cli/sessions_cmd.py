@@ -123,9 +123,9 @@ def session_json(session: Session) -> dict[str, Any]:
 
 def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold_silent: bool = True) -> None:
     """One row per (transport, port); with `fold_silent`, the ports where no session carried
-    a byte (a port scan's refused or empty connections: thousands of them in a capture of a
-    machine being probed), and the closed UDP ports (a UDP scan's), are one line each after
-    the table."""
+    a byte or was accepted (a port scan's refused connections: thousands of them in a
+    capture of a machine being probed), and the closed UDP ports (a UDP scan's), are one
+    line each after the table."""
     rows: dict[tuple[str, int], Counter[str]] = {}
     for s in sessions:
         row = rows.setdefault((s.transport.value, s.server_port), Counter())
