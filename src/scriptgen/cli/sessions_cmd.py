@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from scriptgen.capture import CaptureStats, read_sessions
 from scriptgen.cli.common import port, port_ranges, report_damage, write_table
-from scriptgen.model import Session, closed_udp_ports
+from scriptgen.model import Session, learnable
 from scriptgen.params import CaptureParams
 
 __all__ = ["add_parser", "session_json"]
@@ -122,11 +122,12 @@ def session_json(session: Session) -> dict[str, Any]:
 
 
 def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold_silent: bool = True) -> None:
-    """One row per (transport, port); with `fold_silent`, the ports where no session carried
-    a byte or was accepted (a port scan's refused connections: thousands of them in a
-    capture of a machine being probed), and the closed UDP ports (a UDP scan's), are one
-    line each after the table."""
+    """One row per (transport, port); with `fold_silent`, the ports the learner leaves out
+    (TCP ports where no session carried a byte or was accepted: a port scan's refused
+    connections, thousands of them in a capture of a machine being probed; closed UDP
+    ports) are one line per transport after the table."""
     rows: dict[tuple[str, int], Counter[str]] = {}
+    learned = learnable(sessions)
     for s in sessions:
         row = rows.setdefault((s.transport.value, s.server_port), Counter())
         row["sessions"] += 1
@@ -134,14 +135,13 @@ def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold
         for m in s.messages:
             row["client bytes" if m.sender.value == "client" else "server bytes"] += len(m.data)
         row["midstream"] += s.midstream
-        row["accepted"] += s.accepted
+        row["learned"] += learned(s)
         row["gaps"] += s.gaps
         row["dropped"] += sum(s.anomalies.get(k, 0) for k in _DROPPED)
         row["bogus seq"] += s.anomalies.get("bogus_seq", 0)
-    closed = {("udp", p) for p in closed_udp_ports(sessions)} if fold_silent else set()
-    # Folded: what the learner does not learn (a port that accepted a connection is open).
-    silent = {key: row for key, row in rows.items()
-              if (fold_silent and not row["messages"] and not row["accepted"]) or key in closed}
+    # Folded: the ports the learner does not learn (model.learnable). A TCP port that
+    # accepted a connection is open, and learned; a UDP port is left out only when closed.
+    silent = {key: row for key, row in rows.items() if fold_silent and not row["learned"]}
     columns = ["sessions", "messages", "client bytes", "server bytes", "midstream", "gaps", "dropped", "bogus seq"]
     table = [["transport", "port", *columns]]
     for (transport, server_port), row in sorted(rows.items()):
@@ -153,11 +153,9 @@ def _print_table(sessions: list[Session], stats: CaptureStats, out: TextIO, fold
         out.write("(no session carried data)\n")
     else:
         out.write("(no TCP or UDP sessions)\n")
-    empty = "where no session carried data or was accepted"
-    groups = [("tcp", empty, [k for k in silent if k[0] == "tcp"]),
-              ("udp", empty, [k for k in silent if k[0] == "udp" and k not in closed]),
-              ("udp", "closed (never answered; ICMP port unreachable)", [k for k in silent if k in closed])]
-    for transport, what, keys in groups:
+    for transport, what in (("tcp", "where no session carried data or was accepted"),
+                            ("udp", "closed (never answered; ICMP port unreachable)")):
+        keys = [k for k in silent if k[0] == transport]
         if keys:
             count = sum(silent[k]["sessions"] for k in keys)
             out.write(f"{transport}: {len(keys)} port(s) {what}, {count} session(s), not listed: "
