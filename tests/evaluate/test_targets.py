@@ -17,6 +17,7 @@ from scriptgen.evaluate import (
     Script,
     TcpTarget,
     evaluate,
+    evaluate_holdout,
     evaluate_model,
     script,
 )
@@ -160,3 +161,19 @@ def test_midstream_sessions_and_unknown_ports_are_skipped():
     report = evaluate_model(model, [*sessions[1:], *other], FAST)
     assert report.skipped == {"midstream": 1, "no_model": 1}
     assert [len(p.sessions) for p in report.ports] == [len(sessions) - 1]
+
+
+def test_udp_ports_the_machine_refused_are_counted_closed_not_missing_from_the_model():
+    import dataclasses
+
+    # A UDP scan: port 53 answered; 161 and 162 sent back ICMP port unreachable.
+    dns = [session((b"query", b"answer"), port=53, transport=Transport.UDP) for _ in range(5)]
+    refused = [dataclasses.replace(session((b"", b""), port=p, transport=Transport.UDP, closed_by=Sender.SERVER),
+                                   close="refused") for p in (161, 162, 162)]
+    silent = session((b"probe", b""), port=514, transport=Transport.UDP)  # no answer, no refusal: maybe open
+    model = learn(dns, LearnParams(jobs=1))
+    report = evaluate_model(model, [*dns, *refused, silent], FAST)
+    assert report.skipped == {"closed": 3, "no_model": 1}
+    assert [(p.port, p.carried) for p in report.ports] == [(53, 5)]
+    _, report = evaluate_holdout([*dns, *refused], 2, LearnParams(jobs=1), FAST, folds=[0, 1])
+    assert report.skipped == {"closed": 3}

@@ -275,6 +275,7 @@ def _skipped(skipped: dict[str, int], tcp: bool) -> list[str]:
         "midstream": "midstream sessions (start not captured)",
         "transport": "UDP sessions (the TCP target replays TCP only)" if tcp else "sessions of another transport",
         "no_model": "sessions on ports the model has no machine for",
+        "closed": "sessions on UDP ports the machine refused (ICMP port unreachable): closed, as served",
     }
     return [f"{n} {names.get(reason, reason)}" for reason, n in sorted(skipped.items())]
 

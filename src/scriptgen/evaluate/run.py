@@ -5,8 +5,8 @@
 
 Values in, values out: no files, no printing. Sessions that cannot be replayed from their
 start (their handshake and first messages were not captured: `midstream`) and sessions the
-target cannot play (UDP over TCP, ports the model has no machine for) are counted in
-`Report.skipped`, never scored.
+target cannot play (UDP over TCP, ports the model has no machine for, UDP ports the
+machine refused) are counted in `Report.skipped`, never scored.
 
 May import: scriptgen.model, scriptgen.params, scriptgen.learn, scriptgen.modelfile,
 scriptgen.emulate, scriptgen.evaluate.
@@ -27,7 +27,7 @@ from scriptgen.evaluate.split import by_port, holdout
 from scriptgen.evaluate.targets import InProcessTarget, Script, Target
 from scriptgen.learn import learn
 from scriptgen.learn.builder import turns
-from scriptgen.model import Model, Session
+from scriptgen.model import Model, Session, closed_udp_ports
 from scriptgen.modelfile import port_doc
 from scriptgen.params import LearnParams
 
@@ -37,7 +37,7 @@ __all__ = ["Report", "evaluate", "evaluate_holdout", "evaluate_model", "script"]
 @dataclass(frozen=True, slots=True)
 class Report:
     """Per (target, transport, port), sorted; `skipped` counts sessions not replayed, by
-    reason ("midstream", "transport", "no_model")."""
+    reason ("midstream", "transport", "no_model", "closed")."""
 
     ports: tuple[PortReport, ...]
     skipped: dict[str, int] = field(default_factory=dict)
@@ -132,17 +132,23 @@ def evaluate(sessions: Iterable[Session], target: Target, params: EvaluateParams
 
 def evaluate_model(model: Model, sessions: Iterable[Session], params: EvaluateParams | None = None,
                    emulator: EmulatorParams | None = None,
-                   varying: dict[tuple[str, int], set[bytes]] | None = None) -> Report:
+                   varying: dict[tuple[str, int], set[bytes]] | None = None,
+                   closed: set[int] | None = None) -> Report:
     """Replay every session in process against the model's machine for its port.
     `varying`: per port, the conversations the capture's server varied on (default: found
-    among the sessions replayed)."""
+    among the sessions replayed). `closed`: the UDP ports the machine refused
+    (`model.closed_udp_ports`; default: found among the sessions replayed), skipped as
+    "closed" when the model has no machine for them: the honeypot refuses them too."""
     params = params or EvaluateParams()
+    sessions = list(sessions)
+    if closed is None:
+        closed = closed_udp_ports(sessions)
     skipped: dict[str, int] = {}
     reports = []
     for key, group in _replayable(sessions, skipped).items():
         port_model = model.port(*key)
         if port_model is None:
-            _skip(skipped, "no_model", len(group))
+            _skip(skipped, "closed" if key[0] == "udp" and key[1] in closed else "no_model", len(group))
             continue
         target = InProcessTarget(Machine(port_doc(port_model), emulator), params)
         reports.append(_replay(key, group, target, params, varying.get(key) if varying is not None else None))
@@ -193,6 +199,7 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
     scripts = {id(s): script(s) for s in everything}  # worked out once, not once a fold
     # Where the server varied, over the whole capture: one fold holds too few sessions.
     varying = {key: _varying(scripts[id(s)] for s in group) for key, group in _replayable(everything, {}).items()}
+    closed = closed_udp_ports(everything)
     models: list[Model] = []
     merged: dict[tuple[str, str, int], list[SessionScore]] = {}
     skipped: dict[str, int] = {}
@@ -200,7 +207,7 @@ def evaluate_holdout(sessions: Iterable[Session], k: int, learn_params: LearnPar
         train, test = holdout(everything, k, fold)
         model = learn(train, learn_params)
         models.append(model)
-        report = evaluate_model(model, test, params, emulator, varying)
+        report = evaluate_model(model, test, params, emulator, varying, closed)
         learned = _learned(train, scripts)
         for p in report.ports:
             known, answers = learned.get((p.transport, p.port), (set(), set()))
