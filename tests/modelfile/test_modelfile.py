@@ -93,9 +93,12 @@ def test_newer_version_is_refused_clearly():
         (lambda d: d["ports"][0]["transitions"][0]["pattern"][1].update(min=9, max=2), "min is larger"),
         (lambda d: d["ports"].append(d["ports"][0]), "appears twice"),
         (lambda d: d.update(extra="x"), "Additional properties"),
+        # a part or region of two kinds at once fits none of them
+        (lambda d: d["ports"][0]["states"][0]["labels"][0]["parts"][0].update(token=0), "not valid under any"),
+        (lambda d: d["ports"][0]["transitions"][0]["pattern"][0].update(min=0), "not valid under any"),
     ],
     ids=["base64", "root", "target", "ids", "slot-in-root", "link-fixed", "link-code", "state-transitions",
-         "port", "min-max", "duplicate-port", "extra-key"],
+         "port", "min-max", "duplicate-port", "extra-key", "part-of-two-kinds", "region-of-two-kinds"],
 )
 def test_malformed_or_hostile_files_are_refused(mutate, match):
     doc = _doc()

@@ -62,7 +62,8 @@ def test_sigterm_drains_accepted_connections_and_flushes_the_log(tmp_path):
     assert time.monotonic() - started < 2.5
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
-    assert "stopped (SIGTERM)" in err
+    assert "stopped (SIGTERM)" in err and re.search(r"models ready in \d+\.\ds", err), err
+    assert "reading" not in err  # a small model loads at once: no progress line
     assert "Warning" not in err and "Traceback" not in err, err  # the log writer's start included
     events = read_events(logs)
     closed = {e["src_port"]: e["reason"] for e in events if e["eventid"] == "scriptgen.session.closed"}
@@ -79,6 +80,8 @@ def test_sigterm_drains_accepted_connections_and_flushes_the_log(tmp_path):
 
 def test_sigint_with_nothing_open_stops_at_once(tmp_path):
     model = write_model("udp", tmp_path / "dns.json")
+    with model.open("a") as f:  # as big as a model of many captures, to the byte count
+        f.write(" " * 1_000_000)
     proc, (line,) = serve([str(model), "--port-map", "53:0", "--log-dir", str(tmp_path / "logs")])
     assert line.group(1) == "udp"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
@@ -87,8 +90,9 @@ def test_sigint_with_nothing_open_stops_at_once(tmp_path):
         assert u.recvfrom(100)[0] == b"A\x01\x01\x01\x01"
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0 and time.monotonic() - started < 2
+    assert "reading 1 model(s) (1.0 MB) and compiling" in err.splitlines()[0], err
     closed = [e for e in read_events(tmp_path / "logs") if e["eventid"] == "scriptgen.session.closed"]
     assert [e["reason"] for e in closed] == ["shutdown"]
 

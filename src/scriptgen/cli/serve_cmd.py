@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from typing import Any
 
 from scriptgen.cli.common import positive, seconds, warn
@@ -133,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
     port_map: dict[tuple[str | None, int], int] = {}
     for transport, model_port, listen_port in args.port_map:
         port_map[(transport, model_port)] = listen_port
+    # A model of many captures takes seconds to check and compile (2 s for 4 MB): say so first.
+    started = time.monotonic()
+    size = sum(os.path.getsize(path) for path in args.models if os.path.isfile(path))
+    if size >= 1_000_000:
+        warn(f"reading {len(args.models)} model(s) ({size / 1e6:.1f} MB) and compiling their state machines")
     models = []
     for path in args.models:
         model = load(path)
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             raise ServeError(f"{path}: the model has no ports (learned from no sessions with data)")
         models.append((path, [port_doc(p) for p in model.ports]))
     listeners = plan_listeners(models, args.hosts or ["127.0.0.1"], port_map, EmulatorParams(pace=args.pace))
+    ready_in = time.monotonic() - started
     limit = raise_file_limit(params.max_connections + 64)
     if limit < params.max_connections + 64:
         warn(f"only {limit} file descriptors allowed (ulimit -n): fewer than --max-connections "
@@ -157,13 +164,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ServeError(f"--log-dir {args.log_dir}: {exc.strerror or exc}") from None
     try:
-        run_loop(_serve(listeners, log, params, args))
+        run_loop(_serve(listeners, log, params, args, ready_in))
     finally:
         log.close()
     return 0
 
 
-async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.Namespace) -> None:
+async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.Namespace, ready_in: float) -> None:
     server = Server(listeners, log, params, args.sensor)
     try:
         bound = await server.start()
@@ -175,7 +182,8 @@ async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.N
     for b in bound:
         print(f"listening on {b.describe()}", flush=True)
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]  # asyncio or uvloop
-    warn(f"serving {len(bound)} listener(s) on {loop_name}; logging to {args.log_dir}; SIGTERM or ^C to stop")
+    warn(f"serving {len(bound)} listener(s) on {loop_name} (models ready in {ready_in:.1f}s); logging to "
+         f"{args.log_dir}; SIGTERM or ^C to stop")
     server.announce()
     freeze_loaded()
     reason = await server.run()
