@@ -418,6 +418,26 @@ def test_line_ends_and_punctuation_are_not_echoed_as_a_value():
     assert t.unmatched == ["nearest"] and t.answers[1] == b"+PONG\r\n$11\r\ncorpus-shop\r\n"
 
 
+@TRICKLE
+def test_of_the_requests_with_its_line_learned_elsewhere_the_most_like_it_answers(trickle):
+    # nmap asked for /robots.txt twice with `Connection: close` (the server closed); curl,
+    # after `GET /`, kept alive. wget's, after `GET /files/` where nobody asked for it, is
+    # like curl's: answered as curl's was, the connection left open.
+    def get(path, agent, extra=b"Accept: */*\r\n"):
+        return b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: " + agent + b"\r\n" + extra + b"\r\n"
+
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nDisallow: /admin/\n"
+    kept = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\nDisallow: /admin/\n"
+    nmap = [session((get(b"/robots.txt", b"Mozilla/5.0 (compatible; Nmap)", b"Connection: close\r\n"), closing),
+                    port=80, closed_by=Sender.SERVER) for _ in range(2)]
+    curl = session((get(b"/", b"curl/7.88.1"), b"HTTP/1.1 200 OK\r\n\r\n<h1>home</h1>"),
+                   (get(b"/robots.txt", b"curl/7.88.1"), kept), port=80)
+    wget = session((get(b"/files/", b"Wget/1.21.3"), b"HTTP/1.1 200 OK\r\n\r\n<pre>prices.csv</pre>"), port=80)
+    request = get(b"/robots.txt", b"Wget/1.21.3", b"Accept: */*\r\nConnection: Keep-Alive\r\n")
+    t = run(machine([*nmap, curl, wget], macro=0.0), [get(b"/files/", b"Wget/1.21.3"), request], trickle=trickle)
+    assert t.answers[2] == kept and t.unmatched == ["elsewhere"] and t.closed is None
+
+
 def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned():
     # The headers came in another order: "Connection: close" moved, it did not change.
     sessions = [session((b"HEAD / HTTP/1.1\r\nConnection: close\r\nUser-Agent: scanner/1.0\r\n\r\n",

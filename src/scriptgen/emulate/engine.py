@@ -491,10 +491,7 @@ class _State:
         self.nearest = sorted(outgoing, key=lambda t: (-t.weight, t.id))[: params.nearest_candidates]
         self.common: _Samples = ()  # set by Machine (_common): answer as the most alike of these
         self.usual: dict[bytes, _Usual] = {}  # set by Machine (_common)
-        self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
-        for t in self.nearest:
-            for line in t.lines:
-                self.by_line.setdefault(line, t)
+        self.by_line = _by_line(self.nearest, params.compare_bytes)
         # What every request leaving this state ends with (e.g. CRLF): where to cut input
         # that matches nothing but holds several requests.
         requests = [r for t in outgoing for r in t.requests]
@@ -766,13 +763,10 @@ class Machine:
         self.sources = {t["id"]: t["source"] for t in port_doc["transitions"]}
         heaviest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))  # sorted once, used thrice
         self.literal: dict[bytes, list[_Transition]] = {}
-        self.by_line: dict[bytes, _Transition] = {}  # a sample's first line -> the heaviest transition with it
         for t in heaviest:
             if t.literal is not None:
                 self.literal.setdefault(t.literal, []).append(t)
-            for line in t.lines:
-                if _NAMES.search(line):  # a request line, not RESP's "*2\r\n"
-                    self.by_line.setdefault(line, t)
+        self.by_line = _by_line(heaviest, self.params.compare_bytes, named=True)
         self.patterns = [t for t in heaviest if t.literal is None]
         self.nearest = heaviest[: self.params.nearest_candidates * 4]
         every = [r for t in transitions.values() for r in t.requests]
@@ -981,6 +975,44 @@ def _label_for(t: _Transition, request: bytes) -> int:
         line = _first_line(request)
         got = {i for r, i in zip(t.requests, t.label_of) if _first_line(r) == line}
     return min(got, default=0)
+
+
+_LINE_SAMPLES = 16  # samples of one request line an answer is chosen among (a bound on the work)
+
+_ByLine = dict[bytes, list[tuple[_Transition, bytes]]]
+
+
+def _by_line(transitions: list[_Transition], limit: int, named: bool = False) -> _ByLine:
+    """A sample's first line (of a request of text: HTTP's request line) -> up to
+    _LINE_SAMPLES samples with it and their transitions, the heaviest transitions' first.
+    `named`: only lines with a name (a request line, not RESP's `*2\r\n`)."""
+    by_line: _ByLine = {}
+    for t in transitions:
+        for r in t.requests:
+            line = _first_line(r)
+            if not _TEXT.fullmatch(r[:limit]) or named and not _NAMES.search(line):
+                continue
+            same = by_line.setdefault(line, [])
+            if len(same) < _LINE_SAMPLES and all(r != sample for _, sample in same):
+                same.append((t, r))
+    return by_line
+
+
+def _most_like(same: list[tuple[_Transition, bytes]], data: bytes, limit: int) -> tuple[_Transition, bytes]:
+    """Of samples with the request's first line (_by_line), the most similar to it, the
+    heaviest transition's on a tie: the rest of a request says how it is answered (wget's
+    `GET /robots.txt` with `Connection: Keep-Alive` is kept open, nmap's with `Connection:
+    close` is not)."""
+    if len(same) == 1:
+        return same[0]
+    matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", data[:limit], autojunk=False)
+    best, best_score = same[0], -1.0
+    for t, sample in same:
+        matcher.set_seq1(sample[:limit])
+        score = matcher.ratio()
+        if score > best_score:
+            best, best_score = (t, sample), score
+    return best
 
 
 def _before_of(t: _Transition, sample: bytes) -> bytes:
@@ -1310,9 +1342,9 @@ class Emulator:
             # nmap's `GET /favicon.ico` with its headers in another order matched the
             # wildcard of its `GET /HNAP1` (404), not the `GET /favicon.ico` it had seen.
             line = _first_line(data)
-            t = state.by_line.get(line)
-            if t is None or t is match[0] or line in match[0].lines:
-                t = None
+            same = state.by_line.get(line)
+            t = None
+            if same is None or line in match[0].lines:
                 # Nor does a wildcard whose samples got different answers (`GET /favicon.ico`,
                 # `HEAD /`) know a request line never heard of: the usual answer does.
                 varied = len(set(match[0].label_of)) > 1
@@ -1320,7 +1352,7 @@ class Emulator:
                 if usual is not None:
                     (t, sample), how = usual, "common"
             else:
-                sample = t.lines[line]
+                t, sample = _most_like(same, data, self.params.compare_bytes)
             if t is not None:
                 m = t.regex.fullmatch(data)
                 match = (t, m) if m is not None else None
@@ -1335,9 +1367,9 @@ class Emulator:
             match = self._elsewhere(state, data, patterns=False)
             line = _first_line(data)
             if match is None and line != data and line not in state.by_line:
-                t = self.machine.by_line.get(line)
-                if t is not None:
-                    sample, how = t.lines[line], "elsewhere"
+                same = self.machine.by_line.get(line)
+                if same is not None:
+                    (t, sample), how = _most_like(same, data, self.params.compare_bytes), "elsewhere"
             usual = self._usual(state, data) if match is None and t is None else None
             if usual is not None:
                 (t, sample), how = usual, "common"
