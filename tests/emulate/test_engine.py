@@ -207,6 +207,40 @@ def test_the_nearest_searchs_byte_bound_is_difflibs_quick_ratio(a, b):
     assert bound == difflib.SequenceMatcher(None, a, b, autojunk=False).quick_ratio()
 
 
+def test_a_request_like_hundreds_of_samples_costs_a_bounded_number_of_ratios(monkeypatch):
+    # Samples of one layout and the same few byte values (SMB's: mostly zeros), all about as
+    # like the request: their byte counts rule none out, and difflib takes a millisecond a
+    # pair. A peer's request works out at most _MAX_RATIOS candidates a search (each its
+    # ratio, and its first line's), the most promising first.
+    import scriptgen.emulate.engine as engine
+
+    rng = random.Random(3)
+
+    def message() -> bytes:
+        return b"\xfeSMB" + bytes(rng.choice(b"\x00\x00\x01\x02") for _ in range(150))
+
+    sessions = [session((message(), b"answer %d" % k), port=445) for k in range(100)]
+    m = machine(sessions, macro=0.0)
+    hostile = message()
+    ratios = 0
+    real = difflib.SequenceMatcher.ratio
+
+    def counted(self):
+        nonlocal ratios
+        ratios += 1
+        return real(self)
+
+    monkeypatch.setattr(difflib.SequenceMatcher, "ratio", counted)
+    t = run(m, [hostile])
+    assert t.answers[1].startswith(b"answer ") and t.unmatched == ["nearest"]
+    cap = engine._MAX_RATIOS
+    assert 0 < ratios <= 2 * cap
+    ratios = 0
+    monkeypatch.setattr(engine, "_MAX_RATIOS", 10**6)
+    run(m, [hostile])
+    assert ratios > 4 * cap  # without it, many more
+
+
 def test_the_emulator_compares_as_much_of_the_request_before_as_the_model_keeps():
     # Its own copy of scriptgen.model.BEFORE_BYTES (it imports nothing): the two must agree.
     assert _CONTEXT_BYTES == BEFORE_BYTES

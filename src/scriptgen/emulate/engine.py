@@ -277,6 +277,7 @@ _PUNCTUATION = re.compile(rb"[\t\r\n\x20-\x2f\x3a-\x40\x5b-\x60\x7b-\x7e]+")  # 
 _WIDE = re.compile(rb"(?:[\x20-\x7e]\x00){3,}")  # UTF-16LE text, as Windows protocols write names
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
+_MAX_RATIOS = 8  # candidates worked out per nearest search (two ratios each at most), the most promising first
 _ONCE_WEIGHT = 0.1  # a nearest sample of text of the same command, sent in one session only: this much more similar
 
 
@@ -1650,26 +1651,26 @@ class Emulator:
         # A line of bytes a server of lines reads is no goodbye either (a flood's short lines
         # came 0.3 like `QUIT\r\n`).
         no_goodbye = (one_line and bool(names)) or (self.machine.reads_lines and not text)
-        # the most a key adds to a ratio
-        bonus = (_PREFIX_WEIGHT + _COMMAND_WEIGHT + _ONCE_WEIGHT
-                 + (_LINE_WEIGHT + _SAME_LINE_WEIGHT if line is not None else 0.0)
-                 + (_SHOWN_WEIGHT if names else 0.0))
-        best, best_key = None, -1.0  # at least `floor`
-        last, last_key = None, -1.0  # at least `low` (so last_key >= best_key)
-        for t in candidates:
+        # First what each candidate could score at most (cheap), then the ratios, the most
+        # promising first, until no other could beat the best: the same choice as working
+        # out every ratio (ties to the earlier candidate), for a few of them. At most
+        # _MAX_RATIOS candidates are worked out: a request alike to hundreds of samples
+        # (SMB's, zeros and one layout) costs a millisecond a ratio, and peers choose it.
+        line_bonus = _LINE_WEIGHT + _SAME_LINE_WEIGHT if line is not None else 0.0  # the most of the line's part
+        promising = []
+        for i, t in enumerate(candidates):
             if no_goodbye and first != t.first_name and self.machine.states[t.target].closes_here:
                 continue  # another command is no goodbye: FTP's CDUP is not the QUIT it resembles
             sample = t.sample[: self.params.compare_bytes]
-            # Upper bounds of the ratio rule most candidates out before it is worked out:
-            # difflib's real_quick_ratio (from the lengths), then, with what this sample's
-            # key adds to its ratio, its quick_ratio (from the byte counts each keeps).
+            # Upper bounds of the ratio: difflib's real_quick_ratio (from the lengths), then
+            # its quick_ratio (from the byte counts each keeps).
             size = len(head) + len(sample)
-            bound = 2.0 * min(len(head), len(sample)) / size if size else 1.0
-            if bound < low or bound + bonus <= best_key or (bound < floor and bound + bonus <= last_key):
+            if size and 2.0 * min(len(head), len(sample)) / size < low:
                 continue
-            same_line = _same_line(line, sample)
-            extra = (_PREFIX_WEIGHT * _common_start(head, sample, text) + _LINE_WEIGHT * same_line
-                     + (_SAME_LINE_WEIGHT if same_line == 1.0 and text else 0.0))
+            bound = 2.0 * _shared_bytes(counts, t.counts) / size if size else 1.0
+            if bound < low:
+                continue
+            extra = _PREFIX_WEIGHT * _common_start(head, sample, text)
             same_command = first == t.first_name
             if same_command and first:
                 extra += _COMMAND_WEIGHT
@@ -1679,12 +1680,21 @@ class Emulator:
                 ours, theirs = names - t.names, t.names - names  # what each asks for that the other does not
                 if ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
                     extra += _SHOWN_WEIGHT
-            bound = 2.0 * _shared_bytes(counts, t.counts) / size if size else 1.0
-            if bound < low or bound + extra <= best_key or (bound < floor and bound + extra <= last_key):
+            promising.append((bound + extra + line_bonus, -i, bound, extra, t, sample))
+        promising.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        best, best_key = None, (-1.0, 0)  # at least `floor`; keys are (score + extra, -index)
+        last, last_key = None, (-1.0, 0)  # at least `low` (so last_key >= best_key)
+        for n, (most, i, bound, extra, t, sample) in enumerate(promising):
+            if (most, i) <= best_key or n == _MAX_RATIOS:
+                break  # none left could beat the best (nor the last resort, as good or better)
+            same_line = _same_line(line, sample)
+            extra += _LINE_WEIGHT * same_line + (_SAME_LINE_WEIGHT if same_line == 1.0 and text else 0.0)
+            most = bound + extra
+            if not ((bound >= floor and (most, i) > best_key) or (most, i) > last_key):
                 continue
             matcher.set_seq2(sample)
             score = matcher.ratio()
-            key = score + extra
+            key = (score + extra, i)
             if score >= floor and key > best_key:
                 best, best_key = t, key
             # The last resort takes a binary request only to a sample that begins as it does
