@@ -980,14 +980,14 @@ def _label_for(t: _Transition, request: bytes) -> int:
 
 _LINE_SAMPLES = 16  # samples of one request line an answer is chosen among (a bound on the work)
 
-_ByLine = dict[bytes, list[tuple[_Transition, bytes]]]
-
-
-def _by_line(transitions: list[_Transition], limit: int, named: bool = False) -> _ByLine:
+def _by_line(transitions: list[_Transition], limit: int, named: bool = False) -> dict[bytes, _Samples]:
     """A sample's first line (of a request of text: HTTP's request line) -> up to
-    _LINE_SAMPLES samples with it and their transitions, the heaviest transitions' first.
-    `named`: only lines with a name (a request line, not RESP's `*2\r\n`)."""
-    by_line: _ByLine = {}
+    _LINE_SAMPLES samples with it and their transitions, the heaviest transitions' first;
+    a request with that line is answered as the one most like it (_alike): the rest of a
+    request says how it is answered (wget's `GET /robots.txt` with `Connection:
+    Keep-Alive` is kept open, nmap's with `Connection: close` is not). `named`: only lines
+    with a name (a request line, not RESP's `*2\r\n`)."""
+    by_line: dict[bytes, list[tuple[_Transition, bytes]]] = {}
     for t in transitions:
         for r in t.requests:
             line = _first_line(r)
@@ -996,24 +996,7 @@ def _by_line(transitions: list[_Transition], limit: int, named: bool = False) ->
             same = by_line.setdefault(line, [])
             if len(same) < _LINE_SAMPLES and all(r != sample for _, sample in same):
                 same.append((t, r))
-    return by_line
-
-
-def _most_like(same: list[tuple[_Transition, bytes]], data: bytes, limit: int) -> tuple[_Transition, bytes]:
-    """Of samples with the request's first line (_by_line), the most similar to it, the
-    heaviest transition's on a tie: the rest of a request says how it is answered (wget's
-    `GET /robots.txt` with `Connection: Keep-Alive` is kept open, nmap's with `Connection:
-    close` is not)."""
-    if len(same) == 1:
-        return same[0]
-    matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", data[:limit], autojunk=False)
-    best, best_score = same[0], -1.0
-    for t, sample in same:
-        matcher.set_seq1(sample[:limit])
-        score = matcher.ratio()
-        if score > best_score:
-            best, best_score = (t, sample), score
-    return best
+    return {line: tuple(same) for line, same in by_line.items()}
 
 
 def _before_of(t: _Transition, sample: bytes) -> bytes:
@@ -1353,7 +1336,7 @@ class Emulator:
                 if usual is not None:
                     (t, sample), how = usual, "common"
             else:
-                t, sample = _most_like(same, data, self.params.compare_bytes)
+                t, sample = _alike(same, data, self.params.compare_bytes)
             if t is not None:
                 m = t.regex.fullmatch(data)
                 match = (t, m) if m is not None else None
@@ -1370,7 +1353,7 @@ class Emulator:
             if match is None and line != data and line not in state.by_line:
                 same = self.machine.by_line.get(line)
                 if same is not None:
-                    (t, sample), how = _most_like(same, data, self.params.compare_bytes), "elsewhere"
+                    (t, sample), how = _alike(same, data, self.params.compare_bytes), "elsewhere"
             usual = self._usual(state, data) if match is None and t is None else None
             if usual is not None:
                 (t, sample), how = usual, "common"
@@ -1681,20 +1664,21 @@ class Emulator:
                 if ours and theirs and _shows(ours, shown) == _shows(theirs, shown):
                     extra += _SHOWN_WEIGHT
             promising.append((bound + extra + line_bonus, -i, bound, extra, t, sample))
-        promising.sort(key=lambda c: (c[0], c[1]), reverse=True)
-        best, best_key = None, (-1.0, 0)  # at least `floor`; keys are (score + extra, -index)
+        promising.sort(key=lambda c: (c[0], c[1]), reverse=True)  # the most promising, then the earliest
+        # Keys are (score + extra, tie): `tie` is minus the candidate's index (the earlier wins).
+        best, best_key = None, (-1.0, 0)  # at least `floor`
         last, last_key = None, (-1.0, 0)  # at least `low` (so last_key >= best_key)
-        for n, (most, i, bound, extra, t, sample) in enumerate(promising):
-            if (most, i) <= best_key or n == _MAX_RATIOS:
+        for n, (most, tie, bound, extra, t, sample) in enumerate(promising):
+            if (most, tie) <= best_key or n == _MAX_RATIOS:
                 break  # none left could beat the best (nor the last resort, as good or better)
             same_line = _same_line(line, sample)
             extra += _LINE_WEIGHT * same_line + (_SAME_LINE_WEIGHT if same_line == 1.0 and text else 0.0)
             most = bound + extra
-            if not ((bound >= floor and (most, i) > best_key) or (most, i) > last_key):
+            if not ((bound >= floor and (most, tie) > best_key) or (most, tie) > last_key):
                 continue
             matcher.set_seq2(sample)
             score = matcher.ratio()
-            key = (score + extra, i)
+            key = (score + extra, tie)
             if score >= floor and key > best_key:
                 best, best_key = t, key
             # The last resort takes a binary request only to a sample that begins as it does
