@@ -17,7 +17,7 @@ import scriptgen.emulate
 from scriptgen.emulate import Emulator, EmulatorParams, Machine, NeedData, Send
 from scriptgen.emulate.engine import _CONTEXT_BYTES, _byte_counts, _shared_bytes
 from scriptgen.learn import learn
-from scriptgen.model import BEFORE_BYTES, Sender
+from scriptgen.model import BEFORE_BYTES, Sender, Transport
 from scriptgen.modelfile import port_doc
 from scriptgen.params import LearnParams
 
@@ -470,6 +470,19 @@ def test_of_the_requests_with_its_line_learned_elsewhere_the_most_like_it_answer
     request = get(b"/robots.txt", b"Wget/1.21.3", b"Accept: */*\r\nConnection: Keep-Alive\r\n")
     t = run(machine([*nmap, curl, wget], macro=0.0), [get(b"/files/", b"Wget/1.21.3"), request], trickle=trickle)
     assert t.answers[2] == kept and t.unmatched == ["elsewhere"] and t.closed is None
+
+
+def test_binary_requests_of_one_length_are_compared_place_by_place():
+    # dig's MX and TXT queries for one name: one type byte apart, with a random id (the
+    # first two bytes) and a random cookie (the last eight). Aligned, the fresh MX query's
+    # id b8b9 shared a byte with the TXT query's b90f and came nearer it; field by field,
+    # it is the MX query.
+    mx = bytes.fromhex("263c0120000100000000000106636f72707573047465737400000f000100002904d000000000000c000a00089b3021747a40f24c")
+    txt = bytes.fromhex("b90f0120000100000000000106636f727075730474657374000010000100002904d000000000000c000a0008018deedead05d116")
+    fresh = bytes.fromhex("b8b90120000100000000000106636f72707573047465737400000f000100002904d000000000000c000a000835af570a9d9aad15")
+    sessions = [session((mx, b"10 mail01.corpus.test."), port=53, transport=Transport.UDP),
+                session((txt, b"v=spf1 mx -all"), port=53, transport=Transport.UDP)]
+    assert nearest_answer(sessions, fresh) == b"10 mail01.corpus.test."
 
 
 def test_a_repeated_piece_the_request_still_holds_elsewhere_is_left_as_learned():
