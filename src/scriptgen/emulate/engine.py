@@ -277,8 +277,8 @@ _PUNCTUATION = re.compile(rb"[\t\r\n\x20-\x2f\x3a-\x40\x5b-\x60\x7b-\x7e]+")  # 
 _WIDE = re.compile(rb"(?:[\x20-\x7e]\x00){3,}")  # UTF-16LE text, as Windows protocols write names
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
-_MAX_RATIOS = 8  # candidates worked out per nearest search (two ratios each at most), the most promising first
 _ONCE_WEIGHT = 0.1  # a nearest sample of text of the same command, sent in one session only: this much more similar
+_MAX_RATIOS = 8  # candidates worked out per nearest search (two ratios each at most), the most promising first
 
 
 def _byte_counts(data: bytes) -> tuple[bytes, array[int]]:
@@ -979,6 +979,7 @@ def _label_for(t: _Transition, request: bytes) -> int:
 
 
 _LINE_SAMPLES = 16  # samples of one request line an answer is chosen among (a bound on the work)
+
 
 def _by_line(transitions: list[_Transition], limit: int, named: bool = False) -> dict[bytes, _Samples]:
     """A sample's first line (of a request of text: HTTP's request line) -> up to
