@@ -148,3 +148,37 @@ def test_memory_stays_bounded_under_hostile_sequence_numbers(tmp_path):
     # remains is the reader's 1 MiB chunk window (x3 while it slides) and the bounded flows.
     assert peak < 5_000_000, peak
     assert stats.tcp_evicted > 0
+
+
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_land_packets_are_counted_not_sessions(tmp_path, ipv6):
+    """LAND packets (source address and port equal to the destination's: SYN, data, RST
+    over TCP and a datagram over UDP, IPv4 and IPv6) between the segments of a real
+    conversation: `sessions` and `learn` succeed, the conversation is whole, the LAND
+    packets are counted and no session is made of them."""
+    import subprocess
+    import sys
+
+    from tests.capture.craft import RST, SYN, udp
+
+    victim = ("fd00::2", 80) if ipv6 else SERVER
+    client = ("fd00::1", CLIENT[1]) if ipv6 else CLIENT
+    pkts = conversation(client, victim)
+    land = [tcp(victim, victim, 77, 0, SYN), tcp(victim, victim, 78, 0, ACK, b"land"),
+            tcp(victim, victim, 82, 0, RST), udp((victim[0], 53), (victim[0], 53), b"land")]
+    pkts = pkts[:2] + land[:2] + pkts[2:4] + land[2:] + pkts[4:]
+    path = write_pcap(tmp_path / "land.pcap", [ethernet(p) for p in pkts])
+
+    stats = CaptureStats()
+    sessions = list(read_sessions([str(path)], stats=stats))
+    assert [(s.client.port, s.server.port, s.close) for s in sessions] == [(client[1], 80, "fin")]
+    assert [m.data for m in sessions[0].messages] == [b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nhi"]
+    assert stats.land == 4
+
+    cli = [sys.executable, "-m", "scriptgen"]
+    shown = subprocess.run(cli + ["sessions", str(path)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "LAND packets (source = destination) ignored 4" in shown.stdout + shown.stderr
+    learned = subprocess.run(cli + ["learn", str(path), "-o", str(tmp_path / "m.json")],
+                             capture_output=True, text=True, timeout=120)
+    assert learned.returncode == 0, learned.stderr

@@ -36,6 +36,7 @@ class CaptureStats:
     tcp_timed_out: int = 0
     tcp_evicted: int = 0
     udp_evicted: int = 0
+    land: int = 0  # TCP segments and UDP datagrams whose source is their destination (LAND)
     damage: list[CaptureTruncatedError] = field(default_factory=list)
 
 
@@ -102,6 +103,7 @@ def read_sessions(
         stats.tcp_timed_out = tcp.timed_out
         stats.tcp_evicted = tcp.evicted
         stats.udp_evicted = udp.evicted
+        stats.land = tcp.land + udp.land
 
 
 def _drain(done: list[Session], wanted: frozenset[int] | None) -> Iterator[Session]:

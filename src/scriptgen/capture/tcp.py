@@ -15,6 +15,8 @@ The policy (docs/capture.md has the full text and the reasons):
   after an idle timeout, on eviction (flow cap) or at the end of the capture.
 - A segment starting more than `tcp_max_window` beyond the next expected byte is a bogus
   sequence number: dropped and counted, never buffered.
+- A LAND segment (source address and port equal to the destination's, an attack) is
+  counted and never opens a session: it has no client and server to tell apart.
 - A segment without payload or SYN never opens a session (trailing ACKs and FINs, RSTs
   answering scans). Recently closed 4-tuples are remembered, so that data retransmitted
   after the close does not start a midstream session; only a SYN reopens them.
@@ -121,6 +123,7 @@ class TcpReassembler:
         self._next_index = 0
         self._last_sweep = 0.0
         self.after_close = 0  # data segments on a closed 4-tuple, ignored
+        self.land = 0  # segments whose source is their destination (a LAND attack), ignored
         self.evicted = 0
         self.timed_out = 0
 
@@ -130,6 +133,11 @@ class TcpReassembler:
                 payload: bytes, length: int) -> None:
         entry = self._flows.get(key)
         if entry is None:
+            if key == reverse_key(key):
+                # A LAND packet (source address and port = destination's): no client and
+                # server to tell apart, so no session; counted.
+                self.land += 1
+                return
             if not length and not flags & _SYN:
                 # A bare ACK, FIN or RST opens nothing: the tail of a closed connection, or
                 # of one whose data was never captured (a RST answering a scan).

@@ -5,7 +5,8 @@ capture time without a datagram, or when the server's machine refuses a datagram
 client's (ICMP port unreachable: close "refused", the port was closed). Each datagram is
 one message (UDP keeps boundaries, and an emulator answers datagram by datagram), so two
 requests in a row stay two messages.
-Which side is the server: a port already seen as a UDP server port, else the only port
+A LAND datagram (source address and port equal to the destination's) is counted, never a
+session. Which side is the server: a port already seen as a UDP server port, else the only port
 below `well_known_port_limit`, else the destination of the first datagram.
 """
 
@@ -41,6 +42,7 @@ class UdpSessions:
         self._servers: set[int] = set()
         self._next_index = 0
         self.evicted = 0
+        self.land = 0  # datagrams whose source is their destination (a LAND attack), ignored
 
     def datagram(self, ts: float, key: bytes, payload: bytes, length: int) -> None:
         entry = self._flows.get(key)
@@ -48,6 +50,9 @@ class UdpSessions:
             self._finish(entry[0], "timeout")
             entry = None
         if entry is None:
+            if key == reverse_key(key):  # LAND: no client and server to tell apart
+                self.land += 1
+                return
             flow, side = self._open(ts, key), 0
         else:
             flow, side = entry

@@ -183,6 +183,7 @@ def _anomalies(sessions: list[Session], stats: CaptureStats) -> list[str]:
         ("IP fragments dropped", d.fragments_dropped),
         ("data segments after close", stats.tcp_after_close), ("TCP flows timed out", stats.tcp_timed_out),
         ("TCP flows evicted", stats.tcp_evicted), ("UDP flows evicted", stats.udp_evicted),
+        ("LAND packets (source = destination) ignored", stats.land),
     ):
         if n:
             notes.append(f"{label} {n}")
