@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from scriptgen.errors import ServeError
 from scriptgen.serve import (
     CATALOGUE,
     COMMON_KEYS,
@@ -294,5 +295,5 @@ def test_process_log_refuses_a_log_dir_it_cannot_write(tmp_path):
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError):
+    with pytest.raises(ServeError, match="cannot create it"):
         ProcessLog(str(blocker / "logs"))

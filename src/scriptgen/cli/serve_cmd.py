@@ -177,8 +177,7 @@ async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.N
     except OSError as exc:
         raise ServeError(f"cannot listen: {exc.strerror or exc}") from None
     if args.user:
-        paths = [args.log_dir] + [os.path.join(args.log_dir, n) for n in os.listdir(args.log_dir)]
-        drop_privileges(args.user, paths)
+        drop_privileges(args.user)
     for b in bound:
         print(f"listening on {b.describe()}", flush=True)
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]  # asyncio or uvloop

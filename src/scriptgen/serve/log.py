@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from scriptgen.serve.events import Record, expand, timestamp
+from scriptgen.serve.logdir import check_log_dir, check_no_link, open_log_file
 from scriptgen.params import LogParams
 
 __all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "Item", "JsonLinesSink", "Log", "Queue",
@@ -94,7 +95,7 @@ class JsonLinesSink:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._file = os.fdopen(open_log_file(path), "a", encoding="utf-8")
 
     def write(self, batch: Batch) -> None:
         if batch.events:
@@ -148,6 +149,9 @@ class SqliteSink:
     def __init__(self, path: str) -> None:
         self.path = path
         # Opened here, so that a bad path fails at start; used by the writer thread only.
+        os.close(open_log_file(path))  # created, or checked, without following a link
+        for companion in ("-wal", "-shm", "-journal"):
+            check_no_link(path + companion)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -358,8 +362,8 @@ def _warn(message: str) -> None:
 
 
 def open_sinks(log_dir: str, *, json_lines: bool = True, sqlite: bool = True) -> list[Sink]:
-    """The default sinks in `log_dir` (created if missing)."""
-    os.makedirs(log_dir, exist_ok=True)
+    """The default sinks in `log_dir` (created if missing; logdir.py says what is refused)."""
+    check_log_dir(log_dir)
     sinks: list[Sink] = []
     if json_lines:
         sinks.append(JsonLinesSink(os.path.join(log_dir, JSON_NAME)))

@@ -11,7 +11,8 @@ SQLite rows) and hands it to the sinks as it arrives.
 The same interface as EventLog (emit, flush, close, dropped, sensor, params). Nothing is
 lost when the child dies: the batch it did not take, and every later one, are written by
 the forwarder thread itself instead (a warning says so). The child drops privileges to
-`user` after opening the files, as the server does after binding.
+`user` before it opens any file (logdir.py), and says on its first byte that the files are
+open or, in one line, why not.
 
 Inputs: event dicts. Outputs: the files of log.py, in `log_dir`. Standard library only.
 """
@@ -20,18 +21,23 @@ from __future__ import annotations
 
 import marshal
 import os
+import sqlite3
 import struct
 import subprocess
 import sys
 
+from scriptgen.errors import ScriptgenError, ServeError
 from scriptgen.params import LogParams
 from scriptgen.serve.log import Item, Queue, Sinks, _warn, open_sinks, prepare
-from scriptgen.serve.runtime import drop_privileges, freeze_loaded
+from scriptgen.serve.logdir import check_log_dir
+from scriptgen.serve.runtime import drop_privileges, freeze_loaded, lookup_user
 
 __all__ = ["ProcessLog", "main"]
 
 _HEADER = struct.Struct(">I")
 _FLUSH = b"F"  # a flush marker: the child answers one byte once everything before it is written
+_READY, _ERROR = b"R", b"E"  # the child's first byte: the files are open, or why not (then the reason)
+_MAX_ERROR = 4096
 _BATCH = b"B"
 _MAX_FRAME = 256 << 20  # a batch the child refuses (a bug, not a log)
 _CHILD = "import sys; from scriptgen.serve.logwriter import main; sys.exit(main(sys.argv[1:]))"
@@ -44,15 +50,32 @@ class ProcessLog(Queue):
                  json_lines: bool = True, sqlite: bool = True, user: str | None = None) -> None:
         super().__init__(params, sensor, name="scriptgen-log-forwarder")
         self._log_dir, self._json, self._sqlite = log_dir, json_lines, sqlite
-        for sink in open_sinks(log_dir, json_lines=json_lines, sqlite=sqlite):  # fail here, not in the child
-            sink.close()
+        if user:  # created for the user if missing, else it must be the user's already
+            check_log_dir(log_dir, *lookup_user(user))
+        else:
+            check_log_dir(log_dir)
         # Not `-m scriptgen.serve.logwriter`: the package imports this module first, and runpy
         # would run it a second time as __main__ (and warn on stderr that it did).
         argv = [sys.executable, "-c", _CHILD, log_dir, "1" if json_lines else "0", "1" if sqlite else "0", user or ""]
         self._child: subprocess.Popen[bytes] | None = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env())
         self._fallback: Sinks | None = None
+        self._started()
         self._thread.start()
+
+    def _started(self) -> None:
+        """Wait for the child to say it opened the files (as `user`), or why it could not:
+        a bad log directory fails the start, not the first write."""
+        child = self._child
+        assert child is not None and child.stdout is not None
+        answer = child.stdout.read(1)
+        if answer == _READY:
+            return
+        message = child.stdout.read(_MAX_ERROR).decode(errors="replace") if answer == _ERROR else ""
+        if child.stdin is not None:
+            child.stdin.close()
+        code = child.wait()
+        raise ServeError(message or f"the event log writer process exited at start (exit code {code})")
 
     def _closed(self) -> None:
         """Stop the child once it has written everything."""
@@ -130,11 +153,19 @@ def _child_env() -> dict[str, str]:
 def main(argv: list[str]) -> int:
     """The child: read batches from stdin and write each as it arrives, until stdin closes."""
     log_dir, json_lines, sqlite, user = argv
-    sinks = Sinks(open_sinks(log_dir, json_lines=json_lines == "1", sqlite=sqlite == "1"))
-    if user:
-        drop_privileges(user, [log_dir] + [os.path.join(log_dir, n) for n in os.listdir(log_dir)])
-    freeze_loaded()
     source, answer = sys.stdin.buffer, sys.stdout.buffer
+    try:
+        if user:  # before any file is opened: the files are the user's, never root's
+            drop_privileges(user)
+        sinks = Sinks(open_sinks(log_dir, json_lines=json_lines == "1", sqlite=sqlite == "1"))
+    except (ScriptgenError, OSError, sqlite3.Error) as exc:
+        reason = str(exc) if isinstance(exc, ScriptgenError) else f"--log-dir {log_dir}: {exc}"
+        answer.write(_ERROR + reason.encode()[:_MAX_ERROR])
+        answer.flush()
+        return 2
+    answer.write(_READY)
+    answer.flush()
+    freeze_loaded()
     try:
         while True:
             kind = source.read(1)

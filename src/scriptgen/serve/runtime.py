@@ -11,12 +11,12 @@ import importlib
 import os
 import pwd
 import resource
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from scriptgen.errors import ServeError
 
-__all__ = ["drop_privileges", "freeze_loaded", "loop_factory", "raise_file_limit", "run"]
+__all__ = ["drop_privileges", "freeze_loaded", "lookup_user", "loop_factory", "raise_file_limit", "run"]
 
 T = TypeVar("T")
 
@@ -61,19 +61,21 @@ def raise_file_limit(wanted: int) -> int:
     return soft
 
 
-def drop_privileges(user: str, paths: Sequence[str] = ()) -> tuple[int, int]:
-    """Become `user` (a name or a numeric uid) for good: hand `paths` (the log files,
-    opened before) to it, drop supplementary groups, then setgid and setuid. Call after
-    binding the listeners. Returns (uid, gid)."""
+def lookup_user(user: str) -> tuple[int, int]:
+    """The (uid, gid) of `user`, a name or a numeric uid; ServeError if there is none."""
     try:
         entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:
         raise ServeError(f"--user {user}: no such user") from None
-    uid, gid = entry.pw_uid, entry.pw_gid
+    return entry.pw_uid, entry.pw_gid
+
+
+def drop_privileges(user: str) -> tuple[int, int]:
+    """Become `user` (a name or a numeric uid) for good: drop supplementary groups, then
+    setgid and setuid. Call after binding the listeners; nothing is chowned (the log
+    directory is made the user's when created: logdir.py). Returns (uid, gid)."""
+    uid, gid = lookup_user(user)
     try:
-        for path in paths:
-            if os.path.exists(path):
-                os.chown(path, uid, gid)
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
