@@ -82,6 +82,13 @@ class EmulatorParams:
     pace: bool = False
     """Delay each answer by the real server's median response delay for that state."""
 
+    match_budget: int = 1 << 24
+    """Bytes of input the patterns may be tried over for one call of `receive_data` or
+    `next_event` (each pattern tried counts the bytes it is tried on). Past it the patterns
+    left are not tried, and the input goes to the fallbacks as if none had matched: a model
+    of a hundred thousand patterns, or a request of a megabyte, costs a bounded time, not
+    the product of the two. Learned models stay far below it (docs/emulator.md)."""
+
     wildcard_slack: int = 64
     """An ASCII mutating region matches up to max(4 x longest seen, longest + slack) bytes,
     and at least one byte where every value seen had one: names and paths vary more than
@@ -191,14 +198,23 @@ class _Transition:
         self.tokens: dict[int, int] = {}  # regex group number -> the token its region repeats
         self.fixed_bytes = 0
         self.terminator = b""
+        # Each region is one lazy group, atomic with the fixed bytes after it: it ends where
+        # those bytes first occur and is never tried again at a later place (a region right
+        # before another ends at its shortest). Nested lazy groups that backtrack cost up to
+        # n^k for k regions (a model file is input like any other: docs/emulator.md); atomic
+        # ones cost at most each region's length times its fixed bytes, once.
+        region_open = b""  # the group of the region before, until we know what follows it
         for i, region in enumerate(doc["pattern"]):
             if "fixed" in region:
                 value = base64.b64decode(region["fixed"])
-                parts.append(re.escape(value))
+                parts.append(b"(?>%s%s)" % (region_open, re.escape(value)) if region_open else re.escape(value))
+                region_open = b""
                 fixed.append(value)
                 self.fixed_bytes += len(value)
                 self.terminator = value
                 continue
+            if region_open:
+                parts.append(b"(?>%s)" % region_open)
             self.terminator = b""
             self.groups[i] = len(self.groups) + 1
             samples = [base64.b64decode(s) for s in region["samples"]]
@@ -206,17 +222,18 @@ class _Transition:
                 self.defaults[i] = samples[0]
             lo, hi = region["min"], region["max"]
             if "token" in region:  # a server token the client repeats: its exact length
-                parts.append(b"(.{%d})" % lo)
+                region_open = b"(.{%d})" % lo
                 self.tokens[self.groups[i]] = int(region["token"])
             elif region["ascii"]:
                 lo, hi = min(lo, 1), max(hi * 4, hi + params.wildcard_slack)
                 line_free = not any(b"\n" in s or b"\r" in s for s in samples)
                 # Lazy: `match` at the front of pipelined input stops at the first terminator.
-                parts.append(b"([^\r\n]{%d,%d}?)" % (lo, hi) if line_free else b"(.{%d,%d}?)" % (lo, hi))
+                region_open = b"([^\r\n]{%d,%d}?)" % (lo, hi) if line_free else b"(.{%d,%d}?)" % (lo, hi)
             else:
                 if lo != hi:  # variable-length data (not a field with a size): may be shorter or longer
                     lo, hi = min(lo, 1), max(hi * 4, hi + params.wildcard_slack)
-                parts.append(b"(.{%d,%d}?)" % (lo, hi))
+                region_open = b"(.{%d,%d}?)" % (lo, hi)
+        parts.append(region_open)  # the last region: to the end of the request (fullmatch)
         self.regex = re.compile(b"".join(parts), re.DOTALL)
         self.literal = b"".join(fixed) if not self.groups else None  # matched by dict lookup
         self.requests = [base64.b64decode(pair[0]) for pair in doc["samples"]]  # seen on this edge
@@ -1056,6 +1073,8 @@ class Emulator:
         self.state = machine.root
         self.path: list[int] = [machine.root]  # states visited, for the session log
         self._buffer = bytearray()
+        self._budget = self.params.match_budget  # of this call (_tried)
+        self.over_budget = 0  # calls that ran out of it
         self._last_data = now
         self._events: deque[Event] = deque()
         self._ready_at = now  # pacing: answers are not released before this
@@ -1086,6 +1105,7 @@ class Emulator:
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the client; b"" means the client closed. For UDP, one datagram, an
         empty one too (nmap -sU's probe of most ports): UDP has no close."""
+        self._budget = self.params.match_budget
         if self._closed or self._eof:
             return
         if self.machine.datagram:
@@ -1145,6 +1165,7 @@ class Emulator:
 
     def next_event(self, now: float) -> Event:
         """The next thing to do. NeedData means: wait for bytes or for `wake_at`."""
+        self._budget = self.params.match_budget
         while True:
             if self._events:
                 head = self._events[0]
@@ -1251,6 +1272,8 @@ class Emulator:
                     continue
                 end = pos + len(t.literal)
             else:
+                if not self._tried(len(data) - pos):
+                    break
                 m = t.regex.match(data, pos)
                 if m is None or m.end() >= len(data) or m.end() == pos:
                     continue
@@ -1273,6 +1296,16 @@ class Emulator:
                 best = at + len(term)
         return best
 
+    def _tried(self, n: int) -> bool:
+        """Whether a pattern may be tried over `n` more bytes in this call (match_budget)."""
+        if self._budget < 0:
+            return False
+        self._budget -= n + 1
+        if self._budget < 0:
+            self.over_budget += 1
+            return False
+        return True
+
     def _match(self, data: bytes, pos: int) -> _Match | None:
         """The transition of the current state matching all of data[pos:]: a literal; else
         of the patterns that match, one that saw this very request; else the one the
@@ -1285,6 +1318,8 @@ class Emulator:
             return literal, None
         found: list[_Match] = []
         for t in state.patterns:
+            if not self._tried(len(request)):
+                break
             m = t.regex.fullmatch(data, pos)
             if m is not None:
                 found.append((t, m))
@@ -1579,6 +1614,8 @@ class Emulator:
         found: list[tuple[_Transition, re.Match[bytes] | None]] = [(t, None) for t in machine.literal.get(data, [])]
         if not found and patterns:
             for t in machine.patterns:
+                if not self._tried(len(data)):
+                    break
                 m = t.regex.fullmatch(data)
                 if m is not None:
                     found.append((t, m))

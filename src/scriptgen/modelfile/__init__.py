@@ -160,10 +160,14 @@ def _part_doc(part: Part) -> dict[str, Any]:
     return {"length": part.scope, "encoding": part.encoding, "adjust": part.adjust}
 
 
+_MAX_REGION = 1 << 20
+
+
 def _region_doc(r: Region) -> dict[str, Any]:
     if r.value is not None:
         return {"fixed": _b64(r.value)}
-    doc = {"min": r.min_len, "max": r.max_len, "ascii": r.ascii, "random": r.random,
+    # The schema's cap ("size"): a request is at most EmulatorParams.max_request_bytes.
+    doc = {"min": min(r.min_len, _MAX_REGION), "max": min(r.max_len, _MAX_REGION), "ascii": r.ascii, "random": r.random,
            "samples": [_b64(s) for s in r.samples]}
     if r.token is not None:
         doc["token"] = r.token

@@ -1,0 +1,144 @@
+"""Model files built to be slow or to crash (issue 35, point 3): every size is bounded by the
+loader, matching costs a bounded time whatever the patterns, and what is refused is refused
+with the project's own error."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scriptgen.emulate import Close, Emulator, EmulatorParams, Machine, NeedData, Send
+from scriptgen.errors import ModelFormatError
+from scriptgen.modelfile import loads, port_doc
+
+# A bound far above what a bounded match costs here, far below the seconds of a backtracking one.
+SLOW = 2.0
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _region(lo: int, hi: int, ascii_: bool = False) -> dict[str, Any]:
+    return {"ascii": ascii_, "max": hi, "min": lo, "random": False, "samples": []}
+
+
+def _model(patterns: list[list[dict[str, Any]]], delay: float | None = None) -> bytes:
+    """A model of one TCP port: a banner, and from the root one transition per pattern,
+    each to a state answering `HIT n`."""
+    states: list[dict[str, Any]] = [{"closes": {}, "delay": delay, "id": 0, "transitions": [],
+                                     "labels": [{"count": 1, "parts": [{"bytes": _b64(b"220 ready\r\n")}]}]}]
+    transitions = []
+    for i, pattern in enumerate(patterns):
+        states.append({"closes": {}, "delay": None, "id": i + 1, "transitions": [],
+                       "labels": [{"count": 1, "parts": [{"bytes": _b64(b"HIT %d\r\n" % i)}]}]})
+        transitions.append({"id": i, "links": [], "pattern": pattern, "samples": [], "source": 0,
+                            "target": i + 1, "weight": 1})
+        states[0]["transitions"].append(i)
+    port = {"framing": None, "port": 21, "root": 0, "states": states, "stats": {}, "tokens": [],
+            "transitions": transitions, "transport": "tcp"}
+    return json.dumps({"format": "scriptgen-model", "generator": "test", "params": {}, "ports": [port],
+                       "sources": [], "version": 4}).encode()
+
+
+def _machine(model: bytes, params: EmulatorParams | None = None) -> Machine:
+    return Machine(port_doc(loads(model).ports[0]), params)
+
+
+def _answer(machine: Machine, request: bytes) -> tuple[bytes, float]:
+    """What the emulator sends for `request` after the banner, and the slowest call's time."""
+    conn = Emulator(machine, 0.0)
+    while not isinstance(conn.next_event(0.0), NeedData):
+        pass
+    slowest, sent, now = 0.0, b"", 1.0
+    started = time.perf_counter()
+    conn.receive_data(request, now)
+    slowest = time.perf_counter() - started
+    for now in (1.0, 60.0):
+        while True:
+            started = time.perf_counter()
+            event = conn.next_event(now)
+            slowest = max(slowest, time.perf_counter() - started)
+            if isinstance(event, (NeedData, Close)):
+                break
+            if isinstance(event, Send):
+                sent += event.data
+    return sent, slowest
+
+
+def _nul_separated(k: int, hi: int) -> list[dict[str, Any]]:
+    pattern: list[dict[str, Any]] = []
+    for i in range(k):
+        pattern.append(_region(1, hi))
+        pattern.append({"fixed": _b64(b"\0" if i < k - 1 else b"Z")})
+    return pattern
+
+
+def test_regions_between_nuls_cost_a_bounded_time_and_still_match():
+    """The issue's model: four binary regions between NULs; a 404-byte request of NULs took
+    over 15 s (lazy groups backtracking n^4)."""
+    machine = _machine(_model([_nul_separated(4, 1000)]))
+    _, slowest = _answer(machine, b"A\0" * 202)
+    assert slowest < SLOW
+    sent, slowest = _answer(machine, b"A\0" * 2000 + b"Z")
+    assert slowest < SLOW
+    sent, _ = _answer(machine, b"ab\0cd\0ef\0ghZ")
+    assert sent == b"HIT 0\r\n"
+
+
+@pytest.mark.parametrize("size", [1 << 31, 1 << 21, -1])
+def test_a_region_size_past_the_cap_is_a_format_error_not_a_crash(size):
+    with pytest.raises(ModelFormatError):
+        loads(_model([[{"fixed": _b64(b"GET ")}, _region(1, size)]]))
+
+
+def test_the_largest_region_allowed_loads_and_matches():
+    machine = _machine(_model([[{"fixed": _b64(b"GET ")}, _region(1 << 20, 1 << 20)]]))
+    assert _answer(machine, b"GET " + b"x" * (1 << 20))[0] == b"HIT 0\r\n"
+
+
+def test_a_delay_past_the_cap_is_refused():
+    with pytest.raises(ModelFormatError):
+        loads(_model([[{"fixed": _b64(b"X")}]], delay=1e300))
+
+
+def test_many_patterns_against_a_long_request_stop_at_the_budget():
+    patterns = [[{"fixed": _b64(b"C%05d " % i)}, _region(1, 1 << 20), {"fixed": _b64(b"\r\n")}]
+                for i in range(1000)]
+    machine = _machine(_model(patterns))
+    conn = Emulator(machine, 0.0)
+    while not isinstance(conn.next_event(0.0), NeedData):
+        pass
+    started = time.perf_counter()
+    conn.receive_data(b"C" + b"x" * 500_000, 1.0)
+    for now in (1.0, 60.0):
+        while not isinstance(conn.next_event(now), NeedData):
+            pass
+    assert time.perf_counter() - started < SLOW * 4
+    assert conn.over_budget > 0
+    # Below the budget nothing changes: the pattern is found among the 1000.
+    assert _answer(machine, b"C00999 name\r\n")[0] == b"HIT 999\r\n"
+
+
+_BYTES = st.sampled_from([b"\0", b"\r\n", b"A", b"AB", b" ", b"\xff", b"Z"])
+_REGION = st.builds(lambda lo, extra, a: _region(lo, lo + extra, a),
+                    st.integers(0, 64), st.sampled_from([0, 1, 7, 1000, 1 << 20]), st.booleans())
+_FIXED = st.builds(lambda parts: {"fixed": _b64(b"".join(parts))}, st.lists(_BYTES, min_size=1, max_size=3))
+_PATTERN = st.lists(st.one_of(_REGION, _FIXED), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_PATTERN, min_size=1, max_size=6), st.lists(_BYTES, min_size=1, max_size=300))
+def test_any_schema_valid_patterns_answer_any_request_in_bounded_time(patterns, pieces):
+    try:
+        machine = _machine(_model(patterns))
+    except ModelFormatError:
+        return  # refused in one line, as the loader should
+    _, slowest = _answer(machine, b"".join(pieces))
+    assert slowest < SLOW
