@@ -138,7 +138,9 @@ async def serve_server(model: str, workdir: str, max_connections: int, kind: str
     logs = os.path.join(workdir, "logs")
     log = (EventLog([]) if kind == "serve-nolog" else EventLog(open_sinks(logs)) if kind == "serve-thread"
            else ProcessLog(logs))
-    server = Server(listeners, log, ServeParams(max_connections=max_connections, backlog=4096), sensor="bench")
+    # Every client is 127.0.0.1: the per-address cap is the whole cap.
+    server = Server(listeners, log, ServeParams(max_connections=max_connections, max_per_source=max_connections,
+                                                backlog=4096), sensor="bench")
     (bound,) = await server.start()
     server.announce()
     freeze_loaded()  # as `scriptgen serve` does

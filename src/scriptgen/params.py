@@ -161,14 +161,27 @@ class ServeParams:
     with the bytes it holds (each call re-matches its whole buffer): small pieces bound a
     flood of pipelined requests, large ones make a flood of unmatched bytes cheaper."""
 
+    request_timeout: float = 30.0
+    """Seconds a TCP client gets to complete a request, from its first byte to the
+    engine taking it (a whole message: docs/emulator.md); beyond, the connection is closed
+    (reason `request-timeout`). The idle timer is reset by every byte, so without this a
+    client sending a byte every few seconds (Slowloris) would hold its connection for
+    `max_session`. A UDP datagram is a whole request."""
+
     max_connections: int = 1000
-    """Open sessions, TCP and UDP, over all listeners. Beyond, a new TCP connection is
-    closed at once and a datagram from a new UDP peer is dropped; both are logged as
-    `scriptgen.session.refused` (at most `refused_log_rate` a second, the rest counted)."""
+    """Open sessions, TCP and UDP, over all listeners. A new one over the cap is admitted
+    after closing the idlest open session (the longest without a byte from its client;
+    reason `evicted`), so that held connections cannot lock newcomers out."""
+
+    max_per_source: int = 64
+    """Open sessions, TCP and UDP, from one client address. A new one over the cap is
+    admitted after closing the idlest session of that address (reason `evicted`): one
+    address cannot take the whole of `max_connections`."""
 
     refused_log_rate: int = 10
-    """Refusals logged per second; further ones are counted in the next refused event's
-    `suppressed` key and in `scriptgen.server.stop`."""
+    """Refusals (connections arriving while the server shuts down) logged per second;
+    further ones are counted in the next refused event's `suppressed` key and in
+    `scriptgen.server.stop`."""
 
     grace: float = 5.0
     """Seconds the open sessions get to finish after SIGTERM/SIGINT, once listening has

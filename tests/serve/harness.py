@@ -4,6 +4,7 @@ in a background thread (its own event loop, real sockets on 127.0.0.1), and clie
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import json
 import socket
@@ -88,6 +89,7 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.stopped = False
+        self.shutting: concurrent.futures.Future[None] | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -108,11 +110,19 @@ class ServerThread:
             return fn(*args)
         return asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
 
+    def begin_shutdown(self) -> None:
+        """Start the server's shutdown (grace period included) without waiting for it: `stop`
+        (the end of the with) then waits for it to end."""
+        if self.shutting is None:
+            self.shutting = asyncio.run_coroutine_threadsafe(self.server.shutdown("stopped"), self.loop)
+
     def stop(self, timeout: float = 30.0) -> None:
         if self.stopped:
             return
         self.stopped = True
-        asyncio.run_coroutine_threadsafe(self.server.shutdown("stopped"), self.loop).result(timeout)
+        self.begin_shutdown()
+        assert self.shutting is not None
+        self.shutting.result(timeout)
         self.log.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout)
@@ -139,8 +149,10 @@ def read_events(log_dir: Path) -> list[dict[str, Any]]:
 # -- clients -----------------------------------------------------------------------------------
 
 
-def connect(addr: tuple[str, int], timeout: float = 5.0) -> socket.socket:
-    sock = socket.create_connection(addr, timeout=timeout)
+def connect(addr: tuple[str, int], timeout: float = 5.0, source: str | None = None) -> socket.socket:
+    """A TCP connection to `addr`; from the address `source` if given (any 127.0.0.0/8
+    address is the loopback on Linux: clients of several addresses, on one machine)."""
+    sock = socket.create_connection(addr, timeout=timeout, source_address=(source, 0) if source else None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 

@@ -11,7 +11,10 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from scriptgen.serve import ServeParams, check_event
+from scriptgen.serve.runtime import raise_file_limit
 from tests.serve.harness import (
     BANNER,
     ServerThread,
@@ -136,7 +139,8 @@ def test_a_flood_of_pipelined_requests_is_cut_at_max_requests_and_others_are_ser
 
 
 def test_200_slow_clients_a_byte_every_tenth_of_a_second(tmp_path):
-    with ServerThread([listener("ftp")], tmp_path) as srv:
+    # All from 127.0.0.1: the per-address cap is raised so that none is evicted.
+    with ServerThread([listener("ftp")], tmp_path, ServeParams(max_per_source=250)) as srv:
         socks = [connect(srv.addr(), timeout=10) for _ in range(200)]
         ports = [s.getsockname()[1] for s in socks]
         for s in socks:
@@ -209,3 +213,49 @@ def test_memory_stays_bounded_over_2000_connections(tmp_path):
         growth = rss() - before
     assert growth < 4 << 20, f"RSS grew {growth / 1024:.0f} KiB over 1800 connections"
     one_connect_one_closed(srv.events(), ports)
+
+
+def test_1000_slow_clients_at_the_cap_and_newcomers_are_still_served(tmp_path):
+    """Slowloris: max_connections held by 1000 clients of 20 addresses (50 each, under the
+    per-address cap), each with a request begun and never finished. Newcomers are served at
+    once, each in place of the idlest: those whose last byte is the oldest."""
+    if raise_file_limit(4096) < 2300:  # 1000 clients and their 1000 server ends, in one process
+        pytest.skip("RLIMIT_NOFILE cannot be raised to 2300")
+    sources = [f"127.0.0.{10 + i}" for i in range(20)]
+    with ServerThread([listener("ftp")], tmp_path, ServeParams(max_connections=1000)) as srv:
+        slow = [connect(srv.addr(), timeout=10, source=sources[i % 20]) for i in range(1000)]
+        for s in slow:
+            assert read_exactly(s, len(BANNER)) == BANNER
+        # Each begins a request; the first half's bytes are all in before the second half's.
+        for sent in (500, 1000):
+            for s in slow[sent - 500 : sent]:
+                s.sendall(b"U")
+            assert wait_until(lambda n=sent: srv.call(lambda: sum(x.bytes_in for x in srv.server.sessions)) == n)
+        assert srv.open_sessions() == 1000
+        newcomers = []
+        slowest = 0.0
+        for i in range(50):  # each kept open: each needs room of its own
+            started = time.monotonic()
+            sock = connect(srv.addr())
+            assert read_exactly(sock, len(BANNER), timeout=1.0) == BANNER
+            sock.sendall(b"USER n%02d\r\n" % i)
+            expected = b"331 Password required for n%02d.\r\n" % i
+            assert read_exactly(sock, len(expected), timeout=1.0) == expected
+            slowest = max(slowest, time.monotonic() - started)
+            newcomers.append(sock)
+        assert srv.open_sessions() == 1000
+        first_half = {s.getsockname()[:2] for s in slow[:500]}
+        for s in (*slow, *newcomers):
+            s.close()
+        assert wait_until(lambda: srv.open_sessions() == 0, timeout=20)
+    print(f"50 newcomers over 1000 held connections: the slowest was served in {slowest:.3f}s")
+    assert slowest < 1.0, f"a newcomer waited {slowest:.2f}s"
+    events = srv.events()
+    for e in events:
+        assert check_event(e) == [], e
+    evicted = {(e["src_ip"], e["src_port"]) for e in events
+               if e["eventid"] == "scriptgen.session.closed" and e["reason"] == "evicted"}
+    assert len(evicted) == 50 and evicted <= first_half
+    assert (events[-1]["evicted"], events[-1]["refused"], events[-1]["sessions"]) == (50, 0, 1050)
+    kinds = Counter(e["eventid"] for e in events)
+    assert kinds["scriptgen.session.connect"] == kinds["scriptgen.session.closed"] == 1050

@@ -121,24 +121,84 @@ def test_plan_listeners_remaps_and_refuses_conflicts():
         plan_listeners([("a.json", [ftp])], ["127.0.0.1"], {(None, 80): 8080})
 
 
-def test_connection_cap_refuses_and_logs_then_admits_again(tmp_path):
+def closed_by_peer(events) -> dict[tuple[str, int], str]:
+    """(src_ip, src_port) -> the reason its session closed."""
+    return {(e["src_ip"], e["src_port"]): e["reason"] for e in events if e["eventid"] == "scriptgen.session.closed"}
+
+
+def test_over_the_connection_cap_the_idlest_session_makes_room(tmp_path):
     with ServerThread([listener("ftp")], tmp_path, ServeParams(max_connections=3)) as srv:
         held = [connect(srv.addr()) for _ in range(3)]
         for sock in held:
             assert read_answer(sock, expect=len(BANNER))[0] == BANNER
-        with connect(srv.addr()) as extra:
-            assert wait_closed(extra)
-        held.pop().close()
-        assert wait_until(lambda: srv.open_sessions() == 2)
-        with connect(srv.addr()) as again:
-            assert read_answer(again, expect=len(BANNER))[0] == BANNER
-        for sock in held:
+        for i in (0, 2):  # held[1] is now the longest without a byte from its client
+            held[i].sendall(b"SYST\r\n")
+            assert read_answer(held[i], expect=19)[0] == b"215 UNIX Type: L8\r\n"
+        first = connect(srv.addr())
+        assert read_answer(first, expect=len(BANNER))[0] == BANNER
+        assert wait_closed(held[1])
+        second = connect(srv.addr())  # then held[0]: its byte came before held[2]'s
+        assert read_answer(second, expect=len(BANNER))[0] == BANNER
+        assert wait_closed(held[0])
+        held[2].sendall(b"SYST\r\n")  # the others are served as before
+        assert read_answer(held[2], expect=19)[0] == b"215 UNIX Type: L8\r\n"
+        first.sendall(b"SYST\r\n")
+        assert read_answer(first, expect=19)[0] == b"215 UNIX Type: L8\r\n"
+        peers = [s.getsockname()[:2] for s in (*held, first, second)]
+        assert srv.open_sessions() == 3
+        for sock in (*held, first, second):
             sock.close()
     events = srv.events()
-    (refused,) = [e for e in events if e["eventid"] == "scriptgen.session.refused"]
-    assert refused["reason"] == "max-connections" and refused["suppressed"] == 0
-    assert events[-1]["refused"] == 1
-    assert not [e for e in events if e["eventid"] == "scriptgen.session.connect" and e["session"] == refused["session"]]
+    reasons = closed_by_peer(events)
+    assert [reasons[p] for p in peers] == ["evicted", "evicted", "eof", "eof", "eof"]
+    assert (events[-1]["evicted"], events[-1]["refused"]) == (2, 0)
+    assert not [e for e in events if e["eventid"] == "scriptgen.session.refused"]
+
+
+def test_over_the_per_source_cap_the_idlest_session_of_that_address_makes_room(tmp_path):
+    with ServerThread([listener("ftp")], tmp_path, ServeParams(max_per_source=2)) as srv:
+        other = connect(srv.addr(), source="127.0.0.3")  # the idlest of all, but from another address
+        a, b = connect(srv.addr(), source="127.0.0.2"), connect(srv.addr(), source="127.0.0.2")
+        for sock in (other, a, b):
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+        a.sendall(b"SYST\r\n")
+        assert read_answer(a, expect=19)[0] == b"215 UNIX Type: L8\r\n"
+        newcomer = connect(srv.addr(), source="127.0.0.2")
+        assert read_answer(newcomer, expect=len(BANNER))[0] == BANNER
+        assert wait_closed(b)
+        for sock in (other, a, newcomer):
+            sock.sendall(b"SYST\r\n")
+            assert read_answer(sock, expect=19)[0] == b"215 UNIX Type: L8\r\n"
+        peers = [s.getsockname()[:2] for s in (other, a, b, newcomer)]
+        for sock in (other, a, b, newcomer):
+            sock.close()
+    events = srv.events()
+    reasons = closed_by_peer(events)
+    assert [reasons[p] for p in peers] == ["eof", "eof", "evicted", "eof"]
+    assert events[-1]["evicted"] == 1
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_cut_at_request_timeout(tmp_path):
+    params = ServeParams(request_timeout=0.5, idle_timeout=30)
+    with ServerThread([listener("ftp")], tmp_path, params) as srv:
+        with connect(srv.addr()) as slow:
+            assert read_answer(slow, expect=len(BANNER))[0] == BANNER
+            started = time.monotonic()
+            # A byte every 0.1 s: the idle timer never fires, the request never completes.
+            while not wait_closed(slow, timeout=0.1):
+                slow.sendall(b"U")
+                assert time.monotonic() - started < 5
+            assert 0.45 < time.monotonic() - started < 2.0
+        with connect(srv.addr()) as busy:  # requests completed in time, over twice the timeout
+            assert read_answer(busy, expect=len(BANNER))[0] == BANNER
+            started = time.monotonic()
+            while time.monotonic() - started < 1.2:
+                busy.sendall(b"SY")
+                time.sleep(0.3)
+                busy.sendall(b"ST\r\n")
+                assert read_answer(busy, expect=19) == (b"215 UNIX Type: L8\r\n", False)
+    reasons = [e["reason"] for e in srv.events() if e["eventid"] == "scriptgen.session.closed"]
+    assert reasons == ["request-timeout", "eof"]
 
 
 def test_idle_timeout_and_max_session(tmp_path):
@@ -245,20 +305,37 @@ def test_udp_peers_are_sessions_each(tmp_path):
     assert all(e["transport"] == "udp" and e["path"][0] == 0 and len(e["path"]) == 2 for e in closed)
 
 
-def test_udp_peers_over_the_cap_are_refused(tmp_path):
+def test_a_udp_peer_over_the_cap_makes_room_by_evicting_the_idlest(tmp_path):
     with ServerThread([listener("udp")], tmp_path, ServeParams(max_connections=1)) as srv:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first, \
                 socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
             first.settimeout(2)
-            second.settimeout(0.3)
+            second.settimeout(2)
             first.sendto(b"Q\x01\x01\x01\x01", srv.addr("udp"))
             assert first.recvfrom(100)[0] == b"A\x01\x01\x01\x01"
             second.sendto(b"Q\x01\x01\x01\x01", srv.addr("udp"))
-            with pytest.raises(TimeoutError):
-                second.recvfrom(100)
-            first.sendto(b"Q\x02\x02\x02\x02", srv.addr("udp"))  # the admitted peer is still served
+            assert second.recvfrom(100)[0] == b"A\x01\x01\x01\x01"
+            first.sendto(b"Q\x02\x02\x02\x02", srv.addr("udp"))  # a new session, that evicts the second
             assert first.recvfrom(100)[0] == b"A\x02\x02\x02\x02"
+            assert srv.open_sessions() == 1
+    events = srv.events()
+    closed = [e["reason"] for e in events if e["eventid"] == "scriptgen.session.closed"]
+    assert closed == ["evicted", "evicted", "shutdown"]
+    assert len([e for e in events if e["eventid"] == "scriptgen.session.connect"]) == 3
+    assert not [e for e in events if e["eventid"] == "scriptgen.session.refused"]
+
+
+def test_while_shutting_down_a_new_peer_is_refused(tmp_path):
+    with ServerThread([listener("ftp"), listener("udp")], tmp_path, ServeParams(grace=5.0)) as srv:
+        held = connect(srv.addr())  # keeps the grace period going
+        assert read_answer(held, expect=len(BANNER))[0] == BANNER
+        srv.begin_shutdown()
+        assert wait_until(lambda: not srv.call(lambda: srv.server._accepting))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as late:
+            late.sendto(b"Q\x01\x01\x01\x01", srv.addr("udp"))
+            assert wait_until(lambda: srv.call(lambda: srv.server.refused) == 1)
+        held.close()
     events = srv.events()
     (refused,) = [e for e in events if e["eventid"] == "scriptgen.session.refused"]
-    assert refused["transport"] == "udp" and refused["reason"] == "max-connections"
-    assert len([e for e in events if e["eventid"] == "scriptgen.session.connect"]) == 1
+    assert refused["transport"] == "udp" and refused["reason"] == "shutdown"
+    assert events[-1]["refused"] == 1 and events[-1]["forced"] == 0

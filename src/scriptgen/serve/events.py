@@ -74,7 +74,9 @@ CATALOGUE: dict[str, EventSpec] = {
             "reason": "`SIGTERM`, `SIGINT`, or `stopped` (stopped by the embedding program)",
             "sessions": "sessions accepted during the run",
             "forced": "sessions still open when the grace period ended (closed with reason `shutdown`)",
-            "refused": "connections and UDP peers refused over the connection cap",
+            "evicted": "sessions closed to make room for a newcomer over `--max-connections` or "
+            "`--max-per-source` (reason `evicted`)",
+            "refused": "connections and UDP peers turned away while shutting down",
             "errors": "sessions ended by an internal error",
             "events_dropped": "events the log dropped because its queue was full",
         },
@@ -139,10 +141,11 @@ CATALOGUE: dict[str, EventSpec] = {
         },
     ),
     "scriptgen.session.refused": EventSpec(
-        "A connection (or a new UDP peer) was turned away: over `--max-connections`, or "
-        "the server is shutting down. No connect or closed event follows.",
+        "A connection (or a new UDP peer) was turned away: the server is shutting down (over "
+        "a connection cap, the idlest session is evicted instead). No connect or closed event "
+        "follows.",
         {
-            "reason": "`max-connections` or `shutdown`",
+            "reason": "`shutdown`",
             "suppressed": "refusals not logged since the previous refused event (rate limit)",
         },
     ),
@@ -156,8 +159,11 @@ CATALOGUE: dict[str, EventSpec] = {
             "state": "the last state",
             "reason": "`server` (the real server closed there), `eof` (the client closed), "
             "`unmatched` (fallback close), `reset` (the connection broke), `idle`, "
-            "`max-duration`, `max-buffered`, `max-requests`, `shutdown`, `error`, or `parent` (a "
-            "data channel whose parent ended before anything was served on it)",
+            "`request-timeout` (a request begun and not completed within `--request-timeout`), "
+            "`evicted` (the idlest session, closed to make room for a newcomer over "
+            "`--max-connections` or `--max-per-source`), `max-duration`, `max-buffered`, "
+            "`max-requests`, `shutdown`, `error`, or `parent` (a data channel whose parent ended "
+            "before anything was served on it)",
             "path": "the states visited, in order, from the root (list of state ids)",
             "duration": "seconds from connect to close",
             "inputs": "requests taken",

@@ -5,11 +5,13 @@ Each listener serves one port of one model (`Listener`: a compiled `Machine` and
 listen). Each TCP connection, and each UDP peer, is a session: one `Emulator` driven by
 a short loop (`_Session.pump`): feed what the socket read to `receive_data`, then take
 `next_event` until it says NeedData — write Send data, log Input/Unmatched, close on
-Close — and arm one timer at the earliest of the engine's `wake_at`, the idle deadline and
-the session's end. Asyncio protocols rather than streams: no task, reader and writer per
-connection (half the memory per idle connection, see bench/bench_serve.py), and the
-transport's flow control is the `drain`: while a client does not read its answers,
-reading from it pauses, and past `max_buffered` queued bytes it is cut off.
+Close — and arm one timer at the earliest of the engine's `wake_at`, the idle deadline,
+the deadline of a request begun (`request_timeout`: the idle timer alone is reset by
+every byte of a trickle) and the session's end. Asyncio protocols rather than streams:
+no task, reader and writer per connection (half the memory per idle connection, see
+bench/bench_serve.py), and the transport's flow control is the `drain`: while a client
+does not read its answers, reading from it pauses, and past `max_buffered` queued bytes
+it is cut off.
 
 Data channels (FTP's PASV/PORT, docs/emulator.md): when the engine says `Listen`, the
 session binds a listener of its own on the address the client reached and tells the
@@ -18,6 +20,11 @@ client announced. Either way the connection, once made, waits for the engine's
 `Channel` (what to serve on it) and is then a session of its own, logged with its
 parent's session id. Both are bounded (`max_channels`, `max_session_channels`,
 `channel_timeout`).
+
+The open sessions are kept in order of their client's last byte, over all and per client
+address: over `max_connections` or `max_per_source`, a newcomer is admitted in place of
+the idlest (closed as `evicted`, O(1)), so connections held open cannot lock others out;
+only while shutting down is a newcomer refused.
 
 A failure in one session is caught in that session: it is logged
 (`scriptgen.session.error`), that session is closed, the others go on. `shutdown()`
@@ -37,7 +44,7 @@ import socket
 import sys
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -138,10 +145,14 @@ class Server:
         self.sensor = sensor or socket.gethostname()
         self.log.sensor = self.sensor
         self.bound: list[Bound] = []
-        self.sessions: set[_Session] = set()
+        # The open sessions, the idlest first: a session moves to the end whenever its
+        # client sends a byte, so the one to evict for a newcomer is the first (O(1)).
+        self.sessions: OrderedDict[_Session, None] = OrderedDict()
+        self._by_source: dict[str, OrderedDict[_Session, None]] = {}  # the same, per client address
         # Statistics for scriptgen.server.stop.
         self.accepted = 0
         self.refused = 0
+        self.evicted = 0
         self.errors = 0
         self.forced = 0
         self._accepting = False
@@ -248,8 +259,8 @@ class Server:
         self.log.emit({
             "eventid": "scriptgen.server.stop", "timestamp": timestamp(time.time()), "sensor": self.sensor,
             "message": f"stopped ({reason}): {self.accepted} sessions, {self.forced} closed at shutdown",
-            "reason": reason, "sessions": self.accepted, "forced": self.forced, "refused": self.refused,
-            "errors": self.errors, "events_dropped": self.log.dropped,
+            "reason": reason, "sessions": self.accepted, "forced": self.forced, "evicted": self.evicted,
+            "refused": self.refused, "errors": self.errors, "events_dropped": self.log.dropped,
         })
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -271,9 +282,22 @@ class Server:
     # -- sessions ----------------------------------------------------------------------------
 
     def admit(self, session: _Session) -> bool:
-        """Register a new session, or log its refusal and say no."""
-        if self._accepting and len(self.sessions) < self.params.max_connections:
-            self.sessions.add(session)
+        """Register a new session, making room if a cap is reached (the idlest session of
+        its address over `max_per_source`, the idlest of all over `max_connections`, is
+        closed as `evicted`); while shutting down, log its refusal and say no."""
+        if self._accepting:
+            params = self.params
+            kin = self._by_source.get(session.src_ip)
+            while kin and len(kin) >= params.max_per_source and self._evict(kin, session):
+                pass
+            while len(self.sessions) >= params.max_connections and self._evict(self.sessions, session):
+                pass
+            kin = self._by_source.get(session.src_ip)  # (dropped by the evictions if they emptied it)
+            if kin is None:
+                kin = self._by_source[session.src_ip] = OrderedDict()
+            self.sessions[session] = None
+            kin[session] = None
+            session.kin = kin
             if session.transport_name == "tcp":
                 self._tcp_open += 1
                 self._none_open.clear()
@@ -288,15 +312,31 @@ class Server:
             self._suppressed += 1
             return False
         self._refused_logged += 1
-        reason = "max-connections" if self._accepting else "shutdown"
-        session.emit("scriptgen.session.refused", f"refused {session.peer()}: {reason}",
-                     {"reason": reason, "suppressed": self._suppressed})
+        session.emit("scriptgen.session.refused", f"refused {session.peer()}: shutdown",
+                     {"reason": "shutdown", "suppressed": self._suppressed})
         self._suppressed = 0
         return False
 
+    def _evict(self, order: OrderedDict[_Session, None], newcomer: _Session) -> bool:
+        """Close the idlest session of `order` to make room; False if there is none. A data
+        channel never ends its own control connection: it passes over its parent (and, if
+        that is the only one, is admitted one over the cap)."""
+        for victim in order:
+            if victim is not newcomer.parent:
+                break
+        else:
+            return False
+        self.evicted += 1
+        victim.close("evicted")
+        return True
+
     def release(self, session: _Session) -> None:
         if session in self.sessions:
-            self.sessions.remove(session)
+            del self.sessions[session]
+            kin = session.kin
+            del kin[session]
+            if not kin:
+                del self._by_source[session.src_ip]
             if session.transport_name == "tcp":
                 self._tcp_open -= 1
                 if not self._tcp_open:
@@ -305,6 +345,9 @@ class Server:
     def new_id(self) -> str:
         self._count += 1
         return f"{self._prefix}{self._count:08x}"
+
+
+_NOWHERE: OrderedDict[_Session, None] = OrderedDict()  # the `kin` of a session not (yet) admitted: always empty
 
 
 class _Session:
@@ -319,11 +362,14 @@ class _Session:
         "dst_ip",
         "dst_port",
         "head",
+        "held",
         "id",
         "inputs",
+        "kin",
         "last_data",
         "listener",
         "parent",
+        "request_at",
         "server",
         "src_ip",
         "src_port",
@@ -349,6 +395,11 @@ class _Session:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.inputs = self.unmatched = self.bytes_in = self.bytes_out = 0
+        # Bytes handed to the engine and not yet taken as a request, and when the request
+        # they begin started (request_timeout). Each Input event says how many it took.
+        self.held = 0
+        self.request_at = 0.0
+        self.kin: OrderedDict[_Session, None] = _NOWHERE  # the open sessions of its address, once admitted
         self.done = False
         self.parent: _Session | None = None  # the session whose data channel this is
         self.data: _Channels | None = None  # this session's data channels, once it has one
@@ -386,15 +437,28 @@ class _Session:
             self.fail(exc)
         return True
 
+    def heard(self, now: float) -> None:
+        """The client sent something: this session is now the least idle (the last of the
+        server's order and of its address's), and its idle deadline moves."""
+        self.last_data = now
+        self.server.sessions.move_to_end(self)
+        self.kin.move_to_end(self)
+
     def feed(self, data: bytes) -> None:
         """Bytes from the client (b"": it closed)."""
         if self.done or self.conn is None:
             return
         try:
             now = self.server.loop.time()
-            if data or self.transport_name == "udp":  # an empty datagram is a request
-                self.last_data = now
+            if data:
+                self.heard(now)
                 self.bytes_in += len(data)
+                if self.transport_name == "tcp":  # a datagram is a whole request: taken at once
+                    if not self.held:
+                        self.request_at = now
+                    self.held += len(data)
+            elif self.transport_name == "udp":  # an empty datagram is a request
+                self.heard(now)
             self.conn.receive_data(data, now)
             self.pump()
         except Exception as exc:  # per-session isolation (STYLE habit 7)
@@ -418,6 +482,11 @@ class _Session:
                 self.send(event.data)
             elif isinstance(event, Input):
                 self.inputs += 1
+                held = self.held - len(event.data)
+                if held > 0:  # what came after the request taken starts the next one
+                    self.held, self.request_at = held, now
+                else:
+                    self.held = 0
                 self.emit_data("scriptgen.session.input", event.data, f"state {event.source} -> {event.state}: input",
                                {"state": event.state, "source": event.source, "transition": event.transition})
                 if self.inputs > self.server.params.max_requests:
@@ -445,6 +514,8 @@ class _Session:
         params = self.server.params
         idle = params.udp_idle_timeout if self.transport_name == "udp" else params.idle_timeout
         at = min(self.last_data + idle, self.started + params.max_session)
+        if self.held and self.request_at + params.request_timeout < at:
+            at = self.request_at + params.request_timeout
         if wake_at is not None and wake_at < at:
             at = wake_at
         # One timer per session, moved only when it must fire earlier: a later deadline
@@ -468,6 +539,8 @@ class _Session:
                 self.close("max-duration")
             elif now >= self.last_data + idle:
                 self.close("idle")
+            elif self.held and now >= self.request_at + params.request_timeout:
+                self.close("request-timeout")
             elif self.conn is not None:
                 self.pump()
             else:
@@ -884,6 +957,9 @@ class _DataSession(_TcpSession):
             now = self.server.loop.time()
             self.conn = Emulator(machine, now, wall=time.time(), first=request)
             early, self.early = bytes(self.early), bytearray()
+            # The request the parent took is handed over as the first request: its Input
+            # event takes it back off; what the client sent meanwhile is a request begun now.
+            self.held, self.request_at = len(request) + len(early), now
             if early:
                 self.conn.receive_data(early, now)
             if self.early_eof:
@@ -899,7 +975,7 @@ class _DataSession(_TcpSession):
         if not data:
             self.early_eof = True
             return
-        self.last_data = self.server.loop.time()
+        self.heard(self.server.loop.time())
         self.bytes_in += len(data)
         self.early += data
         if len(self.early) > self.server.params.max_buffered:
