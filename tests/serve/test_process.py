@@ -42,7 +42,7 @@ def test_sigterm_drains_accepted_connections_and_flushes_the_log(tmp_path):
     model = write_model("ftp", tmp_path / "ftp.json")
     logs = tmp_path / "logs"
     proc, (line,) = serve([str(model), "--port-map", "21:0", "--log-dir", str(logs), "--grace", "2",
-                           "--sensor", "s1"])
+                           "--sensor", "s1", "--request-timeout", "7", "--max-per-source", "9"])
     assert line.group(1, 3, 4) == ("tcp", str(model), "21")
     addr = ("127.0.0.1", int(line.group(2)))
     talker, idler = connect(addr), connect(addr)
@@ -68,6 +68,8 @@ def test_sigterm_drains_accepted_connections_and_flushes_the_log(tmp_path):
     events = read_events(logs)
     closed = {e["src_port"]: e["reason"] for e in events if e["eventid"] == "scriptgen.session.closed"}
     assert closed == {talker.getsockname()[1]: "server", idler.getsockname()[1]: "shutdown"}
+    params = events[0]["params"]
+    assert (params["request_timeout"], params["max_per_source"], params["grace"]) == (7.0, 9, 2.0)
     stop = events[-1]
     assert stop["eventid"] == "scriptgen.server.stop" and stop["reason"] == "SIGTERM"
     assert (stop["sessions"], stop["forced"]) == (2, 1) and stop["sensor"] == "s1"
@@ -139,7 +141,7 @@ def test_errors_are_one_line_and_an_exit_code(tmp_path):
 def test_help_explains_every_option():
     out = subprocess.run([*CLI, "serve", "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for option in ("--bind", "--port-map", "--log-dir", "--user", "--idle-timeout", "--max-session",
-                   "--max-buffered", "--max-connections", "--grace", "--sensor", "MODEL", "Exit codes"):
+                   "--max-buffered", "--max-connections", "--max-per-source", "--request-timeout", "--grace", "--sensor", "MODEL", "Exit codes"):
         assert option in out
     out = subprocess.run([*CLI, "sessions-log", "--help"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout

@@ -102,9 +102,19 @@ def add_parser(commands: Any) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--max-requests", type=positive, default=_DEFAULTS.max_requests, metavar="N",
                         help="close a session after N requests (default: %(default)s)")
+    parser.add_argument("--request-timeout", type=_seconds, default=_DEFAULTS.request_timeout, metavar="S",
+                        help="close a TCP connection when a request is still incomplete S seconds after its "
+                        "first byte: every byte resets --idle-timeout, so a client trickling a byte every few "
+                        "seconds (Slowloris) would otherwise keep its connection for --max-session "
+                        "(default: %(default)s)")
     parser.add_argument("--max-connections", type=positive, default=_DEFAULTS.max_connections, metavar="N",
-                        help="open sessions (TCP and UDP) at once; beyond, new ones are refused and "
-                        "logged (default: %(default)s)")
+                        help="open sessions (TCP and UDP) at once; a newcomer beyond takes the place of the "
+                        "idlest session (the longest without a byte from its client), which is closed and "
+                        "logged as evicted: held connections cannot lock newcomers out (default: %(default)s)")
+    parser.add_argument("--max-per-source", type=positive, default=_DEFAULTS.max_per_source, metavar="N",
+                        help="open sessions (TCP and UDP) from one client address; a newcomer beyond takes "
+                        "the place of that address's idlest session, so one address cannot hold every "
+                        "--max-connections slot (default: %(default)s)")
     parser.add_argument("--max-channels", type=positive, default=_DEFAULTS.max_channels, metavar="N",
                         help="data channels (FTP's PASV/PORT connections, learned from the capture) being set "
                         "up at once over all sessions; beyond, the answer names the capture's port "
@@ -128,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
 
     params = ServeParams(
         idle_timeout=args.idle_timeout, udp_idle_timeout=args.udp_idle_timeout, max_session=args.max_session,
-        max_buffered=args.max_buffered, max_requests=args.max_requests, max_connections=args.max_connections,
-        grace=args.grace, max_channels=args.max_channels, channel_timeout=args.channel_timeout,
+        max_buffered=args.max_buffered, max_requests=args.max_requests, request_timeout=args.request_timeout,
+        max_connections=args.max_connections, max_per_source=args.max_per_source, grace=args.grace, max_channels=args.max_channels, channel_timeout=args.channel_timeout,
     )
     port_map: dict[tuple[str | None, int], int] = {}
     for transport, model_port, listen_port in args.port_map:
@@ -187,5 +197,5 @@ async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.N
     freeze_loaded()
     reason = await server.run()
     warn(f"stopped ({reason}): {server.accepted} sessions, {server.forced} closed at shutdown, "
-         f"{server.refused} refused")
+         f"{server.evicted} evicted, {server.refused} refused")
     sys.stdout.flush()
