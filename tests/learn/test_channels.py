@@ -171,6 +171,25 @@ def test_data_channel_listeners_are_bounded_and_expire(channel_capture):
     assert sorted(actions) == ["expired", "expired", "listen", "listen", "refused"]
 
 
+def test_a_data_channel_never_evicts_its_own_control_connection(channel_capture):
+    """At the per-address cap, a data connection (from the client's own address) is admitted
+    one over it rather than close the connection it serves."""
+    from scriptgen.serve import ServeParams
+
+    pcap, names = channel_capture
+    _, model = _model(pcap)
+    machine = Machine(port_doc(model.ports[0]))
+    listener = Listener("tcp", "127.0.0.1", 0, machine, "channels.json", model.ports[0].port)
+    with tempfile.TemporaryDirectory() as log_dir, \
+            ServerThread([listener], Path(log_dir), ServeParams(max_per_source=1)) as srv:
+        problems = channelproto.converse(*srv.addr("channels"), names[:2], "get", timeout=3.0)
+        srv.stop()
+        events = srv.events()
+    assert problems == []
+    assert len([e for e in events if e["eventid"] == "scriptgen.session.connect" and e["parent"]]) == 2
+    assert events[-1]["evicted"] == 0
+
+
 FTP_TOOLS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "dev" / "ftp" / "ftp_dev_tools"
 
 
