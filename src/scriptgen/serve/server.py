@@ -449,9 +449,12 @@ class _Session:
         if self.done or self.conn is None:
             return
         try:
-            now = self.server.loop.time()
+            server = self.server
+            now = server.loop.time()
             if data:
-                self.heard(now)
+                self.last_data = now  # self.heard(now), inlined: once per read
+                server.sessions.move_to_end(self)
+                self.kin.move_to_end(self)
                 self.bytes_in += len(data)
                 if self.transport_name == "tcp":  # a datagram is a whole request: taken at once
                     if not self.held:
@@ -514,8 +517,13 @@ class _Session:
         params = self.server.params
         idle = params.udp_idle_timeout if self.transport_name == "udp" else params.idle_timeout
         at = min(self.last_data + idle, self.started + params.max_session)
-        if self.held and self.request_at + params.request_timeout < at:
-            at = self.request_at + params.request_timeout
+        if self.transport_name == "tcp":
+            # The deadline of the request begun; with none, now + request_timeout all the
+            # same: a request begun later ends later than that, so a timer armed so never
+            # has to be moved earlier for it (no new timer per request).
+            request = (self.request_at if self.held else now) + params.request_timeout
+            if request < at:
+                at = request
         if wake_at is not None and wake_at < at:
             at = wake_at
         # One timer per session, moved only when it must fire earlier: a later deadline
