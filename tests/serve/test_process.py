@@ -147,3 +147,27 @@ def test_help_explains_every_option():
                          check=True).stdout
     for option in ("--limit", "--json", "DB"):
         assert option in out
+
+
+def test_sigterm_stops_a_server_whose_model_was_built_to_be_slow(tmp_path):
+    """The issue's hostile model (four binary regions between NULs) held the loop for
+    seconds per request, and SIGTERM waited for it; matching is bounded now."""
+    from tests.emulate.test_hostile_models import _model, _nul_separated
+
+    model = tmp_path / "slow.json"
+    model.write_bytes(_model([_nul_separated(4, 1000)]))
+    proc, (line,) = serve([str(model), "--port-map", "21:0", "--log-dir", str(tmp_path / "logs"), "--grace", "1"])
+    addr = ("127.0.0.1", int(line.group(2)))
+    socks = [connect(addr) for _ in range(4)]
+    for sock in socks:
+        sock.sendall(b"A\0" * 2000)  # what took the old matcher minutes
+    time.sleep(1.0)  # past the engine's idle gap: each is being matched
+    with connect(addr) as late:  # the loop still answers a newcomer
+        assert read_answer(late, expect=len(b"220 ready\r\n"))[0] == b"220 ready\r\n"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 5
+    for sock in socks:
+        sock.close()
