@@ -7,10 +7,13 @@ import json
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from scriptgen.emulate import Close, Emulator, Machine, NeedData
 from scriptgen.errors import ModelFormatError, ModelVersionError
 from scriptgen.learn import learn
-from scriptgen.modelfile import dumps, load, loads, save, schema
+from scriptgen.modelfile import dumps, load, loads, port_doc, save, schema
 from scriptgen.params import LearnParams
 
 from tests.learn.sessions import session
@@ -119,3 +122,45 @@ def test_size_cap(tmp_path, monkeypatch):
 def test_missing_model_file(tmp_path):
     with pytest.raises(ModelFormatError, match="No such file"):
         load(str(tmp_path / "none.json"))
+
+
+_EXTREMES = st.sampled_from([-1, 0, 1, 2**31, 2**63, 10**30, 1e308, -1e308, 0.5, "", "x", None, True, [], {}])
+
+
+def _places(doc, at=()):
+    """Every (path to a value) in a document."""
+    yield at
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _places(v, (*at, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _places(v, (*at, i))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_value_of_a_model_made_extreme_is_refused_or_served(data):
+    """A real model with values put out of range anywhere: the loader refuses it in one
+    line (ModelFormatError) or what it accepts builds a machine and answers a request."""
+    doc = _doc()
+    places = [p for p in _places(doc) if p]
+    for _ in range(data.draw(st.integers(1, 3))):
+        *parent, last = data.draw(st.sampled_from(places))
+        node = doc
+        for key in parent:  # (a place an earlier change replaced is gone: skipped)
+            node = node[key] if isinstance(node, (dict, list)) and (key in node if isinstance(node, dict)
+                                                                     else key < len(node)) else None
+        if isinstance(node, dict) or isinstance(node, list) and last < len(node):
+            node[last] = data.draw(_EXTREMES)
+    try:
+        model = loads(json.dumps(doc).encode())
+    except (ModelFormatError, ModelVersionError) as exc:
+        assert "\n" not in str(exc)
+        return
+    for port in model.ports:
+        conn = Emulator(Machine(port_doc(port)), 0.0)
+        conn.receive_data(b"USER mallory\r\n", 1.0)
+        for now in (1.0, 60.0):
+            while not isinstance(conn.next_event(now), (NeedData, Close)):
+                pass
