@@ -202,6 +202,36 @@ class ServeParams:
     """Seconds a data channel's listener waits for its one connection, and a connection
     out (to a port the client announced) may take."""
 
+    handover: str = "unsure"
+    """When a session of a port with a backend (`--backend`, docs/backend.md) is handed to
+    it: `unsure` (at the first request the model has no answer for: an unmatched event),
+    `always` (at connect: a pure relay) or `never` (no backend connection is made)."""
+
+    max_backend_sessions: int = 64
+    """Sessions of one backend connected to it at once (each mirrors its client from the
+    connect on); beyond, new sessions are the model's alone."""
+
+    backend_connect_timeout: float = 3.0
+    """Seconds a connection to the backend may take; past it the model goes on alone."""
+
+    backend_gap: float = 0.05
+    """Seconds of silence after which the backend's answer to a mirrored request is over
+    (and the next request is sent to it)."""
+
+    backend_wait: float = 5.0
+    """Seconds the backend may take to begin an answer: a mirrored request unanswered
+    that long counts as answered with nothing; the handed-over request unanswered that
+    long gives the session back to the model."""
+
+    backend_retry: float = 1.0
+    """Seconds the backend is left alone after a failure; doubled with each failure in a
+    row, up to 64 times, and reset by a connection that succeeds."""
+
+    backend_max_bytes: int = 16 << 20
+    """Bytes one session may relay each way through the backend (and hold for it before
+    the handover); past it the session is closed (reason `backend-failed`) or, before the
+    handover, left to the model."""
+
 
 @dataclass(frozen=True, slots=True)
 class LogParams:

@@ -48,6 +48,26 @@ def port_mapping(text: str) -> tuple[str | None, int, int]:
     return transport, mp, lp
 
 
+def backend_address(text: str) -> tuple[str | None, int, str, int]:
+    """`[tcp/]MODEL_PORT=HOST:PORT` -> (transport or None, model port, host, port)."""
+    usage = f"expected [tcp/]MODEL_PORT=HOST:PORT, e.g. 445=10.9.0.2:445 or 21=[fd00::2]:21: {text!r}"
+    spec, transport = text, None
+    if "/" in spec.split("=", 1)[0]:
+        transport, spec = spec.split("/", 1)
+        if transport not in ("tcp", "udp"):
+            raise argparse.ArgumentTypeError(usage)
+    model_port, sep, address = spec.partition("=")
+    host, colon, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        mp, bp = int(model_port), int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(usage) from None
+    if not sep or not colon or not host or not 0 <= mp <= 65535 or not 0 < bp <= 65535:
+        raise argparse.ArgumentTypeError(usage)
+    return transport, mp, host, bp
+
+
 _seconds = seconds()
 
 
@@ -127,6 +147,20 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--log-data-bytes", type=positive, default=_LOG_DEFAULTS.data_bytes, metavar="N",
                         help="bytes of each message kept in the log; `size` gives the full length "
                         "(default: %(default)s)")
+    parser.add_argument("--backend", action="append", type=backend_address, default=[], metavar="[T/]P=HOST:PORT",
+                        help="a real server behind the model's TCP port P (run it in a sandbox: a VM, a "
+                        "container, a network namespace): each session of P mirrors its requests to it, and "
+                        "at a request the model has no answer for the session is handed over and relayed "
+                        "(docs/backend.md). The only address the honeypot ever connects to. Repeat for several.")
+    parser.add_argument("--handover", choices=("unsure", "always", "never"), default=_DEFAULTS.handover,
+                        help="when a session is handed to its port's backend: at the first request the model "
+                        "has no answer for (unsure), at connect: a pure relay (always), or not at all (never) "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-backend-sessions", type=positive, default=_DEFAULTS.max_backend_sessions,
+                        metavar="N", help="sessions connected to one backend at once; beyond, the model answers "
+                        "alone (default: %(default)s)")
+    parser.add_argument("--backend-max-bytes", type=positive, default=_DEFAULTS.backend_max_bytes, metavar="BYTES",
+                        help="bytes one session may relay each way through the backend (default: %(default)s)")
     parser.add_argument("--pace", action="store_true",
                         help="delay each answer by the real server's median response delay")
     parser.set_defaults(run=run)
@@ -139,8 +173,11 @@ def run(args: argparse.Namespace) -> int:
     params = ServeParams(
         idle_timeout=args.idle_timeout, udp_idle_timeout=args.udp_idle_timeout, max_session=args.max_session,
         max_buffered=args.max_buffered, max_requests=args.max_requests, request_timeout=args.request_timeout,
-        max_connections=args.max_connections, max_per_source=args.max_per_source, grace=args.grace, max_channels=args.max_channels, channel_timeout=args.channel_timeout,
+        max_connections=args.max_connections, max_per_source=args.max_per_source, grace=args.grace,
+        max_channels=args.max_channels, channel_timeout=args.channel_timeout, handover=args.handover,
+        max_backend_sessions=args.max_backend_sessions, backend_max_bytes=args.backend_max_bytes,
     )
+    backends = {(transport, model_port): (host, port) for transport, model_port, host, port in args.backend}
     port_map: dict[tuple[str | None, int], int] = {}
     for transport, model_port, listen_port in args.port_map:
         port_map[(transport, model_port)] = listen_port
@@ -155,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
         if not model.ports:
             raise ServeError(f"{path}: the model has no ports (learned from no sessions with data)")
         models.append((path, [port_doc(p) for p in model.ports]))
-    listeners = plan_listeners(models, args.hosts or ["127.0.0.1"], port_map, EmulatorParams(pace=args.pace))
+    listeners = plan_listeners(models, args.hosts or ["127.0.0.1"], port_map, EmulatorParams(pace=args.pace),
+                               backends, params)
     ready_in = time.monotonic() - started
     limit = raise_file_limit(params.max_connections + 64)
     if limit < params.max_connections + 64:

@@ -140,6 +140,30 @@ CATALOGUE: dict[str, EventSpec] = {
             **_DATA,
         },
     ),
+    "scriptgen.session.handover": EventSpec(
+        "The session is handed to the backend (docs/backend.md): from here on the real server "
+        "answers and the honeypot relays both ways (`scriptgen.session.relayed`).",
+        {
+            "state": "the model state the session was in",
+            "reason": "`unmatched` (a request the model had no answer for, `--handover unsure`) or "
+            "`always` (at connect, `--handover always`)",
+            "inputs": "requests the model took before (the last one is the backend's to answer)",
+            "backend": "the backend's address",
+        },
+    ),
+    "scriptgen.session.backend": EventSpec(
+        "The session's connection to the backend failed before the handover: the model answers "
+        "on alone, and the backend is not tried again for a while (`--backend-retry`).",
+        {
+            "action": "`failed`",
+            "backend": "the backend's address",
+            "error": "what failed, and when the backend is tried again",
+        },
+    ),
+    "scriptgen.session.relayed": EventSpec(
+        "Bytes relayed after the handover: from the client to the backend, or back.",
+        {"direction": "`in` (from the client) or `out` (to the client)", **_DATA},
+    ),
     "scriptgen.session.refused": EventSpec(
         "A connection (or a new UDP peer) was turned away: the server is shutting down (over "
         "a connection cap, the idlest session is evicted instead). No connect or closed event "
@@ -162,14 +186,16 @@ CATALOGUE: dict[str, EventSpec] = {
             "`request-timeout` (a request begun and not completed within `--request-timeout`), "
             "`evicted` (the idlest session, closed to make room for a newcomer over "
             "`--max-connections` or `--max-per-source`), `max-duration`, `max-buffered`, "
-            "`max-requests`, `shutdown`, `error`, or `parent` (a data channel whose parent ended "
-            "before anything was served on it)",
+            "`max-requests`, `shutdown`, `error`, `parent` (a data channel whose parent ended "
+            "before anything was served on it), `backend` (the backend closed after the handover) "
+            "or `backend-failed` (it broke, or went over `--backend-max-bytes`, after the handover)",
             "path": "the states visited, in order, from the root (list of state ids)",
             "duration": "seconds from connect to close",
             "inputs": "requests taken",
             "unmatched": "requests no transition of their state matched",
             "bytes_in": "bytes received from the client",
             "bytes_out": "bytes sent to the client",
+            "backend": "the backend the session was handed over to, else null",
         },
     ),
 }

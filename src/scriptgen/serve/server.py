@@ -64,6 +64,7 @@ from scriptgen.emulate import (
     Unmatched,
 )
 from scriptgen.errors import ServeError
+from scriptgen.serve.backend import Backend, Mirror
 from scriptgen.serve.events import timestamp
 from scriptgen.serve.log import Log
 from scriptgen.params import ServeParams
@@ -84,6 +85,8 @@ class Listener:
     model: str
     """The model file's name, for the log."""
     model_port: int
+    backend: Backend | None = None
+    """The real server behind this port (`--backend`), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +105,18 @@ class Bound:
 
 def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts: Sequence[str],
                    port_map: Mapping[tuple[str | None, int], int] | None = None,
-                   emulator: EmulatorParams | None = None) -> list[Listener]:
+                   emulator: EmulatorParams | None = None,
+                   backends: Mapping[tuple[str | None, int], tuple[str, int]] | None = None,
+                   params: ServeParams | None = None) -> list[Listener]:
     """One listener per (model port, host). `models`: (name, port documents of the model
     file). `port_map`: (transport or None for both, model port) -> port to listen on.
+    `backends`: (transport or None, model port) -> the real server behind it (TCP only).
     Raises ServeError when two listeners would share a port, or a mapping names a port
     no model has."""
     port_map = dict(port_map or {})
+    backends = dict(backends or {})
+    behind: dict[tuple[str | None, int], Backend] = {}
+    used_backends: set[tuple[str | None, int]] = set()
     used: set[tuple[str | None, int]] = set()
     listeners: list[Listener] = []
     taken: dict[tuple[str, str, int], str] = {}
@@ -119,6 +128,15 @@ def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts
             if key in port_map:
                 used.add(key)
             machine = Machine(doc, emulator)
+            bkey: tuple[str | None, int] = (transport, port) if (transport, port) in backends else (None, port)
+            backend = None
+            if bkey in backends:
+                if transport != "tcp":
+                    raise ServeError(f"--backend {transport}/{port}: only TCP ports have a backend so far")
+                used_backends.add(bkey)
+                if bkey not in behind:
+                    behind[bkey] = Backend(*backends[bkey], params or ServeParams())
+                backend = behind[bkey]
             for host in hosts:
                 if listen != 0:
                     other = taken.get((transport, host, listen))
@@ -126,11 +144,15 @@ def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts
                         raise ServeError(f"{transport} {host}:{listen} is wanted by {other} and by {name} "
                                          f"port {port}: remap one with --port-map")
                     taken[(transport, host, listen)] = f"{name} port {port}"
-                listeners.append(Listener(transport, host, listen, machine, name, port))
+                listeners.append(Listener(transport, host, listen, machine, name, port, backend))
     unused = sorted(set(port_map) - used, key=lambda k: (k[1], k[0] or ""))
     if unused:
         what = ", ".join(f"{t}/{p}" if t else str(p) for t, p in unused)
         raise ServeError(f"--port-map names ports no model serves: {what}")
+    unused = sorted(set(backends) - used_backends, key=lambda k: (k[1], k[0] or ""))
+    if unused:
+        what = ", ".join(f"{t}/{p}" if t else str(p) for t, p in unused)
+        raise ServeError(f"--backend names ports no model serves: {what}")
     return listeners
 
 
@@ -357,6 +379,9 @@ class _Session:
         "bytes_in",
         "bytes_out",
         "conn",
+        "handing",
+        "handed",
+        "mirror",
         "data",
         "done",
         "dst_ip",
@@ -403,6 +428,9 @@ class _Session:
         self.done = False
         self.parent: _Session | None = None  # the session whose data channel this is
         self.data: _Channels | None = None  # this session's data channels, once it has one
+        self.mirror: Mirror | None = None  # its connection to the backend (backend.py), if any
+        self.handing = False  # the next request taken is handed over (an unmatched event came)
+        self.handed = False  # the backend answers: the engine is left
 
     # -- the driver loop ---------------------------------------------------------------------
 
@@ -429,6 +457,12 @@ class _Session:
         try:
             self.conn = Emulator(self.listener.machine, self.started, wall=self.started_wall)
             ln = self.listener
+            handover = self.server.params.handover
+            if (ln.backend is not None and handover != "never" and self.transport_name == "tcp"
+                    and ln.backend.available(self.started)):
+                machine = ln.machine
+                self.mirror = Mirror(ln.backend, self, self.server.loop, at_connect=handover == "always",
+                                     banner=bool(machine.states[machine.root].label))
             self.emit("scriptgen.session.connect",
                       f"new connection: {self.peer()} -> {self.dst_ip}:{self.dst_port} [session {self.id}]",
                       {"state": self.conn.state, "model": ln.model, "model_port": ln.model_port, "parent": None})
@@ -451,6 +485,18 @@ class _Session:
         try:
             server = self.server
             now = server.loop.time()
+            mirror = self.mirror
+            if mirror is not None:
+                if self.handed:
+                    self.heard(now)
+                    self.bytes_in += len(data)
+                    if data:
+                        self.emit_data("scriptgen.session.relayed", data, "to the backend", {"direction": "in"})
+                        mirror.client(data)
+                    else:
+                        mirror.client_eof()
+                    return
+                mirror.client(data)
             if data:
                 self.last_data = now  # self.heard(now), inlined: once per read
                 server.sessions.move_to_end(self)
@@ -473,12 +519,15 @@ class _Session:
         assert conn is not None
         loop = self.server.loop
         now = loop.time()
-        while not self.done:
+        while not self.done and not self.handed:
             event = conn.next_event(now)
             if isinstance(event, NeedData):
                 self._arm(loop, now, event.wake_at)
                 return
             if isinstance(event, Send):
+                if self.mirror is not None and self.mirror.holding:
+                    self.mirror.hold(event.data)
+                    continue
                 self.bytes_out += len(event.data)
                 self.emit_data("scriptgen.session.output", event.data, f"state {event.state}: answer",
                                {"state": event.state})
@@ -492,10 +541,15 @@ class _Session:
                     self.held = 0
                 self.emit_data("scriptgen.session.input", event.data, f"state {event.source} -> {event.state}: input",
                                {"state": event.state, "source": event.source, "transition": event.transition})
+                if self.mirror is not None:
+                    if not (self.handing and self.mirror.hand_over(len(event.data))):
+                        self.mirror.took(len(event.data))
+                    self.handing = False
                 if self.inputs > self.server.params.max_requests:
                     self.close("max-requests")
             elif isinstance(event, Unmatched):
                 self.unmatched += 1
+                self.handing = self.mirror is not None and self.server.params.handover == "unsure"
                 self.emit_data("scriptgen.session.unmatched", event.data,
                                f"state {event.state}: unmatched input ({event.fallback})",
                                {"state": event.state, "fallback": event.fallback})
@@ -507,6 +561,41 @@ class _Session:
                 self.channels().connect(event.port)
             elif isinstance(event, Channel):
                 self.channels().serve(event.machine, event.request)
+
+    # -- the backend's side (backend.Relayed) -------------------------------------------------
+
+    def committed(self) -> None:
+        """The backend answers from now on; the engine is left where it was."""
+        mirror = self.mirror
+        assert mirror is not None
+        self.handed = True
+        self.held = 0  # no request is being completed by the engine any more
+        how = "always" if mirror.at_connect else "unmatched"
+        self.emit("scriptgen.session.handover",
+                  f"handed over to the backend {mirror.backend.describe()} after {self.inputs} inputs ({how})",
+                  {"state": self.conn.state if self.conn else None, "reason": how, "inputs": self.inputs,
+                   "backend": mirror.backend.describe()})
+
+    def relayed(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.emit_data("scriptgen.session.relayed", data, "from the backend", {"direction": "out"})
+        self.send(data)
+
+    def backend_closed(self, reason: str) -> None:
+        self.close(reason)
+
+    def backend_failed(self, error: str, held: list[bytes]) -> None:
+        """The model goes on alone, first with the answers it held back."""
+        mirror = self.mirror
+        assert mirror is not None
+        self.mirror = None
+        self.emit("scriptgen.session.backend", f"backend {mirror.backend.describe()} failed: {error}",
+                  {"action": "failed", "backend": mirror.backend.describe(), "error": error})
+        state = self.conn.state if self.conn else None
+        for data in held:
+            self.bytes_out += len(data)
+            self.emit_data("scriptgen.session.output", data, f"state {state}: answer", {"state": state})
+            self.send(data)
 
     def channels(self) -> _Channels:
         if self.data is None:
@@ -549,7 +638,7 @@ class _Session:
                 self.close("idle")
             elif self.held and now >= self.request_at + params.request_timeout:
                 self.close("request-timeout")
-            elif self.conn is not None:
+            elif self.conn is not None and not self.handed:
                 self.pump()
             else:
                 self._arm(self.server.loop, now, None)
@@ -578,6 +667,8 @@ class _Session:
             self.timer = None
         if self.data is not None:
             self.data.close()
+        if self.mirror is not None:
+            self.mirror.close()
         self.server.release(self)
         try:
             self.shut(reason)
@@ -588,7 +679,8 @@ class _Session:
                       f"closed ({reason}) after {duration:.3f}s, {self.inputs} inputs, {self.unmatched} unmatched",
                       {"state": conn.state if conn else None, "reason": reason,
                        "path": list(conn.path) if conn else [], "duration": duration, "inputs": self.inputs,
-                       "unmatched": self.unmatched, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out})
+                       "unmatched": self.unmatched, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                       "backend": self.mirror.backend.describe() if self.handed and self.mirror else None})
 
     # -- logging -----------------------------------------------------------------------------
 

@@ -1,0 +1,164 @@
+"""A real server behind the honeypot (docs/backend.md): what the model does not know is handed
+over and relayed; a backend that fails leaves the session to the model."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from scriptgen.serve import ServeParams
+from scriptgen.serve.backend import Backend
+from tests.serve.harness import BANNER, ServerThread, connect, listener, read_answer, wait_closed, wait_until
+
+
+class _Ftpish(socketserver.StreamRequestHandler):
+    """The protocol of the test model, and more: SIZE, which the model never saw."""
+
+    def handle(self) -> None:
+        server = self.server
+        assert isinstance(server, _Backend)
+        lines: list[bytes] = []
+        server.conversations.append(lines)
+        self.wfile.write(server.banner)
+        for line in self.rfile:
+            lines.append(line)
+            word, _, arg = line.strip().partition(b" ")
+            if word == b"SIZE" and server.silent:
+                continue
+            if word == b"SIZE" and server.flood:
+                self.wfile.write(b"213 " + b"9" * (server.flood) + b"\r\n")
+                continue
+            answer = {b"USER": b"331 Password required for " + arg + b".\r\n", b"PASS": b"230 Logged in.\r\n",
+                      b"SYST": b"215 UNIX Type: L8\r\n", b"SIZE": b"213 4242\r\n",
+                      b"QUIT": b"221 Bye.\r\n"}.get(word, b"500 Unknown command.\r\n")
+            self.wfile.write(answer)
+            if word == b"QUIT":
+                return
+
+
+class _Backend(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, banner: bytes, silent: bool, flood: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Ftpish)
+        self.banner, self.silent, self.flood = banner, silent, flood
+        self.conversations: list[list[bytes]] = []
+
+
+@contextmanager
+def backend(banner: bytes = BANNER, silent: bool = False, flood: int = 0) -> Iterator[_Backend]:
+    server = _Backend(banner, silent, flood)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _serving(tmp_path, address: tuple[str, int], **params: object) -> ServerThread:
+    serve = ServeParams(**{"backend_wait": 1.0, **params})  # type: ignore[arg-type]
+    ln = listener("ftp")
+    ln = type(ln)(ln.transport, ln.host, ln.port, ln.machine, ln.model, ln.model_port, Backend(*address, serve))
+    return ServerThread([ln], tmp_path, serve)
+
+
+def _talk(sock: socket.socket, request: bytes, expect: bytes) -> None:
+    sock.sendall(request)
+    assert read_answer(sock, expect=len(expect), silence=5.0)[0] == expect
+
+
+def test_a_request_the_model_never_saw_is_answered_by_the_backend_after_the_same_conversation(tmp_path):
+    with backend() as real, _serving(tmp_path, real.server_address) as srv:
+        with connect(srv.addr()) as sock:
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+            _talk(sock, b"USER bob\r\n", b"331 Password required for bob.\r\n")
+            _talk(sock, b"PASS secret\r\n", b"230 Logged in.\r\n")
+            _talk(sock, b"SIZE secret.txt\r\n", b"213 4242\r\n")  # the model never saw SIZE
+            _talk(sock, b"SYST\r\n", b"215 UNIX Type: L8\r\n")
+            _talk(sock, b"QUIT\r\n", b"221 Bye.\r\n")
+            assert wait_closed(sock)
+    assert real.conversations == [[b"USER bob\r\n", b"PASS secret\r\n", b"SIZE secret.txt\r\n", b"SYST\r\n",
+                                   b"QUIT\r\n"]]
+    events = srv.events()
+    (handover,) = [e for e in events if e["eventid"] == "scriptgen.session.handover"]
+    assert handover["inputs"] == 3 and handover["reason"] == "unmatched"
+    closed = [e for e in events if e["eventid"] == "scriptgen.session.closed"][0]
+    assert closed["backend"] == "%s:%d" % real.server_address and closed["reason"] == "backend"
+    relayed = [e for e in events if e["eventid"] == "scriptgen.session.relayed"]
+    assert [e["direction"] for e in relayed][:2] == ["out", "in"]
+
+
+def test_handover_always_is_a_pure_relay_from_the_banner_on(tmp_path):
+    with backend(banner=b"220 the real one\r\n") as real, \
+            _serving(tmp_path, real.server_address, handover="always") as srv:
+        with connect(srv.addr()) as sock:
+            assert read_answer(sock, expect=18, silence=5.0)[0] == b"220 the real one\r\n"
+            _talk(sock, b"USER eve\r\n", b"331 Password required for eve.\r\n")
+            _talk(sock, b"QUIT\r\n", b"221 Bye.\r\n")
+            assert wait_closed(sock)
+    (handover,) = [e for e in srv.events() if e["eventid"] == "scriptgen.session.handover"]
+    assert handover["reason"] == "always" and handover["inputs"] == 0
+
+
+def test_handover_never_connects_to_nothing(tmp_path):
+    with backend() as real, _serving(tmp_path, real.server_address, handover="never") as srv:
+        with connect(srv.addr()) as sock:
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+            sock.sendall(b"SIZE x\r\n")
+            read_answer(sock)
+    assert real.conversations == []
+
+
+def test_an_unreachable_backend_leaves_the_session_to_the_model_and_is_retried_later(tmp_path):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    address = closed.getsockname()
+    closed.close()  # nothing listens there
+    with _serving(tmp_path, address, backend_retry=30.0) as srv:
+        for _ in range(2):
+            with connect(srv.addr()) as sock:
+                assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+                _talk(sock, b"USER bob\r\n", b"331 Password required for bob.\r\n")
+                sock.sendall(b"SIZE x\r\n")
+                assert read_answer(sock, silence=5.0)[0]  # the model's fallback answer
+    failed = [e for e in srv.events() if e["eventid"] == "scriptgen.session.backend"]
+    assert len(failed) == 1 and "retried in 30s" in failed[0]["error"]  # the second session did not try
+
+
+def test_a_backend_silent_at_the_handover_gives_the_session_back_to_the_model(tmp_path):
+    with backend(silent=True) as real, _serving(tmp_path, real.server_address, backend_wait=0.5) as srv:
+        with connect(srv.addr()) as sock:
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+            _talk(sock, b"USER bob\r\n", b"331 Password required for bob.\r\n")
+            sock.sendall(b"SIZE x\r\n")
+            assert read_answer(sock, silence=5.0)[0]  # the model's answer, held back, then sent
+            _talk(sock, b"QUIT\r\n", b"221 Bye.\r\n")
+    kinds = [e["eventid"] for e in srv.events()]
+    assert "scriptgen.session.backend" in kinds and "scriptgen.session.handover" not in kinds
+
+
+def test_a_backend_flood_after_the_handover_is_cut_and_other_sessions_go_on(tmp_path):
+    with backend(flood=4 << 20) as real, \
+            _serving(tmp_path, real.server_address, backend_max_bytes=1 << 20) as srv:
+        with connect(srv.addr()) as flooded, connect(srv.addr()) as other:
+            assert read_answer(flooded, expect=len(BANNER))[0] == BANNER
+            assert read_answer(other, expect=len(BANNER))[0] == BANNER
+            flooded.sendall(b"SIZE x\r\n")
+            got = 0
+            flooded.settimeout(5)
+            while True:
+                chunk = flooded.recv(1 << 16)
+                if not chunk:
+                    break
+                got += len(chunk)
+            assert got <= (1 << 20) + (1 << 16)
+            _talk(other, b"USER bob\r\n", b"331 Password required for bob.\r\n")
+        assert wait_until(lambda: srv.open_sessions() == 0)
+    reasons = [e["reason"] for e in srv.events() if e["eventid"] == "scriptgen.session.closed"]
+    assert "backend-failed" in reasons
