@@ -3,15 +3,26 @@ over and relayed; a backend that fails leaves the session to the model."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from scriptgen.serve import ServeParams
+import pytest
+
+from scriptgen.capture import read_sessions
+from scriptgen.emulate import Machine
+from scriptgen.learn import learn
+from scriptgen.modelfile import port_doc
+from scriptgen.params import LearnParams
+from scriptgen.serve import Listener, ServeParams
 from scriptgen.serve.backend import Backend
 from tests.serve.harness import BANNER, ServerThread, connect, listener, read_answer, wait_closed, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Ftpish(socketserver.StreamRequestHandler):
@@ -162,3 +173,141 @@ def test_a_backend_flood_after_the_handover_is_cut_and_other_sessions_go_on(tmp_
         assert wait_until(lambda: srv.open_sessions() == 0)
     reasons = [e["reason"] for e in srv.events() if e["eventid"] == "scriptgen.session.closed"]
     assert "backend-failed" in reasons
+
+
+class _Ftp(socketserver.StreamRequestHandler):
+    """Enough of an FTP server for data channels: PASV, EPSV, PORT, EPRT and RETR."""
+
+    def handle(self) -> None:
+        server = self.server
+        assert isinstance(server, _FtpBackend)
+        self.wfile.write(b"220 (vsFTPd 3.0.3)\r\n")
+        passive: socket.socket | None = None
+        active: tuple[str, int] | None = None
+        for line in self.rfile:
+            server.heard.append(line)
+            word, _, arg = line.strip().partition(b" ")
+            word = word.upper()
+            if word == b"USER":
+                self.wfile.write(b"331 Please specify the password.\r\n")
+            elif word == b"PASS":
+                self.wfile.write(b"230 Login successful.\r\n")
+            elif word in (b"PASV", b"EPSV"):
+                passive = socket.create_server(("127.0.0.1", 0))
+                port = passive.getsockname()[1]
+                server.announced.append(port)
+                self.wfile.write(b"227 Entering Passive Mode (127,0,0,1,%d,%d).\r\n" % (port >> 8, port & 255)
+                                 if word == b"PASV" else b"229 Entering Extended Passive Mode (|||%d|)\r\n" % port)
+            elif word == b"PORT":
+                n = [int(x) for x in arg.split(b",")]
+                active = (".".join(map(str, n[:4])), n[4] * 256 + n[5])
+                self.wfile.write(b"200 PORT command successful.\r\n")
+            elif word == b"EPRT":
+                d = arg[:1]
+                _, _, host, port, _ = arg.split(d)
+                active = (host.decode(), int(port))
+                self.wfile.write(b"200 EPRT command successful.\r\n")
+            elif word == b"RETR":
+                self.wfile.write(b"150 Opening BINARY mode data connection.\r\n")
+                if passive is not None:
+                    passive.settimeout(5)
+                    data, _ = passive.accept()
+                    passive.close()
+                    passive = None
+                else:
+                    assert active is not None
+                    server.connected_to.append(active)
+                    data = socket.create_connection(active, timeout=5)
+                with data:
+                    data.sendall(b"the file " + arg + b"\n" * 3000)
+                self.wfile.write(b"226 Transfer complete.\r\n")
+            elif word == b"QUIT":
+                self.wfile.write(b"221 Goodbye.\r\n")
+                return
+            else:
+                self.wfile.write(b"500 Unknown command.\r\n")
+
+
+class _FtpBackend(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Ftp)
+        self.heard: list[bytes] = []
+        self.announced: list[int] = []
+        self.connected_to: list[tuple[str, int]] = []
+
+
+@functools.cache
+def _vsftpd_machine() -> Machine:
+    """The bundled example's model: vsftpd, with its PASV data channels learned."""
+    model = learn(read_sessions([str(ROOT / "examples/ftp/vsftpd-anon.pcap")]), LearnParams(jobs=1))
+    (port,) = model.ports
+    return Machine(port_doc(port))
+
+
+def _ftp_serving(tmp_path, backend_address: tuple[str, int]) -> ServerThread:
+    serve = ServeParams(backend_wait=2.0)
+    m = _vsftpd_machine()
+    ln = Listener(m.transport, "127.0.0.1", 0, m, "ftp.json", m.port, Backend(*backend_address, serve))
+    return ServerThread([ln], tmp_path, serve)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("command", [b"PASV", b"EPSV"])
+def test_a_passive_data_channel_of_the_backend_is_announced_as_ours_and_relayed(tmp_path, command):
+    real = _FtpBackend()
+    threading.Thread(target=real.serve_forever, daemon=True).start()
+    try:
+        with _ftp_serving(tmp_path, real.server_address) as srv, connect(srv.addr("ftp")) as sock:
+            assert read_answer(sock, silence=5.0)[0].startswith(b"220")
+            _talk(sock, b"USER anonymous\r\n", b"331 Please specify the password.\r\n")
+            sock.sendall(b"XSHA1 never-seen\r\n")  # the model has no answer: handed over
+            assert read_answer(sock, silence=5.0)[0] == b"500 Unknown command.\r\n"
+            sock.sendall(command + b"\r\n")
+            answer = read_answer(sock, silence=5.0)[0]
+            if command == b"PASV":
+                numbers = [int(x) for x in answer[answer.index(b"(") + 1 : answer.index(b")")].split(b",")]
+                port = numbers[4] * 256 + numbers[5]
+            else:
+                port = int(answer.split(b"|||")[1].split(b"|")[0])
+            assert port != real.announced[-1]  # the client never learns the backend's port
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as data:
+                sock.sendall(b"RETR secret.bin\r\n")
+                assert _read_all(data) == b"the file secret.bin" + b"\n" * 3000
+            assert b"226 Transfer complete." in read_answer(sock, silence=5.0)[0] + read_answer(sock)[0]
+    finally:
+        real.shutdown()
+        real.server_close()
+
+
+def test_an_active_data_channel_of_the_client_is_announced_to_the_backend_as_ours(tmp_path):
+    real = _FtpBackend()
+    threading.Thread(target=real.serve_forever, daemon=True).start()
+    mine = socket.create_server(("127.0.0.1", 0))
+    my_port = mine.getsockname()[1]
+    try:
+        with _ftp_serving(tmp_path, real.server_address) as srv, connect(srv.addr("ftp")) as sock:
+            assert read_answer(sock, silence=5.0)[0].startswith(b"220")
+            _talk(sock, b"USER anonymous\r\n", b"331 Please specify the password.\r\n")
+            sock.sendall(b"XSHA1 never-seen\r\n")
+            assert read_answer(sock, silence=5.0)[0] == b"500 Unknown command.\r\n"
+            _talk(sock, b"PORT 127,0,0,1,%d,%d\r\n" % (my_port >> 8, my_port & 255), b"200 PORT command successful.\r\n")
+            sock.sendall(b"RETR pushed.bin\r\n")
+            mine.settimeout(5)
+            data, _ = mine.accept()
+            with data:
+                assert _read_all(data) == b"the file pushed.bin" + b"\n" * 3000
+        assert real.connected_to and real.connected_to[-1][1] != my_port  # the backend never learns the client's
+    finally:
+        mine.close()
+        real.shutdown()
+        real.server_close()

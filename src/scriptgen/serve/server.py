@@ -65,6 +65,7 @@ from scriptgen.emulate import (
 )
 from scriptgen.errors import ServeError
 from scriptgen.serve.backend import Backend, Mirror
+from scriptgen.serve.datarelay import DataRelay
 from scriptgen.serve.events import timestamp
 from scriptgen.serve.log import Log
 from scriptgen.params import ServeParams
@@ -379,6 +380,7 @@ class _Session:
         "bytes_in",
         "bytes_out",
         "conn",
+        "data_relay",
         "handing",
         "handed",
         "mirror",
@@ -431,6 +433,7 @@ class _Session:
         self.mirror: Mirror | None = None  # its connection to the backend (backend.py), if any
         self.handing = False  # the next request taken is handed over (an unmatched event came)
         self.handed = False  # the backend answers: the engine is left
+        self.data_relay: DataRelay | None = None  # its data channels then (datarelay.py)
 
     # -- the driver loop ---------------------------------------------------------------------
 
@@ -490,10 +493,13 @@ class _Session:
                 if self.handed:
                     self.heard(now)
                     self.bytes_in += len(data)
+                    relay = self.data_relay
                     if data:
                         self.emit_data("scriptgen.session.relayed", data, "to the backend", {"direction": "in"})
-                        mirror.client(data)
+                        mirror.client(relay.from_client(data) if relay is not None else data)
                     else:
+                        if relay is not None:
+                            mirror.client(relay.flush(relay.held_in))
                         mirror.client_eof()
                     return
                 mirror.client(data)
@@ -571,17 +577,30 @@ class _Session:
         self.handed = True
         self.held = 0  # no request is being completed by the engine any more
         how = "always" if mirror.at_connect else "unmatched"
+        machine = self.listener.machine
+        if any(s.announces for s in machine.states.values()) or any(
+                t.announce for t in machine.transitions.values()):  # the learner found data channels
+            towards = mirror.transport.get_extra_info("sockname") if mirror.transport is not None else None
+            self.data_relay = DataRelay(self.server.params, self.src_ip, self.dst_ip, mirror.backend.host,
+                                        str(towards[0]) if towards else self.dst_ip, self.channels().log)
         self.emit("scriptgen.session.handover",
                   f"handed over to the backend {mirror.backend.describe()} after {self.inputs} inputs ({how})",
                   {"state": self.conn.state if self.conn else None, "reason": how, "inputs": self.inputs,
                    "backend": mirror.backend.describe()})
 
     def relayed(self, data: bytes) -> None:
+        if self.data_relay is not None:
+            data = self.data_relay.from_backend(data)
+            if not data:
+                return
         self.bytes_out += len(data)
         self.emit_data("scriptgen.session.relayed", data, "from the backend", {"direction": "out"})
         self.send(data)
 
     def backend_closed(self, reason: str) -> None:
+        relay = self.data_relay
+        if relay is not None and relay.held_out:
+            self.send(relay.flush(relay.held_out))
         self.close(reason)
 
     def backend_failed(self, error: str, held: list[bytes]) -> None:
@@ -669,6 +688,8 @@ class _Session:
             self.data.close()
         if self.mirror is not None:
             self.mirror.close()
+        if self.data_relay is not None:
+            self.data_relay.close()
         self.server.release(self)
         try:
             self.shut(reason)
