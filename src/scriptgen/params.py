@@ -254,6 +254,11 @@ class LogParams:
     """Bytes of one message kept in an event's `data`; `size` always gives the full
     length, `truncated` says whether `data` was cut."""
 
+    max_backlog_bytes: int = 32 << 20
+    """JSON text of the batches one output failed to write (disk full) kept to be retried
+    with the next write; beyond, the oldest are given up on, counted (`events_dropped`)
+    and reported (`scriptgen.log.lost`, written to every output once that one writes again)."""
+
 
 @dataclass(frozen=True, slots=True)
 class EvaluateParams:

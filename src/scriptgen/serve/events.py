@@ -78,7 +78,8 @@ CATALOGUE: dict[str, EventSpec] = {
             "`--max-per-source` (reason `evicted`)",
             "refused": "connections and UDP peers turned away while shutting down",
             "errors": "sessions ended by an internal error",
-            "events_dropped": "events the log dropped because its queue was full",
+            "events_dropped": "events the log lost: dropped from its full queue (counted once), or given "
+            "up on by an output that could not write them (once for each output; `scriptgen.log.lost`)",
         },
         session=False,
     ),
@@ -89,11 +90,27 @@ CATALOGUE: dict[str, EventSpec] = {
     ),
     "scriptgen.log.error": EventSpec(
         "One log sink failed to write; written to the other sinks. Logged once per streak "
-        "of failures; the sink is retried with every batch.",
+        "of failures; the batch waits in the sink's backlog and is retried with the next write.",
         {
             "sink": "`json` or `sqlite`",
             "error": "the exception, as `Type: text`",
             "failures": "batches this sink has failed to write so far",
+        },
+        session=False,
+    ),
+    "scriptgen.log.lost": EventSpec(
+        "One log sink gave up on events it could not write (its backlog of failed batches "
+        "outgrew `max_backlog_bytes` while the disk stayed full, or it still failed at close). "
+        "Written to every sink once that one writes again (at close, to those that can): what "
+        "the outputs do not share is named here.",
+        {
+            "sink": "`json` or `sqlite`: the output the events are missing from",
+            "events": "events lost from that output",
+            "batches": "batches they came in",
+            "sessions": "sessions with at least one of those events",
+            "session_ids": "those sessions' ids, sorted (at most the first 1000)",
+            "first": "the timestamp of the earliest event lost",
+            "last": "the timestamp of the latest event lost",
         },
         session=False,
     ),

@@ -7,8 +7,12 @@ as `flush_events` are waiting, and prepares the batch once (`prepare`: records m
 events, each event's JSON text and the SQLite rows it makes, plain tuples of strings and
 numbers) for every sink: JSON lines (one object per line, flushed after each batch) and
 SQLite (WAL mode, one transaction per batch). Sinks are isolated (`Sinks`): one that
-raises is reported (`scriptgen.log.error` on the others, a line on stderr) and retried
-with the next batch, and never stops the others. `close()` writes everything still queued.
+raises is reported (`scriptgen.log.error` on the others, a line on stderr) and never stops
+the others. A batch a sink failed to write leaves nothing behind (the JSON lines file is
+cut back to its last whole line, the SQLite transaction rolled back) and waits in that
+sink's backlog, retried in order at the next write; a backlog over `max_backlog_bytes`
+gives up its oldest batches, counted (`dropped`) and reported once the sink writes again
+(`scriptgen.log.lost`, in every output). `close()` writes everything still queued.
 
 Inputs: events and records. Outputs: files in the log directory (`events.jsonl`,
 `events.sqlite`; the schema is in docs/events.md). Imports the standard library and orjson.
@@ -16,12 +20,14 @@ Inputs: events and records. Outputs: files in the log directory (`events.jsonl`,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
 import sys
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -31,8 +37,8 @@ from scriptgen.serve.events import Record, expand, timestamp
 from scriptgen.serve.logdir import check_log_dir, check_no_link, open_log_file
 from scriptgen.params import LogParams
 
-__all__ = ["JSON_NAME", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "Item", "JsonLinesSink", "Log", "Queue",
-           "Sink", "Sinks", "SqliteSink", "open_sinks", "prepare"]
+__all__ = ["JSON_NAME", "MAX_LOST_SESSIONS", "SCHEMA", "SQLITE_NAME", "Batch", "EventLog", "Item", "JsonLinesSink",
+           "Log", "Queue", "Sink", "Sinks", "SqliteSink", "open_sinks", "prepare"]
 
 JSON_NAME = "events.jsonl"
 SQLITE_NAME = "events.sqlite"
@@ -48,15 +54,21 @@ class Batch(NamedTuple):
     closed: list[tuple[Any, ...]]
     """(end, duration, inputs, unmatched, bytes_in, bytes_out, reason, path, session) for
     each session.closed."""
+    size: int = 0
+    """Characters of JSON text in `events` (what the batch costs a backlog)."""
+    writer: str = ""
+    """The writer that numbered the batch (a ProcessLog), else empty."""
+    seq: int = 0
+    """Its number from that writer (1, 2, ...), else 0: what a sink that already wrote it skips."""
 
 
 Item = dict[str, Any] | Record
 """What the log queues: an event, or a session event's record (made into its event here)."""
 
 
-def prepare(items: Sequence[Item]) -> Batch:
+def prepare(items: Sequence[Item], writer: str = "", seq: int = 0) -> Batch:
     """Each event serialised once, and the rows of the `sessions` table it makes."""
-    batch = Batch([], [], [])
+    batch = Batch([], [], [], 0, writer, seq)
     for item in items:
         try:
             e = item if isinstance(item, dict) else expand(item)
@@ -75,7 +87,7 @@ def prepare(items: Sequence[Item]) -> Batch:
         elif eventid == "scriptgen.session.closed":
             batch.closed.append((e["timestamp"], e["duration"], e["inputs"], e["unmatched"], e["bytes_in"],
                                  e["bytes_out"], e["reason"], _encode(e["path"]), e["session"]))
-    return batch
+    return batch._replace(size=sum(len(text) for _, _, _, text in batch.events))
 
 
 class Sink(Protocol):
@@ -89,21 +101,90 @@ class Sink(Protocol):
 
 
 class JsonLinesSink:
-    """One JSON object per line, appended; flushed after every batch."""
+    """One JSON object per line, appended, each batch with os.write (no buffer in between).
+
+    Never a partial line: a batch that fails part way (disk full, file-size limit: a short
+    write, then ENOSPC or EFBIG) is cut back to where it began, and a line left half
+    written by a crash (the writer killed during a write) is cut off when the file is
+    opened."""
 
     name = "json"
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = os.fdopen(open_log_file(path), "a", encoding="utf-8")
+        self._fd = open_log_file(path)
+        self._cut_at: int | None = None  # where a failed batch began, if cutting it back failed
+        self._resumed: Counter[str] = Counter()
+        self.offset = _cut_partial_line(self._fd)
+        """The file's size after the last write (where a writer taking over may look)."""
+
+    def resume(self, offset: int) -> None:
+        """Another writer (a killed log process) wrote the file after `offset`: the batches
+        it was handed are written again from here, less the lines it had already written
+        (the lines past `offset`, matched one for one)."""
+        self._resumed = Counter(_read_from(self._fd, offset).decode("utf-8", "replace").splitlines())
 
     def write(self, batch: Batch) -> None:
-        if batch.events:
-            self._file.write("\n".join([line for _, _, _, line in batch.events]) + "\n")
-        self._file.flush()
+        lines = [line for _, _, _, line in batch.events]
+        if self._resumed:
+            lines = self._unwritten(lines)
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode()
+        fd = self._fd
+        if self._cut_at is not None:  # the last failed batch is still there: cut it first
+            os.ftruncate(fd, self._cut_at)
+            self._cut_at = None
+        start = os.fstat(fd).st_size  # not a remembered offset: the file may have been rotated
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(fd, view)
+                if written == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[written:]
+        except BaseException:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                self._cut_at = start
+            raise
+        self.offset = start + len(data)
+
+    def _unwritten(self, lines: list[str]) -> list[str]:
+        kept = []
+        for line in lines:
+            if self._resumed[line] > 0:
+                self._resumed[line] -= 1
+            else:  # the other writer stopped before this line: none after it can be there
+                self._resumed.clear()
+                kept.append(line)
+        return kept
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
+
+
+def _cut_partial_line(fd: int) -> int:
+    """Cut the file back to its last newline (a crash's half line), and return its size."""
+    size = end = os.fstat(fd).st_size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end != size:
+        _warn(f"the JSON lines log ended in a partial line ({size - end} bytes): cut off")
+        os.ftruncate(fd, end)
+    return end
+
+
+def _read_from(fd: int, offset: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, max(0, size - offset), offset) if offset < size else b""
 
 
 SCHEMA = """
@@ -137,6 +218,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     parent TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start);
+CREATE TABLE IF NOT EXISTS writers (
+    writer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 """
 
 
@@ -160,6 +245,12 @@ class SqliteSink:
         if "parent" not in columns:  # a database written before data channels
             self._db.execute("ALTER TABLE sessions ADD COLUMN parent TEXT")
 
+    def resume(self, writer: str) -> int:
+        """The last batch of `writer` this database holds (0: none): a batch is written,
+        its number with it, in one transaction, so a writer taking over skips exactly those."""
+        row = self._db.execute("SELECT seq FROM writers WHERE writer = ?", (writer,)).fetchone()
+        return int(row[0]) if row else 0
+
     def write(self, batch: Batch) -> None:
         db = self._db
         db.execute("BEGIN")
@@ -173,10 +264,13 @@ class SqliteSink:
                 db.executemany(
                     "UPDATE sessions SET end = ?, duration = ?, inputs = ?, unmatched = ?, bytes_in = ?, "
                     "bytes_out = ?, reason = ?, path = ? WHERE session = ?", batch.closed)
+            if batch.writer:
+                db.execute("INSERT OR REPLACE INTO writers (writer, seq) VALUES (?, ?)", (batch.writer, batch.seq))
+            db.execute("COMMIT")  # may fail too (disk full): rolled back below
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite rolls back some failures itself (SQLITE_FULL)
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -187,7 +281,9 @@ class Log(Protocol):
 
     params: LogParams
     sensor: str
-    dropped: int
+
+    @property
+    def dropped(self) -> int: ...
 
     def emit(self, event: Item, size: int = 0) -> None: ...
 
@@ -204,7 +300,7 @@ class Queue:
     def __init__(self, params: LogParams | None = None, sensor: str = "", name: str = "scriptgen-log") -> None:
         self.params = params or LogParams()
         self.sensor = sensor
-        self.dropped = 0
+        self.queue_dropped = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pending: list[Item] = []
@@ -218,14 +314,20 @@ class Queue:
         with self._lock:
             if (len(self._pending) >= self.params.max_queued_events
                     or self._pending_bytes + size > self.params.max_queued_bytes):
-                self.dropped += 1
-                if self.dropped == 1:
+                self.queue_dropped += 1
+                if self.queue_dropped == 1:
                     _warn("event log queue full: dropping events (counted in scriptgen.server.stop)")
                 return
             self._pending.append(event)
             self._pending_bytes += size
             if len(self._pending) == self.params.flush_events:  # once a batch, not once an event
                 self._wake.set()
+
+    @property
+    def dropped(self) -> int:
+        """Events lost: dropped from a full queue (from every output), or given up on by an
+        output after retries (once for each output that lost them)."""
+        return self.queue_dropped + self._sink_dropped()
 
     def flush(self, timeout: float = 10.0) -> None:
         """Write what is queued now (blocking the caller until written or `timeout`)."""
@@ -245,7 +347,15 @@ class Queue:
         self._closed()
 
     def _write(self, events: list[Item]) -> None:
+        """Write `events` (possibly none: then only what is waiting to be retried)."""
         raise NotImplementedError
+
+    def _retrying(self) -> bool:
+        """Whether a write is due with no new events: batches wait to be retried."""
+        return False
+
+    def _sink_dropped(self) -> int:
+        return 0
 
     def _settle(self) -> None:
         """Before flush() callers are released: make sure what `_write` took is written."""
@@ -263,7 +373,7 @@ class Queue:
                 markers, self._markers = self._markers, []
                 self._pending_bytes = 0
                 closing = self._closing
-            if events:
+            if events or self._retrying():
                 self._write(events)
             if markers:
                 self._settle()
@@ -275,35 +385,136 @@ class Queue:
                         return
 
 
-class Sinks:
-    """Every sink written with each batch, isolated from each other: one that raises is
-    counted, reported once per streak of failures (`scriptgen.log.error` on the others, a
-    line on stderr) and retried with the next batch."""
+MAX_LOST_SESSIONS = 1000
+"""Session ids a `scriptgen.log.lost` event lists (`sessions` counts them all)."""
 
-    def __init__(self, sinks: Sequence[Sink], sensor: str = "") -> None:
+
+class _Lost:
+    """What one sink gave up on since its last `scriptgen.log.lost` event."""
+
+    def __init__(self) -> None:
+        self.events = self.batches = 0
+        self.sessions: set[str] = set()
+        self.first = self.last = ""
+
+    def add(self, batch: Batch) -> None:
+        self.batches += 1
+        self.events += len(batch.events)
+        for _, stamp, session, _ in batch.events:
+            if session is not None:
+                self.sessions.add(session)
+            if not self.first or stamp < self.first:
+                self.first = stamp
+            if stamp > self.last:
+                self.last = stamp
+
+    def event(self, sink: str, sensor: str) -> dict[str, Any]:
+        return {"eventid": "scriptgen.log.lost", "timestamp": timestamp(time.time()), "sensor": sensor,
+                "message": f"log sink {sink} gave up on {self.events} events of {len(self.sessions)} sessions "
+                           f"({self.first} to {self.last}) it could not write",
+                "sink": sink, "events": self.events, "batches": self.batches, "sessions": len(self.sessions),
+                "session_ids": sorted(self.sessions)[:MAX_LOST_SESSIONS], "first": self.first, "last": self.last}
+
+
+class Sinks:
+    """Every sink written with each batch, isolated from each other. A sink that raises is
+    counted, reported once per streak of failures (`scriptgen.log.error` on the others, a
+    line on stderr), and keeps the batch in its backlog, retried in order with the next
+    write. A backlog over `max_backlog_bytes` gives up its oldest batches: counted in
+    `dropped`, said on stderr, and, once the sink writes again (or at close), reported in
+    every sink as `scriptgen.log.lost`."""
+
+    def __init__(self, sinks: Sequence[Sink], sensor: str = "", max_backlog_bytes: int | None = None) -> None:
         self.sinks = list(sinks)
         self.sensor = sensor
+        self.max_backlog_bytes = LogParams().max_backlog_bytes if max_backlog_bytes is None else max_backlog_bytes
         self.failures: dict[str, int] = {s.name: 0 for s in self.sinks}
+        self.dropped = 0
+        self.done: dict[str, int] = {s.name: 0 for s in self.sinks}
+        """The number (`Batch.seq`) of the last batch each sink wrote or gave up on."""
+        self._backlog: dict[str, deque[Batch]] = {s.name: deque() for s in self.sinks}
+        self._backlog_size: dict[str, int] = {s.name: 0 for s in self.sinks}
+        self._lost: dict[str, _Lost] = {}
         self._failing: set[str] = set()
 
-    def write(self, batch: Batch) -> None:
+    def waiting(self) -> bool:
+        """Whether some sink has batches waiting to be retried."""
+        return any(self._backlog.values())
+
+    def write(self, batch: Batch | None) -> None:
+        """Write `batch` (None: only retry the backlogs) to every sink."""
         for sink in self.sinks:
-            self._write_to(sink, batch)
+            self._push(sink, batch)
+        self._report_lost(recovered_only=True)
 
     def close(self) -> None:
+        """Retry the backlogs a last time; give up on what is left, and say so."""
+        self.write(None)
+        for sink in self.sinks:
+            queue = self._backlog[sink.name]
+            while queue:
+                self._give_up(sink.name, queue.popleft())
+            self._backlog_size[sink.name] = 0
+        self._report_lost(recovered_only=False)
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception as exc:  # one sink failing to close must not keep the others open
                 _warn(f"log sink {sink.name}: close failed: {type(exc).__name__}: {exc}")
 
-    def _write_to(self, sink: Sink, batch: Batch) -> None:
+    def _push(self, sink: Sink, batch: Batch | None) -> None:
+        name = sink.name
+        queue = self._backlog[name]
+        if batch is not None:
+            if batch.seq and batch.seq <= self.done[name]:
+                return  # written already (by a log process this one took over from)
+            if not batch.events and not queue:
+                self.done[name] = max(self.done[name], batch.seq)
+                return
+            queue.append(batch)
+            self._backlog_size[name] += batch.size
+        while queue:
+            head = queue[0]
+            if not self._write_to(sink, head):
+                break
+            queue.popleft()
+            self._backlog_size[name] -= head.size
+            self.done[name] = max(self.done[name], head.seq)
+        while queue and self._backlog_size[name] > self.max_backlog_bytes:
+            oldest = queue.popleft()
+            self._backlog_size[name] -= oldest.size
+            self._give_up(name, oldest)
+
+    def _give_up(self, name: str, batch: Batch) -> None:
+        self.done[name] = max(self.done[name], batch.seq)
+        if not batch.events:
+            return
+        lost = self._lost.get(name)
+        if lost is None:
+            lost = self._lost[name] = _Lost()
+            _warn(f"log sink {name}: giving up on batches it could not write (counted in events_dropped; "
+                  f"scriptgen.log.lost says which once it writes again)")
+        lost.add(batch)
+        self.dropped += len(batch.events)
+
+    def _report_lost(self, recovered_only: bool) -> None:
+        for name in list(self._lost):
+            if recovered_only and self._backlog[name]:
+                continue  # still failing: said once it writes again
+            lost = self._lost.pop(name)
+            _warn(f"log sink {name}: {lost.events} events of {len(lost.sessions)} sessions lost "
+                  f"({lost.first} to {lost.last})")
+            report = prepare([lost.event(name, self.sensor)])
+            for sink in self.sinks:
+                self._push(sink, report)
+
+    def _write_to(self, sink: Sink, batch: Batch) -> bool:
         try:
             sink.write(batch)
         except Exception as exc:  # isolation: a failing sink is reported, the others go on
             self.failures[sink.name] += 1
             if sink.name in self._failing:
-                return
+                return False
             self._failing.add(sink.name)
             error = f"{type(exc).__name__}: {exc}"
             _warn(f"log sink {sink.name} failed: {error} (retried with every batch)")
@@ -313,15 +524,16 @@ class Sinks:
                 "failures": self.failures[sink.name],
             }])
             for other in self.sinks:
-                if other is not sink:
+                if other is not sink and not self._backlog[other.name]:
                     try:
                         other.write(report)
                     except Exception as exc2:  # both failing: stderr is all that is left
                         _warn(f"log sink {other.name} failed too: {type(exc2).__name__}: {exc2}")
-            return
+            return False
         if sink.name in self._failing:
             self._failing.discard(sink.name)
             _warn(f"log sink {sink.name} writes again")
+        return True
 
 
 class EventLog(Queue):
@@ -330,13 +542,19 @@ class EventLog(Queue):
 
     def __init__(self, sinks: Sequence[Sink], params: LogParams | None = None, sensor: str = "") -> None:
         super().__init__(params, sensor)
-        self._sinks = Sinks(sinks, sensor)
+        self._sinks = Sinks(sinks, sensor, self.params.max_backlog_bytes)
         self.failures = self._sinks.failures
         self._thread.start()
 
     def _write(self, events: list[Item]) -> None:
         self._sinks.sensor = self.sensor
-        self._sinks.write(prepare(events))
+        self._sinks.write(prepare(events) if events else None)
+
+    def _retrying(self) -> bool:
+        return self._sinks.waiting()
+
+    def _sink_dropped(self) -> int:
+        return self._sinks.dropped
 
     def _closed(self) -> None:
         self._sinks.close()

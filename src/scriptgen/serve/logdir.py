@@ -28,7 +28,8 @@ from scriptgen.errors import ServeError
 
 __all__ = ["check_log_dir", "check_no_link", "open_log_file"]
 
-_FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Read too: the JSON lines sink reads its own tail (a partial line to cut, lines to skip).
+_FILE_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def check_log_dir(path: str, owner: int | None = None, group: int | None = None) -> None:
