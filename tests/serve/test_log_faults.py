@@ -1,6 +1,7 @@
-"""The event log when the disk fills or the writer dies (issue 35, point 5): never a
+"""The event log when the disk fills or the writer dies (issue 35, points 5 and 6): never a
 partial line, both outputs hold the same sessions or say what they lost
-(`scriptgen.log.lost`), and `events_dropped` counts it."""
+(`scriptgen.log.lost`), `events_dropped` counts it, and a killed writer process loses and
+repeats nothing."""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def full_dir(tmp_path):
         subprocess.run(["umount", "-l", str(logs)], check=False)
 
 
-@pytest.mark.parametrize("where", ["thread"])
+@pytest.mark.parametrize("where", ["thread", "process"])
 def test_a_full_file_system(full_dir, where, capfd):
     dropped = scenario(str(full_dir), where, lambda log: (full_dir / "filler").unlink())
     assert dropped > 0
@@ -159,7 +160,7 @@ print(scenario(log_dir, where, free))
 """
 
 
-@pytest.mark.parametrize("where", ["thread"])
+@pytest.mark.parametrize("where", ["thread", "process"])
 def test_a_file_size_limit(tmp_path, where):
     logs = tmp_path / "logs"
     done = subprocess.run([sys.executable, "-c", _RLIMIT_SCRIPT, where, str(logs)], cwd=ROOT, capture_output=True,
@@ -194,3 +195,80 @@ def test_a_batch_that_fails_part_way_is_cut_back_to_the_last_whole_line(tmp_path
     sink.write(prepare(session_records(2)))
     sink.close()
     assert [e["session"] for e in assert_whole_lines(path)] == [f"{i:016x}" for i in (0, 0, 0, 2, 2, 2)]
+
+
+# -- the writer process killed -----------------------------------------------------------
+
+
+def test_the_writer_killed_while_sessions_end_loses_and_repeats_nothing(tmp_path, capfd):
+    log = ProcessLog(str(tmp_path), LogParams(flush_interval=0.005, flush_events=30), sensor="t")
+    first = log._child  # noqa: SLF001 - the failure under test
+    assert first is not None
+    written = threading.Event()
+
+    def kill_when_under_way() -> None:
+        # Once some sessions are in the files, the child dies with batches in flight.
+        while not written.is_set():
+            if (tmp_path / "events.jsonl").stat().st_size > 200_000:
+                break
+            written.wait(0.001)
+        first.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_under_way)
+    killer.start()
+    try:
+        for i in range(2000):
+            for record in session_records(i, PAYLOAD[:100]):
+                log.emit(record, 100)
+        log.flush()
+        written.set()
+        killer.join()
+    finally:
+        log.close()
+    assert first.returncode == -signal.SIGKILL
+    assert "writing the log from the server process" in capfd.readouterr().err
+    assert log.dropped == 0
+    in_json = assert_whole_lines(tmp_path / "events.jsonl")
+    with sqlite3.connect(tmp_path / "events.sqlite") as db:
+        in_sqlite = [json.loads(r[0]) for r in db.execute("SELECT json FROM events ORDER BY id")]
+        rows = db.execute("SELECT COUNT(*), COUNT(end) FROM sessions").fetchone()
+    expected = Counter((f"{i:016x}", kind) for i in range(2000) for kind in ("connect", "output", "closed"))
+    for events in (in_json, in_sqlite):
+        assert Counter((e["session"], e["eventid"].rsplit(".", 1)[1]) for e in events) == expected
+    assert rows == (2000, 2000)
+
+
+@pytest.mark.parametrize("how", ["json and sqlite", "json only", "neither"])
+def test_a_batch_the_killed_writer_wrote_but_did_not_acknowledge_is_not_written_twice(tmp_path, how):
+    """The child dies between writing a batch and saying so: the worst moment, made on purpose."""
+    from scriptgen.serve.log import JsonLinesSink, SqliteSink, Sinks, prepare
+
+    log = ProcessLog(str(tmp_path), LogParams(flush_interval=60.0), sensor="t")
+    try:
+        for record in session_records(0):
+            log.emit(record)
+        log.flush()  # batch 1: written and acknowledged
+        child = log._child  # noqa: SLF001
+        assert child is not None
+        child.kill()
+        child.wait()
+        # What the child did with batch 2 before it died: wrote it to both, to JSON lines only, or to neither.
+        items = session_records(1)
+        log._seq += 1  # noqa: SLF001 - the batch as the forwarder would have sent it
+        log._unsettled.append((log._seq, "t", items))  # noqa: SLF001
+        sinks = {"json and sqlite": [JsonLinesSink(str(tmp_path / "events.jsonl")),
+                                     SqliteSink(str(tmp_path / "events.sqlite"))],
+                 "json only": [JsonLinesSink(str(tmp_path / "events.jsonl"))], "neither": []}[how]
+        by_child = Sinks(sinks)
+        by_child.write(prepare(items, log._writer, log._seq))  # noqa: SLF001
+        by_child.close()
+        for record in session_records(2):
+            log.emit(record)
+        log.flush()  # batch 3: the forwarder finds the child gone, writes 2 and 3 itself
+    finally:
+        log.close()
+    in_json = assert_whole_lines(tmp_path / "events.jsonl")
+    with sqlite3.connect(tmp_path / "events.sqlite") as db:
+        in_sqlite = [json.loads(r[0]) for r in db.execute("SELECT json FROM events ORDER BY id")]
+    for events in (in_json, in_sqlite):
+        assert [e["session"][-1] for e in events] == list("000111222")
