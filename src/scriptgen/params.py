@@ -254,6 +254,11 @@ class LogParams:
     """Bytes of one message kept in an event's `data`; `size` always gives the full
     length, `truncated` says whether `data` was cut."""
 
+    max_session_log_bytes: int = 4 << 20
+    """Log text (JSON, estimated) one session's input, output and unmatched events may take
+    in each output; past it `data` shrinks, then those events are counted, not logged
+    (`scriptgen.session.cut`; `events_cut` and `bytes_cut` in `scriptgen.session.closed`)."""
+
     max_backlog_bytes: int = 32 << 20
     """JSON text of the batches one output failed to write (disk full) kept to be retried
     with the next write; beyond, the oldest are given up on, counted (`events_dropped`)

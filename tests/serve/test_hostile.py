@@ -5,6 +5,7 @@ and one closed event per connection made."""
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import threading
@@ -13,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from scriptgen.serve import ServeParams, check_event
+from scriptgen.serve import LogParams, ServeParams, check_event
 from scriptgen.serve.runtime import raise_file_limit
 from tests.serve.harness import (
     BANNER,
@@ -259,3 +260,36 @@ def test_1000_slow_clients_at_the_cap_and_newcomers_are_still_served(tmp_path):
     assert (events[-1]["evicted"], events[-1]["refused"], events[-1]["sessions"]) == (50, 0, 1050)
     kinds = Counter(e["eventid"] for e in events)
     assert kinds["scriptgen.session.connect"] == kinds["scriptgen.session.closed"] == 1050
+def test_a_flood_writes_at_most_the_session_log_bound_and_says_it_was_cut(tmp_path):
+    bound = 64 << 10
+    flood = random.Random(7).randbytes(2 << 20)
+    with ServerThread([listener("ftp")], tmp_path, log_params=LogParams(max_session_log_bytes=bound)) as srv:
+        with connect(srv.addr(), timeout=30) as sock:
+            reader = read_all_in_background(sock)
+            try:
+                sock.sendall(flood)
+                sock.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            reader.join(20)
+        with connect(srv.addr()) as other:  # the next session has a budget of its own
+            assert read_answer(other, expect=len(BANNER))[0] == BANNER
+    raw = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    events = [json.loads(line) for line in raw]
+    for e in events:
+        assert check_event(e) == [], e
+    closed = [e for e in events if e["eventid"] == "scriptgen.session.closed"]
+    flooded = max(closed, key=lambda e: e["bytes_in"])["session"]
+    mine = [(e, len(line) + 1) for e, line in zip(events, raw) if e.get("session") == flooded]
+    data_events = sum(size for e, size in mine if "data" in e)
+    assert data_events <= bound  # the estimate errs on the high side
+    assert data_events > bound * 0.6  # and not by much
+    assert sum(size for _, size in mine) <= bound + 2048  # connect, cut and closed besides
+    (cut,) = [e for e, _ in mine if e["eventid"] == "scriptgen.session.cut"]
+    assert cut["limit"] == bound
+    (end,) = [e for e, _ in mine if e["eventid"] == "scriptgen.session.closed"]
+    assert end["events_cut"] > 0 and end["bytes_cut"] > 0 and end["bytes_in"] > 10 * bound
+    logged = sum(1 for e, _ in mine if "data" in e)
+    assert logged + end["events_cut"] >= end["inputs"] + end["unmatched"]  # each counted, logged or cut
+    others = [e for e in closed if e["session"] != flooded]
+    assert others and all(e["events_cut"] == 0 and e["bytes_cut"] == 0 for e in others)

@@ -40,7 +40,7 @@ def session_records(i: int, payload: bytes = PAYLOAD) -> list[tuple[Any, ...]]:
          {"data": payload, "size": len(payload), "truncated": False, "state": 0}),
         ("scriptgen.session.closed", t + 0.2, head, "closed",
          {"state": 0, "reason": "eof", "path": [0], "duration": 0.2, "inputs": 0, "unmatched": 0, "bytes_in": 0,
-          "bytes_out": len(payload)}),
+          "bytes_out": len(payload), "backend": None, "events_cut": 0, "bytes_cut": 0}),
     ]
 
 

@@ -161,6 +161,9 @@ def add_parser(commands: Any) -> None:
                         "alone (default: %(default)s)")
     parser.add_argument("--backend-max-bytes", type=positive, default=_DEFAULTS.backend_max_bytes, metavar="BYTES",
                         help="bytes one session may relay each way through the backend (default: %(default)s)")
+    parser.add_argument("--log-session-bytes", type=positive, default=_LOG_DEFAULTS.max_session_log_bytes,
+                        metavar="N", help="log text one session's messages may take; past it they are counted, "
+                        "not logged (default: %(default)s)")
     parser.add_argument("--pace", action="store_true",
                         help="delay each answer by the real server's median response delay")
     parser.set_defaults(run=run)
@@ -201,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
              f"{params.max_connections} connections can be served")
     if os.geteuid() == 0 and not args.user:
         warn("running as root: consider --user NAME to drop privileges once the ports are bound")
-    log_params = LogParams(data_bytes=args.log_data_bytes)
+    log_params = LogParams(data_bytes=args.log_data_bytes, max_session_log_bytes=args.log_session_bytes)
     log: Log
     try:
         if args.no_json and args.no_sqlite:

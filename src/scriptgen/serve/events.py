@@ -194,6 +194,13 @@ CATALOGUE: dict[str, EventSpec] = {
         "An internal error in this session; it is closed (reason `error`), the others go on.",
         {"state": "the state at the time", "error": "the exception, as `Type: text`"},
     ),
+    "scriptgen.session.cut": EventSpec(
+        "The session's input, output and unmatched events reached `--log-session-bytes` of log "
+        "text (default 4 MiB, estimated as they are queued; `data` shrank before it): later ones "
+        "are counted in `scriptgen.session.closed` (`events_cut`, `bytes_cut`), not logged. Logged "
+        "once, when the first is cut.",
+        {"limit": "the limit in force, in bytes"},
+    ),
     "scriptgen.session.closed": EventSpec(
         "The session ended; exactly one per connect event.",
         {
@@ -213,6 +220,10 @@ CATALOGUE: dict[str, EventSpec] = {
             "bytes_in": "bytes received from the client",
             "bytes_out": "bytes sent to the client",
             "backend": "the backend the session was handed over to, else null",
+            "events_cut": "input, output and unmatched events not logged: the session reached "
+            "`--log-session-bytes` (0 if it did not)",
+            "bytes_cut": "bytes of messages the log would have kept (at most `--log-data-bytes` each) but did "
+            "not, for that limit",
         },
     ),
 }

@@ -377,6 +377,7 @@ class _Session:
     """One emulated conversation; the transport-specific subclasses send and close."""
 
     __slots__ = (
+        "bytes_cut",
         "bytes_in",
         "bytes_out",
         "conn",
@@ -388,6 +389,7 @@ class _Session:
         "done",
         "dst_ip",
         "dst_port",
+        "events_cut",
         "head",
         "held",
         "id",
@@ -395,6 +397,7 @@ class _Session:
         "kin",
         "last_data",
         "listener",
+        "log_spent",
         "parent",
         "request_at",
         "server",
@@ -427,6 +430,7 @@ class _Session:
         self.held = 0
         self.request_at = 0.0
         self.kin: OrderedDict[_Session, None] = _NOWHERE  # the open sessions of its address, once admitted
+        self.log_spent = self.events_cut = self.bytes_cut = 0  # this session's log budget (emit_data)
         self.done = False
         self.parent: _Session | None = None  # the session whose data channel this is
         self.data: _Channels | None = None  # this session's data channels, once it has one
@@ -701,7 +705,8 @@ class _Session:
                       {"state": conn.state if conn else None, "reason": reason,
                        "path": list(conn.path) if conn else [], "duration": duration, "inputs": self.inputs,
                        "unmatched": self.unmatched, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-                       "backend": self.mirror.backend.describe() if self.handed and self.mirror else None})
+                       "backend": self.mirror.backend.describe() if self.handed and self.mirror else None,
+                       "events_cut": self.events_cut, "bytes_cut": self.bytes_cut})
 
     # -- logging -----------------------------------------------------------------------------
 
@@ -715,9 +720,27 @@ class _Session:
         self.server.log.emit((eventid, time.time(), self.head, message, own), payload)
 
     def emit_data(self, eventid: str, data: bytes, message: str, own: dict[str, Any]) -> None:
-        """An event with bytes: at most `data_bytes` of them kept (the message shows the first)."""
-        cap = self.server.log.params.data_bytes
+        """An event with bytes: at most `data_bytes` of them kept (the message shows the first),
+        and the session's events with bytes at most `max_session_log_bytes` of log text in
+        all (estimated here, off the writer: `_EVENT_BYTES` and base64's 4/3). Past it the
+        bytes kept shrink, then the events are counted, not logged (`scriptgen.session.cut`
+        once, then `events_cut` and `bytes_cut` in `closed`): a flood costs the log a
+        bounded amount, and never fills the queue the other sessions' events wait in."""
+        params = self.server.log.params
+        room = params.max_session_log_bytes - self.log_spent - _EVENT_BYTES - len(message)
+        if room < 0:
+            self.events_cut += 1
+            self.bytes_cut += min(len(data), params.data_bytes)
+            if self.events_cut == 1:
+                self.emit("scriptgen.session.cut", f"log limit reached: {self.log_spent} bytes of this session's "
+                          f"events logged; later input, output and unmatched events are counted in closed",
+                          {"limit": params.max_session_log_bytes})
+            return
+        cap = min(params.data_bytes, max(0, room - _PREVIEW_BYTES) // 4 * 3)
         kept = data[:cap] if len(data) > cap else data
+        if len(data) > cap and cap < params.data_bytes:
+            self.bytes_cut += min(len(data), params.data_bytes) - cap
+        self.log_spent += _EVENT_BYTES + len(message) + (_PREVIEW_BYTES + 4 * ((len(kept) + 2) // 3) if kept else 0)
         self.emit(eventid, message, {"data": kept, "size": len(data), "truncated": len(data) > cap, **own}, len(kept))
 
     # -- transport-specific ------------------------------------------------------------------
@@ -1041,6 +1064,12 @@ class _Channels:
 
 
 _MAX_QUEUED = 4  # answers waiting for a data connection, per session
+# A session event's JSON line less its message and data, with IPv6 addresses at both ends
+# and a 30-character sensor name (415 bytes measured), and the most its message's preview of
+# 48 bytes can add (245 measured, for bytes that repr() and JSON both escape): emit_data's
+# estimate of an event's size, which errs on the high side.
+_EVENT_BYTES = 450
+_PREVIEW_BYTES = 256
 
 
 class _DataSession(_TcpSession):
