@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CaptureParams", "LearnParams", "ServeParams", "LogParams", "EvaluateParams"]
+__all__ = ["CaptureParams", "LearnParams", "ServeParams", "LogParams", "RecordParams", "EvaluateParams"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +263,30 @@ class LogParams:
     """JSON text of the batches one output failed to write (disk full) kept to be retried
     with the next write; beyond, the oldest are given up on, counted (`events_dropped`)
     and reported (`scriptgen.log.lost`, written to every output once that one writes again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordParams:
+    """Recordings of served sessions as pcap files (docs/record.md, serve/record.py)."""
+
+    rotate_bytes: int = 64 << 20
+    """A recording file is closed, and the next one begun, before a packet would take it
+    past this size. A single packet bigger than this still gets a file of its own."""
+
+    rotate_seconds: float = 3600.0
+    """A recording file is closed, and the next one begun, at the first packet this many
+    seconds (of the times the recorder is given) after the file's first packet."""
+
+    mtu: int = 1500
+    """Largest IP packet written: TCP data is cut into segments of at most this minus the
+    IP and TCP headers (1460 bytes over IPv4, 1440 over IPv6), the MSS announced in the
+    handshake. UDP datagrams are written whole (one per message), whatever their size."""
+
+    def __post_init__(self) -> None:
+        if self.rotate_bytes < 1 or not self.rotate_seconds > 0:
+            raise ValueError(f"rotate_bytes and rotate_seconds must be positive: {self}")
+        if not 576 <= self.mtu <= 65535:
+            raise ValueError(f"mtu must be between 576 and 65535: {self}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ from scriptgen.errors import ServeError
 from scriptgen.serve.events import CATALOGUE, COMMON_KEYS, SESSION_KEYS, EventSpec, check_event
 from scriptgen.serve.log import EventLog, JsonLinesSink, Sink, SqliteSink, open_sinks
 from scriptgen.serve.logwriter import ProcessLog
-from scriptgen.params import LogParams, ServeParams
+from scriptgen.params import LogParams, RecordParams, ServeParams
 from scriptgen.serve.query import SessionRecord, recent_sessions
+from scriptgen.serve.record import RecordedSession, Recorder, SessionFramer
 from scriptgen.serve.runtime import drop_privileges, loop_factory, raise_file_limit, run
 from scriptgen.serve.server import Bound, Listener, Server, plan_listeners
 
@@ -34,9 +35,13 @@ __all__ = [
     "Listener",
     "LogParams",
     "ProcessLog",
+    "RecordParams",
+    "RecordedSession",
+    "Recorder",
     "ServeError",
     "ServeParams",
     "Server",
+    "SessionFramer",
     "SessionRecord",
     "Sink",
     "SqliteSink",

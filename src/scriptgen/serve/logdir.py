@@ -26,15 +26,19 @@ import stat
 
 from scriptgen.errors import ServeError
 
-__all__ = ["check_log_dir", "check_no_link", "open_log_file"]
+__all__ = ["check_log_dir", "check_no_link", "create_file", "open_dir", "open_log_file"]
 
 # Read too: the JSON lines sink reads its own tail (a partial line to cut, lines to skip).
 _FILE_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# A file made new (a recording): it must not exist, so nothing planted can be reused.
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def check_log_dir(path: str, owner: int | None = None, group: int | None = None) -> None:
+def check_log_dir(path: str, owner: int | None = None, group: int | None = None, *,
+                  option: str = "--log-dir") -> None:
     """Make sure `path` is a directory the log can be written in safely by uid `owner`
-    (default: this process's), creating it if missing; raise ServeError (one line) if not."""
+    (default: this process's), creating it if missing; raise ServeError (one line, naming
+    the flag `option` that gave the path) if not."""
     uid = os.geteuid() if owner is None else owner
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -45,14 +49,34 @@ def check_log_dir(path: str, owner: int | None = None, group: int | None = None)
         else:
             created = True
     except OSError as exc:
-        raise ServeError(f"--log-dir {path}: cannot create it ({exc.strerror})") from None
+        raise ServeError(f"{option} {path}: cannot create it ({exc.strerror})") from None
     if created and uid != os.geteuid():  # made by the server just now: the writer's to write in
         os.chown(path, uid, os.getegid() if group is None else group, follow_symlinks=False)
-    fd = _open_dir(path)
+    fd = _open_dir(path, option)
     try:
-        _check_dir(path, os.fstat(fd), uid)
+        _check_dir(path, os.fstat(fd), uid, option)
     finally:
         os.close(fd)
+
+
+def open_dir(path: str, option: str = "--log-dir") -> int:
+    """A descriptor of the directory `path` (never through a symbolic link), after checking
+    it is this process's own and writable by nobody else. Files made relative to it stay
+    in that directory even if the path is later swapped for a link."""
+    fd = _open_dir(path, option)
+    try:
+        _check_dir(path, os.fstat(fd), os.geteuid(), option)
+    except ServeError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def create_file(dir_fd: int, name: str, mode: int = 0o640) -> int:
+    """A descriptor open for writing on a new file `name` in the directory `dir_fd`.
+    FileExistsError if anything (a file, a link, a FIFO) already has that name: nothing
+    planted is ever opened or followed."""
+    return os.open(name, _NEW_FLAGS, mode, dir_fd=dir_fd)
 
 
 def open_log_file(path: str) -> int:
@@ -95,22 +119,22 @@ def check_no_link(path: str) -> None:
         raise ServeError(f"{path}: not a regular file of one link (the log never follows a link): move it away")
 
 
-def _open_dir(path: str) -> int:
+def _open_dir(path: str, option: str = "--log-dir") -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         if os.path.islink(path):
-            raise ServeError(f"--log-dir {path}: a symbolic link (to {os.readlink(path)}); give the "
+            raise ServeError(f"{option} {path}: a symbolic link (to {os.readlink(path)}); give the "
                              f"directory itself") from None
-        raise ServeError(f"--log-dir {path}: {exc.strerror}") from None
+        raise ServeError(f"{option} {path}: {exc.strerror}") from None
 
 
-def _check_dir(path: str, info: os.stat_result, uid: int) -> None:
+def _check_dir(path: str, info: os.stat_result, uid: int, option: str = "--log-dir") -> None:
     if info.st_uid != uid:
-        raise ServeError(f"--log-dir {path}: owned by uid {info.st_uid}, but the log is written as uid {uid}: "
+        raise ServeError(f"{option} {path}: owned by uid {info.st_uid}, but it is written as uid {uid}: "
                          f"chown it to that user, or give a directory that does not exist yet")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ServeError(f"--log-dir {path}: writable by other users (mode {stat.filemode(info.st_mode)}): "
+        raise ServeError(f"{option} {path}: writable by other users (mode {stat.filemode(info.st_mode)}): "
                          f"chmod go-w it")
 
 
