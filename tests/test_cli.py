@@ -152,3 +152,79 @@ def test_show_refuses_a_broken_model_in_one_line(tmp_path):
     bad.write_text('{"format": "scriptgen-model", "version": 1}')
     r = subprocess.run([sys.executable, "-m", "scriptgen", "show", str(bad)], capture_output=True, text=True)
     assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr
+
+
+# -- a directory of captures (recordings of serve/record.py) ----------------------------------
+
+
+def _record(sessions, directory: Path, rotate_bytes: int) -> None:
+    """Write `sessions` again through the recorder, their events interleaved in time order."""
+    from scriptgen.model import Sender
+    from scriptgen.params import RecordParams
+    from scriptgen.serve.record import Recorder
+
+    events = []
+    for n, s in enumerate(sessions):
+        events.append((s.start, n, -1, None))
+        events += [(m.timestamp, n, i, m) for i, m in enumerate(s.messages)]
+        if s.close in ("fin", "rst"):
+            events.append((s.end, n, len(s.messages), None))
+    events.sort(key=lambda e: (e[0], e[1], e[2]))
+    open_ = {}
+    with Recorder(str(directory), RecordParams(rotate_bytes=rotate_bytes)) as recorder:
+        for t, n, i, message in events:
+            s = sessions[n]
+            if i < 0:
+                open_[n] = recorder.open(s.transport, (s.client.ip, s.client.port), (s.server.ip, s.server.port), t)
+            elif message is not None:
+                send = open_[n].client_bytes if message.sender is Sender.CLIENT else open_[n].server_bytes
+                send(message.data, t)
+            else:
+                open_[n].close(s.closed_by or Sender.CLIENT, t, reset=s.close == "rst")
+
+
+def test_learn_reads_a_directory_as_its_captures_sorted(tmp_path, capsys):
+    from scriptgen.capture import read_sessions
+
+    example = ROOT / "examples" / "ftp" / "vsftpd-anon.pcap"
+    recordings = tmp_path / "rec"
+    _record(list(read_sessions([str(example)])), recordings, rotate_bytes=20_000)
+    files = sorted(str(p) for p in recordings.iterdir())
+    assert len(files) > 3
+    (recordings / "notes.txt").write_text("not a capture: ignored")
+    (recordings / "sub.pcap").mkdir()  # a subdirectory: not entered
+    listed, from_dir, original = tmp_path / "listed.json", tmp_path / "dir.json", tmp_path / "original.json"
+    assert main(["learn", *files, "-o", str(listed), "--jobs", "1"]) == 0
+    assert main(["learn", str(recordings), "-o", str(from_dir), "--jobs", "1"]) == 0
+    assert from_dir.read_bytes() == listed.read_bytes()
+    assert json.loads(from_dir.read_text())["sources"] == files
+    # What the recorder wrote of the example's sessions teaches the model the example teaches.
+    assert main(["learn", str(example), "-o", str(original), "--jobs", "1"]) == 0
+    assert json.loads(from_dir.read_text())["ports"] == json.loads(original.read_text())["ports"]
+    capsys.readouterr()
+    assert main(["sessions", str(recordings)]) == 0
+    from_dir_table = capsys.readouterr().out
+    assert main(["sessions", *files]) == 0
+    assert capsys.readouterr().out == from_dir_table
+
+
+def test_a_directory_without_captures_is_one_line_and_links_are_not_followed(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "learn", str(empty), "-o", str(tmp_path / "m.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 3
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"scriptgen: error: {empty}") and "without any *.pcap or *.pcapng" in line
+    # A link inside the directory to a capture outside it is skipped, and said so.
+    (empty / "outside.pcap").symlink_to(_capture(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "sessions", str(empty)], capture_output=True, text=True)
+    assert r.returncode == 3
+    (line,) = r.stderr.strip().splitlines()
+    assert "without any *.pcap" in line and "1 symbolic link(s) skipped" in line
+    (empty / "real.pcap").write_bytes(_capture(tmp_path).read_bytes())
+    r = subprocess.run([sys.executable, "-m", "scriptgen", "sessions", str(empty)], capture_output=True, text=True)
+    assert r.returncode == 0 and "tcp" in r.stdout
+    assert r.stderr.strip() == (f"scriptgen: skipped 1 symbolic link(s) inside a capture directory (never followed): "
+                                f"{empty / 'outside.pcap'}")

@@ -7,9 +7,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from scriptgen.capture import capture_files
 from scriptgen.errors import CaptureTruncatedError
 
-__all__ = ["port", "unit_interval", "seconds", "positive", "holdout", "warn", "port_ranges", "write_table", "report_damage"]
+__all__ = ["port", "unit_interval", "seconds", "positive", "holdout", "warn", "port_ranges", "write_table", "report_damage",
+           "captures"]
 
 
 def port(text: str) -> int:
@@ -95,3 +97,15 @@ def report_damage(damage: Sequence[CaptureTruncatedError]) -> int:
     for error in damage:
         print(f"scriptgen: error: {error}", file=sys.stderr)
     return 4 if damage else 0
+
+
+def captures(paths: Sequence[str]) -> list[str]:
+    """The CAPTURE arguments of every command, as files: a directory is every *.pcap and
+    *.pcapng in it, sorted (scriptgen.capture.capture_files); links in it are skipped, said
+    on stderr. CaptureOpenError (exit 3) for a directory without any capture."""
+    skipped: list[str] = []
+    files = capture_files(paths, skipped)
+    if skipped:
+        warn(f"skipped {len(skipped)} symbolic link(s) inside a capture directory (never followed): "
+             + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
+    return files

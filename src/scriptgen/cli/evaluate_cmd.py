@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import holdout, port, positive, report_damage, seconds, unit_interval, warn, write_table
+from scriptgen.cli.common import captures as capture_args, holdout, port, positive, report_damage, seconds, unit_interval, warn, write_table
 from scriptgen.model import Model, Session
 from scriptgen.params import CaptureParams, LearnParams
 
@@ -89,7 +89,8 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="[MODEL] CAPTURE",
-                        help="an optional model file, then pcap/pcapng files read as one capture")
+                        help="an optional model file, then pcap/pcapng files read as one capture "
+                        "(a directory: every *.pcap and *.pcapng in it, sorted by name)")
     parser.add_argument("--port", "-p", type=port, action="append", dest="ports", metavar="P",
                         help="replay only sessions whose server port is P (repeat for several)")
     parser.add_argument("--holdout", type=holdout, metavar="K",
@@ -201,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     from scriptgen.learn.channels import with_channels
 
     # Every port is read: a data channel (scriptgen.learn.channels) uses a port of its own.
-    sessions = with_channels(list(read_sessions(captures, CaptureParams(), stats=stats)), args.ports or ())
+    sessions = with_channels(list(read_sessions(capture_args(captures), CaptureParams(), stats=stats)),
+                              args.ports or ())
     folds = list(range(args.holdout)) if args.holdout and args.all_folds else None
 
     if address is not None:

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import port, port_ranges, positive, report_damage, unit_interval, warn, write_table
+from scriptgen.cli.common import captures, port, port_ranges, positive, report_damage, unit_interval, warn, write_table
 from scriptgen.model import PortModel, closed_udp_ports, learnable
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ def add_parser(commands: Any) -> None:
             "examples:\n"
             "  scriptgen learn examples/ftp/vsftpd-anon.pcap -o ftp.model.json\n"
             "  scriptgen learn honeypot-*.pcap --port 139 --port 445 --macro 0.3 --micro 0.6 -o smb.json\n"
+            "  scriptgen learn ftp.pcap recordings/ -o ftp.json   # a directory: every capture in it\n"
             "\n"
             "Small W keeps requests apart (detailed model); large W groups them and lets w decide:\n"
             "a region value at least w of a cluster's requests share stays its own transition.\n"
@@ -44,7 +45,9 @@ def add_parser(commands: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files, read as one capture")
+    parser.add_argument("captures", nargs="+", metavar="CAPTURE",
+                        help="pcap/pcapng files, read as one capture; a directory is every *.pcap and "
+                        "*.pcapng in it, sorted by name")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (JSON)")
     parser.add_argument("--port", "-p", type=port, action="append", dest="ports", metavar="P",
                         help="learn only this server port (repeat for several; default: every port)")
@@ -79,11 +82,12 @@ def run(args: argparse.Namespace) -> int:
     params = LearnParams(macro=args.macro, micro=args.micro, max_fanout=args.max_fanout,
                          max_states=args.max_states, jobs=max(0, args.jobs),
                          rules=tuple(r for r in _DEFAULTS.rules if r not in args.no_rule))
+    files = captures(args.captures)
     stats = CaptureStats()
     started = time.monotonic()
     sessions = []
     # Every port is read: a data channel (learn/channels.py) uses a port of its own.
-    for session in read_sessions(args.captures, CaptureParams(), stats=stats):
+    for session in read_sessions(files, CaptureParams(), stats=stats):
         sessions.append(session)
         if len(sessions) % 10_000 == 0:
             warn(f"read {len(sessions)} sessions...")
@@ -119,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"\rlearning {tree.transport}/{tree.port} [{'#' * filled}{'.' * (width - filled)}] "
                   f"{done} states", end="", file=sys.stderr, flush=True)
 
-    model = learn(sessions, params, sources=list(args.captures), progress=progress, level_progress=level_progress)
+    model = learn(sessions, params, sources=files, progress=progress, level_progress=level_progress)
     save(model, args.output)
     out = sys.stdout
     rows = [["port", "sessions", "raw states", "states", "transitions", "links", "cut"]]

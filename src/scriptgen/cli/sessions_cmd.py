@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any, TextIO
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import port, port_ranges, report_damage, write_table
+from scriptgen.cli.common import captures, port, port_ranges, report_damage, write_table
 from scriptgen.model import Session, learnable
 from scriptgen.params import CaptureParams
 
@@ -53,7 +53,8 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument(
         "captures", nargs="+", metavar="CAPTURE",
-        help="pcap or pcapng files, read in order as one capture",
+        help="pcap or pcapng files, read in order as one capture; a directory is every *.pcap "
+        "and *.pcapng in it, sorted by name",
     )
     parser.add_argument(
         "--port", "-p", type=port, action="append", dest="ports", metavar="P",
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     params = CaptureParams(udp_idle_timeout=args.udp_timeout, max_flows=args.max_flows)
     stats = CaptureStats()
-    sessions = read_sessions(args.captures, params, ports=args.ports, stats=stats)
+    sessions = read_sessions(captures(args.captures), params, ports=args.ports, stats=stats)
     out = sys.stdout
     if args.json:
         for session in sessions:

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from scriptgen.cli.common import holdout, port, report_damage, warn
+from scriptgen.cli.common import captures, holdout, port, report_damage, warn
 
 __all__ = ["add_parser"]
 
@@ -33,7 +33,8 @@ def add_parser(commands: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files, read as one capture")
+    parser.add_argument("captures", nargs="+", metavar="CAPTURE",
+                        help="pcap/pcapng files, read as one capture (a directory: every *.pcap and *.pcapng in it)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for results and plots")
     parser.add_argument("--macro", "-W", default="0:1:0.1", metavar="START:STOP:STEP",
                         help="values of W (default: %(default)s, 11 values)")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     macros, micros = grid(args.macro), grid(args.micro)
     stats = CaptureStats()
     # Every port is read: data channels use ports of their own.
-    sessions = [s for s in with_channels(list(read_sessions(args.captures, stats=stats)), args.ports or ())
+    sessions = [s for s in with_channels(list(read_sessions(captures(args.captures), stats=stats)), args.ports or ())
                 if s.messages]
     if not sessions:
         warn("error: no sessions with data in the captures" + (" on the given ports" if args.ports else ""))
