@@ -311,3 +311,34 @@ def test_an_active_data_channel_of_the_client_is_announced_to_the_backend_as_our
         mine.close()
         real.shutdown()
         real.server_close()
+
+
+def test_a_handed_over_session_is_recorded_as_the_client_saw_it_and_learned_from(tmp_path):
+    from scriptgen.capture import capture_files
+    from scriptgen.model import Sender
+    from scriptgen.serve.record import Recorder
+
+    said = [(b"USER bob\r\n", b"331 Password required for bob.\r\n"), (b"PASS secret\r\n", b"230 Logged in.\r\n"),
+            (b"SIZE secret.txt\r\n", b"213 4242\r\n"), (b"QUIT\r\n", b"221 Bye.\r\n")]
+    with backend() as real, _serving(tmp_path / "logs", real.server_address) as srv:
+        srv.server.recorder = Recorder(str(tmp_path / "rec"))
+        with connect(srv.addr()) as handed, connect(srv.addr()) as modelled:
+            assert read_answer(handed, expect=len(BANNER))[0] == BANNER
+            assert read_answer(modelled, expect=len(BANNER))[0] == BANNER
+            for request, answer in said:
+                _talk(handed, request, answer)
+            assert wait_closed(handed)
+            _talk(modelled, b"SYST\r\n", b"215 UNIX Type: L8\r\n")  # never handed over: not recorded
+        srv.stop()
+        srv.server.recorder.close()
+    files = capture_files([str(tmp_path / "rec")])
+    (session,) = list(read_sessions(files))
+    assert session.messages[0].sender == Sender.SERVER and session.messages[0].data == BANNER
+    assert [(m.data) for m in session.messages[1:]] == [b for pair in said for b in pair]
+    assert session.closed_by == Sender.SERVER
+    model = learn(read_sessions(files), LearnParams(jobs=1))
+    assert any(base64_has(t, b"SIZE") for p in model.ports for t in p.transitions.values())
+
+
+def base64_has(transition, needle: bytes) -> bool:
+    return any(needle in request for request, _ in transition.samples)

@@ -20,7 +20,9 @@ from scriptgen.serve import (
     Server,
     plan_listeners,
 )
+from scriptgen.params import RecordParams
 from scriptgen.serve.log import Log
+from scriptgen.serve.record import Recorder
 from scriptgen.serve.runtime import drop_privileges, freeze_loaded, raise_file_limit
 from scriptgen.serve.runtime import run as run_loop
 
@@ -28,6 +30,7 @@ __all__ = ["add_parser", "port_mapping", "run"]
 
 _DEFAULTS = ServeParams()
 _LOG_DEFAULTS = LogParams()
+_RECORD_DEFAULTS = RecordParams()
 
 
 def port_mapping(text: str) -> tuple[str | None, int, int]:
@@ -164,6 +167,18 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--log-session-bytes", type=positive, default=_LOG_DEFAULTS.max_session_log_bytes,
                         metavar="N", help="log text one session's messages may take; past it they are counted, "
                         "not logged (default: %(default)s)")
+    parser.add_argument("--record", metavar="DIR",
+                        help="write every session handed to a backend (every session with --record-all) to "
+                        "DIR as classic pcap files: the client's bytes and the answers it got, with TCP/UDP "
+                        "framing and the client's address; `scriptgen learn CAPTURE... DIR` learns from them "
+                        "(docs/record.md)")
+    parser.add_argument("--record-all", action="store_true", help="with --record: every session, not only "
+                        "those handed over")
+    parser.add_argument("--record-rotate-bytes", type=positive, default=_RECORD_DEFAULTS.rotate_bytes,
+                        metavar="BYTES", help="begin a new recording file before one passes this size "
+                        "(default: %(default)s)")
+    parser.add_argument("--record-rotate-seconds", type=_seconds, default=_RECORD_DEFAULTS.rotate_seconds,
+                        metavar="S", help="begin a new recording file every S seconds (default: %(default)s)")
     parser.add_argument("--pace", action="store_true",
                         help="delay each answer by the real server's median response delay")
     parser.set_defaults(run=run)
@@ -229,6 +244,12 @@ async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.N
         raise ServeError(f"cannot listen: {exc.strerror or exc}") from None
     if args.user:
         drop_privileges(args.user)
+    if args.record:  # made as the user the server now is
+        server.recorder = Recorder(args.record, RecordParams(rotate_bytes=args.record_rotate_bytes,
+                                                             rotate_seconds=args.record_rotate_seconds))
+        server.record_all = args.record_all
+    elif args.record_all:
+        raise ServeError("--record-all needs --record DIR")
     for b in bound:
         print(f"listening on {b.describe()}", flush=True)
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]  # asyncio or uvloop
@@ -236,7 +257,11 @@ async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.N
          f"{args.log_dir}; SIGTERM or ^C to stop")
     server.announce()
     freeze_loaded()
-    reason = await server.run()
+    try:
+        reason = await server.run()
+    finally:
+        if server.recorder is not None:
+            server.recorder.close()
     warn(f"stopped ({reason}): {server.accepted} sessions, {server.forced} closed at shutdown, "
          f"{server.evicted} evicted, {server.refused} refused")
     sys.stdout.flush()

@@ -64,10 +64,12 @@ from scriptgen.emulate import (
     Unmatched,
 )
 from scriptgen.errors import ServeError
+from scriptgen.model import Sender, Transport
 from scriptgen.serve.backend import Backend, Mirror
 from scriptgen.serve.datarelay import DataRelay
 from scriptgen.serve.events import timestamp
 from scriptgen.serve.log import Log
+from scriptgen.serve.record import RecordedSession, Recorder
 from scriptgen.params import ServeParams
 
 __all__ = ["Bound", "Listener", "Server", "plan_listeners"]
@@ -176,6 +178,9 @@ class Server:
         self.accepted = 0
         self.refused = 0
         self.evicted = 0
+        self.recorder: Recorder | None = None  # --record: set by the driver after dropping privileges
+        self.record_all = False  # --record-all: every session, not only those handed over
+        self.record_errors = 0
         self.errors = 0
         self.forced = 0
         self._accepting = False
@@ -285,6 +290,11 @@ class Server:
             "reason": reason, "sessions": self.accepted, "forced": self.forced, "evicted": self.evicted,
             "refused": self.refused, "errors": self.errors, "events_dropped": self.log.dropped,
         })
+
+    def report_error(self, error: str) -> None:
+        """An error outside any session's own work: logged as scriptgen.server.error."""
+        self.log.emit({"eventid": "scriptgen.server.error", "timestamp": timestamp(time.time()),
+                       "sensor": self.sensor, "message": f"server error: {error}", "error": error})
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """Errors asyncio meets outside any session (accept(2) failing...): logged."""
@@ -399,6 +409,7 @@ class _Session:
         "listener",
         "log_spent",
         "parent",
+        "recorded",
         "request_at",
         "server",
         "src_ip",
@@ -407,6 +418,7 @@ class _Session:
         "started_wall",
         "timer",
         "timer_at",
+        "transcript",
         "unmatched",
     )
 
@@ -438,6 +450,10 @@ class _Session:
         self.handing = False  # the next request taken is handed over (an unmatched event came)
         self.handed = False  # the backend answers: the engine is left
         self.data_relay: DataRelay | None = None  # its data channels then (datarelay.py)
+        # Its recording (record.py): what the client sent and got, written as it happens once
+        # recorded; before (a session that may be handed over), kept: (from the client?, time, bytes).
+        self.recorded: RecordedSession | None = None
+        self.transcript: list[tuple[bool, float, bytes]] | None = None
 
     # -- the driver loop ---------------------------------------------------------------------
 
@@ -470,6 +486,11 @@ class _Session:
                 machine = ln.machine
                 self.mirror = Mirror(ln.backend, self, self.server.loop, at_connect=handover == "always",
                                      banner=bool(machine.states[machine.root].label))
+            if self.server.recorder is not None:
+                if self.server.record_all:
+                    self._record_from_now()
+                elif self.mirror is not None:
+                    self.transcript = []
             self.emit("scriptgen.session.connect",
                       f"new connection: {self.peer()} -> {self.dst_ip}:{self.dst_port} [session {self.id}]",
                       {"state": self.conn.state, "model": ln.model, "model_port": ln.model_port, "parent": None})
@@ -492,6 +513,8 @@ class _Session:
         try:
             server = self.server
             now = server.loop.time()
+            if data and (self.recorded is not None or self.transcript is not None):
+                self._record(True, data)
             mirror = self.mirror
             if mirror is not None:
                 if self.handed:
@@ -581,6 +604,8 @@ class _Session:
         self.handed = True
         self.held = 0  # no request is being completed by the engine any more
         how = "always" if mirror.at_connect else "unmatched"
+        if self.transcript is not None:
+            self._record_from_now()
         machine = self.listener.machine
         if any(s.announces for s in machine.states.values()) or any(
                 t.announce for t in machine.transitions.values()):  # the learner found data channels
@@ -619,6 +644,41 @@ class _Session:
             self.bytes_out += len(data)
             self.emit_data("scriptgen.session.output", data, f"state {state}: answer", {"state": state})
             self.send(data)
+
+    # -- recording (record.py) ----------------------------------------------------------------
+
+    def _record_from_now(self) -> None:
+        """Begin the recording, with what was kept of the session so far."""
+        recorder = self.server.recorder
+        assert recorder is not None
+        transcript, self.transcript = self.transcript or [], None
+        try:
+            self.recorded = recorder.open(Transport.TCP if self.transport_name == "tcp" else Transport.UDP,
+                                          (self.src_ip, self.src_port), (self.dst_ip, self.dst_port),
+                                          self.started_wall)
+            for from_client, t, data in transcript:
+                (self.recorded.client_bytes if from_client else self.recorded.server_bytes)(data, t)
+        except ServeError as exc:
+            self._record_failed(exc)
+
+    def _record(self, from_client: bool, data: bytes) -> None:
+        """Bytes the client sent (or got): to the recording, or kept for one."""
+        t = time.time()
+        if self.recorded is not None:
+            try:
+                (self.recorded.client_bytes if from_client else self.recorded.server_bytes)(data, t)
+            except ServeError as exc:
+                self._record_failed(exc)
+        elif self.transcript is not None:
+            self.transcript.append((from_client, t, data))
+            if self.bytes_in + self.bytes_out > self.server.params.backend_max_bytes:
+                self.transcript = None  # too long to keep for a handover: not recorded
+
+    def _record_failed(self, exc: ServeError) -> None:
+        self.recorded = self.transcript = None
+        self.server.record_errors += 1
+        if self.server.record_errors == 1:
+            self.server.report_error(f"recording stopped for session {self.id}: {exc} (once per run)")
 
     def channels(self) -> _Channels:
         if self.data is None:
@@ -694,6 +754,13 @@ class _Session:
             self.mirror.close()
         if self.data_relay is not None:
             self.data_relay.close()
+        if self.recorded is not None:
+            by = Sender.CLIENT if reason == "eof" else Sender.SERVER
+            try:
+                self.recorded.close(by, time.time(), reset=reason in ("reset", "max-buffered", "error"))
+            except ServeError as exc:
+                self._record_failed(exc)
+            self.recorded = None
         self.server.release(self)
         try:
             self.shut(reason)
@@ -846,6 +913,8 @@ class _TcpSession(_Session, asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.recorded is not None or self.transcript is not None:
+            self._record(False, data)
         transport.write(data)
         if transport.get_write_buffer_size() > self.server.params.max_buffered:
             self.close("max-buffered")
@@ -878,6 +947,8 @@ class _UdpSession(_Session):
         queued = getattr(transport, "get_write_buffer_size", None)  # asyncio's has it, untyped
         if queued is not None and queued() > self.server.params.max_buffered:
             raise OSError("UDP send buffer full: answer dropped")
+        if self.recorded is not None:
+            self._record(False, data)
         transport.sendto(data, self.addr)
 
     def shut(self, reason: str) -> None:
