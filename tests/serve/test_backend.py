@@ -342,3 +342,38 @@ def test_a_handed_over_session_is_recorded_as_the_client_saw_it_and_learned_from
 
 def base64_has(transition, needle: bytes) -> bool:
     return any(needle in request for request, _ in transition.samples)
+
+
+def test_the_sessions_table_and_sessions_log_name_the_backend(tmp_path):
+    import json
+    import subprocess
+
+    from tests.serve.cli import CLI
+
+    with backend() as real, _serving(tmp_path, real.server_address) as srv:
+        with connect(srv.addr()) as sock:
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+            _talk(sock, b"SIZE x\r\n", b"213 4242\r\n")
+            _talk(sock, b"QUIT\r\n", b"221 Bye.\r\n")
+        with connect(srv.addr()) as sock:  # all the model knows: not handed over
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+            _talk(sock, b"SYST\r\n", b"215 UNIX Type: L8\r\n")
+            _talk(sock, b"QUIT\r\n", b"221 Bye.\r\n")
+    done = subprocess.run([*CLI, "sessions-log", str(tmp_path), "--json"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(str(r["backend"]) for r in rows) == sorted(["%s:%d" % real.server_address, "None"])
+    table = subprocess.run([*CLI, "sessions-log", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                           cwd=ROOT).stdout
+    assert "-> backend %s:%d" % real.server_address in table
+
+
+def test_a_request_the_model_would_close_on_is_the_backends_to_answer(tmp_path):
+    """The model's QUIT at the root closes (learned elsewhere); handed over, the backend
+    answers it and closes, and nothing the model held back is sent."""
+    with backend() as real, _serving(tmp_path, real.server_address) as srv:
+        with connect(srv.addr()) as sock:
+            assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+            _talk(sock, b"QUIT\r\n", b"221 Bye.\r\n")
+            assert wait_closed(sock)
+    assert real.conversations == [[b"QUIT\r\n"]]

@@ -39,7 +39,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per session per line: session, transport, src_ip, src_port, "
                         "dst_ip, dst_port, model, model_port, sensor, start, end, duration, inputs, "
-                        "unmatched, bytes_in, bytes_out, reason, path (end and what follows are null while open)")
+                        "unmatched, bytes_in, bytes_out, reason, path (end and what follows are null while open), parent "
+                        "(the session whose data channel this is), backend (the backend it was handed over to)")
     parser.set_defaults(run=run)
 
 
@@ -72,7 +73,8 @@ def _row(r: SessionRecord) -> list[str]:
         "-" if r.inputs is None else str(r.inputs),
         "-" if r.unmatched is None else str(r.unmatched),
         "-" if r.reason is None else r.reason,
-        (f"data channel of {r.parent}: " if r.parent else "") + _path(r.path),
+        (f"data channel of {r.parent}: " if r.parent else "") + _path(r.path)
+        + (f" -> backend {r.backend}" if r.backend else ""),
     ]
 
 

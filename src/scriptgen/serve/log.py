@@ -52,8 +52,8 @@ class Batch(NamedTuple):
     opened: list[tuple[Any, ...]]
     """A `sessions` row (its columns up to `parent`) for each session.connect."""
     closed: list[tuple[Any, ...]]
-    """(end, duration, inputs, unmatched, bytes_in, bytes_out, reason, path, session) for
-    each session.closed."""
+    """(end, duration, inputs, unmatched, bytes_in, bytes_out, reason, path, backend, session)
+    for each session.closed."""
     size: int = 0
     """Characters of JSON text in `events` (what the batch costs a backlog)."""
     writer: str = ""
@@ -86,7 +86,7 @@ def prepare(items: Sequence[Item], writer: str = "", seq: int = 0) -> Batch:
                                  e.get("parent")))
         elif eventid == "scriptgen.session.closed":
             batch.closed.append((e["timestamp"], e["duration"], e["inputs"], e["unmatched"], e["bytes_in"],
-                                 e["bytes_out"], e["reason"], _encode(e["path"]), e["session"]))
+                                 e["bytes_out"], e["reason"], _encode(e["path"]), e.get("backend"), e["session"]))
     return batch._replace(size=sum(len(text) for _, _, _, text in batch.events))
 
 
@@ -215,7 +215,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     bytes_out INTEGER,
     reason TEXT,
     path TEXT,
-    parent TEXT
+    parent TEXT,
+    backend TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start);
 CREATE TABLE IF NOT EXISTS writers (
@@ -242,8 +243,9 @@ class SqliteSink:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
-        if "parent" not in columns:  # a database written before data channels
-            self._db.execute("ALTER TABLE sessions ADD COLUMN parent TEXT")
+        for column in ("parent", "backend"):  # a database written before data channels, backends
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE sessions ADD COLUMN {column} TEXT")
 
     def resume(self, writer: str) -> int:
         """The last batch of `writer` this database holds (0: none): a batch is written,
@@ -263,7 +265,7 @@ class SqliteSink:
             if batch.closed:
                 db.executemany(
                     "UPDATE sessions SET end = ?, duration = ?, inputs = ?, unmatched = ?, bytes_in = ?, "
-                    "bytes_out = ?, reason = ?, path = ? WHERE session = ?", batch.closed)
+                    "bytes_out = ?, reason = ?, path = ?, backend = ? WHERE session = ?", batch.closed)
             if batch.writer:
                 db.execute("INSERT OR REPLACE INTO writers (writer, seq) VALUES (?, ?)", (batch.writer, batch.seq))
             db.execute("COMMIT")  # may fail too (disk full): rolled back below

@@ -42,6 +42,7 @@ class SessionRecord:
     reason: str | None
     path: list[int] | None
     parent: str | None = None  # the session that announced this data channel
+    backend: str | None = None  # the backend the session was handed over to
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,9 +62,10 @@ def recent_sessions(path: str, limit: int = 20) -> list[SessionRecord]:
     try:
         db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
         try:
-            # A database written before data channels has no parent column.
-            parent = "parent" if any(r[1] == "parent" for r in db.execute("PRAGMA table_info(sessions)")) else "NULL"
-            rows = db.execute(f"SELECT {_COLUMNS}, {parent} FROM sessions ORDER BY start DESC, rowid DESC LIMIT ?",
+            # A database written before data channels (backends) has no parent (backend) column.
+            have = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+            extra = ", ".join(c if c in have else "NULL" for c in ("parent", "backend"))
+            rows = db.execute(f"SELECT {_COLUMNS}, {extra} FROM sessions ORDER BY start DESC, rowid DESC LIMIT ?",
                               (limit,)).fetchall()
         finally:
             db.close()
@@ -72,6 +74,6 @@ def recent_sessions(path: str, limit: int = 20) -> list[SessionRecord]:
     records = []
     for row in rows:
         values = list(row)
-        values[-2] = json.loads(values[-2]) if values[-2] is not None else None
+        values[-3] = json.loads(values[-3]) if values[-3] is not None else None
         records.append(SessionRecord(*values))
     return records

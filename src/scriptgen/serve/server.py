@@ -394,6 +394,7 @@ class _Session:
         "data_relay",
         "handing",
         "handed",
+        "held_close",
         "mirror",
         "data",
         "done",
@@ -449,6 +450,7 @@ class _Session:
         self.mirror: Mirror | None = None  # its connection to the backend (backend.py), if any
         self.handing = False  # the next request taken is handed over (an unmatched event came)
         self.handed = False  # the backend answers: the engine is left
+        self.held_close: str | None = None  # the engine closed while its answers were held back
         self.data_relay: DataRelay | None = None  # its data channels then (datarelay.py)
         # Its recording (record.py): what the client sent and got, written as it happens once
         # recorded; before (a session that may be handed over), kept: (from the client?, time, bytes).
@@ -587,6 +589,9 @@ class _Session:
                                f"state {event.state}: unmatched input ({event.fallback})",
                                {"state": event.state, "fallback": event.fallback})
             elif isinstance(event, Close):
+                if self.mirror is not None and self.mirror.holding:  # the backend's to close, or not
+                    self.held_close = event.reason
+                    return
                 self.close(event.reason)
             elif isinstance(event, Listen):
                 conn.listening(*self.channels().listen())
@@ -603,6 +608,7 @@ class _Session:
         assert mirror is not None
         self.handed = True
         self.held = 0  # no request is being completed by the engine any more
+        self.held_close = None
         how = "always" if mirror.at_connect else "unmatched"
         if self.transcript is not None:
             self._record_from_now()
@@ -644,6 +650,8 @@ class _Session:
             self.bytes_out += len(data)
             self.emit_data("scriptgen.session.output", data, f"state {state}: answer", {"state": state})
             self.send(data)
+        if self.held_close is not None:
+            self.close(self.held_close)
 
     # -- recording (record.py) ----------------------------------------------------------------
 
