@@ -109,6 +109,18 @@ def test_malformed_or_hostile_files_are_refused(mutate, match):
     _refused(doc, match)
 
 
+def test_nan_and_infinity_are_refused():
+    # bench/fuzz.py, model #22526: a clock part's offset of NaN passed the schema's bounds
+    # and loads(); the emulator's first answer then raised ValueError in time.gmtime.
+    doc = _doc()
+    doc["ports"][0]["states"][0]["labels"][0]["parts"].append({"clock": "http-date", "offset": 0, "zone": 0})
+    text = json.dumps(doc)
+    assert loads(text.encode()).ports  # the same file with a finite offset loads
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(ModelFormatError, match=f"not JSON .*{constant}"):
+            loads(text.replace('"offset": 0', f'"offset": {constant}').encode(), "evil.json")
+
+
 def test_size_cap(tmp_path, monkeypatch):
     import scriptgen.modelfile as mf
 

@@ -193,7 +193,7 @@ def loads(data: bytes, path: str = "<model>") -> Model:
     if len(data) > MAX_MODEL_BYTES:
         raise ModelFormatError(path, "", f"over the {MAX_MODEL_BYTES}-byte cap")
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise ModelFormatError(path, "", f"not JSON ({str(exc)[:120]})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -217,6 +217,12 @@ def loads(data: bytes, path: str = "<model>") -> Model:
             raise ModelFormatError(path, f"ports[{i}]", f"{p.transport}/{p.port} appears twice")
         seen.add((p.transport, p.port))
     return Model(ports, dict(doc["params"]), list(doc["sources"]))
+
+
+def _no_constant(name: str) -> float:
+    """NaN and Infinity are not JSON (the writer never makes them), and NaN passes every
+    bound of the schema: a clock offset of NaN crashed the emulator's first answer."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _validate_schema(doc: dict[str, Any], path: str) -> None:
