@@ -142,3 +142,30 @@ def test_any_schema_valid_patterns_answer_any_request_in_bounded_time(patterns, 
         return  # refused in one line, as the loader should
     _, slowest = _answer(machine, b"".join(pieces))
     assert slowest < SLOW
+
+
+def test_a_megabyte_of_pipelined_requests_is_taken_in_bounded_turns():
+    """Every request is answered, in order, but no call takes more than requests_per_call of
+    them: between batches next_event says NeedData(now), the driver's turn."""
+    from scriptgen.emulate import Input
+    from tests.serve.harness import machine
+
+    m = machine("ftp")
+    conn = Emulator(m, 0.0)
+    while not isinstance(conn.next_event(0.0), NeedData):
+        pass
+    conn.receive_data(b"SYST\r\n" * 20_000, 1.0)
+    batches, inputs, answers = [0], 0, b""
+    while True:
+        event = conn.next_event(1.0)
+        if isinstance(event, NeedData):
+            if event.wake_at is None or event.wake_at > 1.0:
+                break
+            batches.append(0)
+        elif isinstance(event, Input):
+            batches[-1] += 1
+            inputs += 1
+        elif isinstance(event, Send):
+            answers += event.data
+    assert inputs == 20_000 and answers == b"215 UNIX Type: L8\r\n" * 20_000
+    assert max(batches) <= m.params.requests_per_call * 2 and len(batches) >= 20_000 // 128

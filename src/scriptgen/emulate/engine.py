@@ -82,6 +82,12 @@ class EmulatorParams:
     pace: bool = False
     """Delay each answer by the real server's median response delay for that state."""
 
+    requests_per_call: int = 64
+    """Requests taken from the buffer by one call of `receive_data` or `next_event`; the
+    rest are taken in the calls after, `next_event` first saying NeedData(now): a megabyte
+    of pipelined or length-framed requests (260,000 SMB headers of 4 bytes) costs the
+    driver many short turns, not one of tens of seconds."""
+
     match_budget: int = 1 << 24
     """Bytes of input the patterns may be tried over for one call of `receive_data` or
     `next_event` (each pattern tried counts the bytes it is tried on). Past it the patterns
@@ -1074,6 +1080,7 @@ class Emulator:
         self.path: list[int] = [machine.root]  # states visited, for the session log
         self._buffer = bytearray()
         self._budget = self.params.match_budget  # of this call (_tried)
+        self._more = self._yielded = False  # requests left over by requests_per_call (next_event)
         self.over_budget = 0  # calls that ran out of it
         self._last_data = now
         self._events: deque[Event] = deque()
@@ -1130,12 +1137,21 @@ class Emulator:
         tail = bytes(self._buffer[-(len(data) + state.longest_terminator) :])
         if not any(term in tail for term in state.watch):
             return
-        # Take every request that is complete at the front of the buffer (clients may send
-        # several at once); what remains waits for more bytes or for the gap. One snapshot,
-        # walked by offset: pipelined input is not copied once per request.
+        self._take_pipelined(now)
+
+    def _take_pipelined(self, now: float) -> None:
+        """Take every request that is complete at the front of the buffer (clients may send
+        several at once), at most `requests_per_call`; what remains waits for more bytes,
+        for the gap, or for the next call (`_more`). One snapshot, walked by offset:
+        pipelined input is not copied once per request."""
         whole = bytes(self._buffer)
         pos = 0
+        taken = 0
         while pos < len(whole) and not self._closed and self._parked is None:
+            if taken >= self.params.requests_per_call:
+                self._more = True
+                break
+            taken += 1
             t = self._match(whole, pos)
             if t is not None and t[0].terminator and whole.endswith(t[0].terminator):
                 self._take(whole[pos:], now, t)
@@ -1176,6 +1192,14 @@ class Emulator:
                 return Close("closed")
             if self._parked is not None:
                 return NeedData(None)  # until `listening`
+            if self._more:  # requests left in the buffer by the last call's cap
+                if not self._yielded:
+                    self._yielded = True
+                    return NeedData(now)  # the driver's turn first: come back at once
+                self._more = self._yielded = False
+                if self.machine.framing is None or not self._take_framed(now):
+                    self._take_pipelined(now)
+                continue
             if self._buffer:
                 if self._cached[0] != self._version:  # match once per change of the buffer
                     data = bytes(self._buffer)
@@ -1246,7 +1270,12 @@ class Emulator:
         whole = bytes(self._buffer)
         pos = 0
         framed = True
+        taken = 0
         while pos < len(whole) and not self._closed and self._parked is None:
+            if taken >= self.params.requests_per_call:
+                self._more = True
+                break
+            taken += 1
             end = self._frame_end(whole, pos)
             if end is None:
                 framed = False
