@@ -35,7 +35,7 @@ def session_records(i: int, payload: bytes = PAYLOAD) -> list[tuple[Any, ...]]:
     t = 1738324800.0 + i
     return [
         ("scriptgen.session.connect", t, head, "new connection",
-         {"state": 0, "model": "ftp.json", "model_port": 21, "parent": None}),
+         {"state": 0, "model": "ftp.json", "model_port": 21, "model_version": "", "parent": None}),
         ("scriptgen.session.output", t + 0.1, head, "state 0: answer",
          {"data": payload, "size": len(payload), "truncated": False, "state": 0}),
         ("scriptgen.session.closed", t + 0.2, head, "closed",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -21,6 +23,8 @@ from scriptgen.serve import (
     plan_listeners,
 )
 from scriptgen.params import RecordParams
+from scriptgen.errors import ScriptgenError
+from scriptgen.serve import Listener
 from scriptgen.serve.log import Log
 from scriptgen.serve.record import Recorder
 from scriptgen.serve.runtime import drop_privileges, freeze_loaded, raise_file_limit
@@ -179,15 +183,17 @@ def add_parser(commands: Any) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--record-rotate-seconds", type=_seconds, default=_RECORD_DEFAULTS.rotate_seconds,
                         metavar="S", help="begin a new recording file every S seconds (default: %(default)s)")
+    parser.add_argument("--refine", type=positive, metavar="N",
+                        help="with --record: after every N sessions handed to a backend, learn each model "
+                        "with a backend again from its captures (the model's sources) and the recordings, in "
+                        "a process of its own, and serve the refined model (DIR/refined-NAME) to new sessions; "
+                        "open sessions keep theirs. SIGHUP reloads the model files the same way at any time.")
     parser.add_argument("--pace", action="store_true",
                         help="delay each answer by the real server's median response delay")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: jsonschema validation is only needed by the commands that load models.
-    from scriptgen.modelfile import load, port_doc
-
     params = ServeParams(
         idle_timeout=args.idle_timeout, udp_idle_timeout=args.udp_idle_timeout, max_session=args.max_session,
         max_buffered=args.max_buffered, max_requests=args.max_requests, request_timeout=args.request_timeout,
@@ -204,14 +210,9 @@ def run(args: argparse.Namespace) -> int:
     size = sum(os.path.getsize(path) for path in args.models if os.path.isfile(path))
     if size >= 1_000_000:
         warn(f"reading {len(args.models)} model(s) ({size / 1e6:.1f} MB) and compiling their state machines")
-    models = []
-    for path in args.models:
-        model = load(path)
-        if not model.ports:
-            raise ServeError(f"{path}: the model has no ports (learned from no sessions with data)")
-        models.append((path, [port_doc(p) for p in model.ports]))
-    listeners = plan_listeners(models, args.hosts or ["127.0.0.1"], port_map, EmulatorParams(pace=args.pace),
-                               backends, params)
+    models = _Models([[name, name] for name in args.models], args.hosts or ["127.0.0.1"], port_map,
+                     EmulatorParams(pace=args.pace), backends, params)
+    listeners = models.plan()
     ready_in = time.monotonic() - started
     limit = raise_file_limit(params.max_connections + 64)
     if limit < params.max_connections + 64:
@@ -230,13 +231,119 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ServeError(f"--log-dir {args.log_dir}: {exc.strerror or exc}") from None
     try:
-        run_loop(_serve(listeners, log, params, args, ready_in))
+        run_loop(_serve(listeners, models, log, params, args, ready_in))
     finally:
         log.close()
     return 0
 
 
-async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.Namespace, ready_in: float) -> None:
+class _Models:
+    """The model files being served, by the name they were given (a path on the command
+    line; `--refine` serves a refined file under the same name), and how to plan them."""
+
+    def __init__(self, files: list[list[str]], hosts: list[str], port_map: dict[tuple[str | None, int], int],
+                 emulator: EmulatorParams, backends: dict[tuple[str | None, int], tuple[str, int]],
+                 params: ServeParams) -> None:
+        self.files = files  # [name, the file read for it], in command-line order
+        self.hosts, self.port_map, self.emulator, self.backends, self.params = (
+            hosts, port_map, emulator, backends, params)
+        self.versions: dict[str, str] = {}
+
+    def plan(self) -> list[Listener]:
+        """Read every model file and plan its listeners (ModelError, ServeError)."""
+        from scriptgen.modelfile import MAX_MODEL_BYTES, loads, port_doc
+
+        models, versions = [], {}
+        for name, path in self.files:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(MAX_MODEL_BYTES + 1)
+            except OSError as exc:
+                raise ServeError(f"{path}: {exc.strerror or exc}") from None
+            model = loads(data, path)
+            if not model.ports:
+                raise ServeError(f"{path}: the model has no ports (learned from no sessions with data)")
+            models.append((name, [port_doc(p) for p in model.ports]))
+            versions[name] = hashlib.sha256(data).hexdigest()[:16]
+        listeners = plan_listeners(models, self.hosts, self.port_map, self.emulator, self.backends, self.params)
+        for ln in listeners:
+            ln.version = versions[ln.model]
+        self.versions = versions
+        return listeners
+
+
+async def _reload(server: Server, models: _Models, reason: str) -> None:
+    """Read the model files again and serve new sessions with them; logged either way."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    try:
+        listeners = await loop.run_in_executor(None, models.plan)
+    except ScriptgenError as exc:
+        server.report_error(f"reload ({reason}) failed, the models served are unchanged: {exc}")
+        warn(f"reload ({reason}) failed: {exc}")
+        return
+    swapped, kept = server.swap(listeners, reason)
+    warn(f"reloaded ({reason}) in {time.monotonic() - started:.1f}s: {swapped} listener(s) now serve "
+         + ", ".join(f"{n} {v}" for n, v in models.versions.items()) + "".join(f"; {k}" for k in kept))
+
+
+class _Refiner:
+    """`--refine N`: after every N sessions handed to a backend, learn each model with a
+    backend again from its captures and the recordings, in a process of its own, and serve
+    the refined model (saved in the recording directory) to new sessions."""
+
+    def __init__(self, every: int, record_dir: str, server: Server, models: _Models) -> None:
+        self.every, self.record_dir, self.server, self.models = every, record_dir, server, models
+        self.count = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def handed(self) -> None:
+        self.count += 1
+        if self.count >= self.every and self.task is None:
+            self.count = 0
+            self.task = asyncio.ensure_future(self._refine())
+            self.task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.task = None
+        if not task.cancelled() and task.exception() is not None:
+            self.server.report_error(f"refine failed: {task.exception()!r}")
+
+    async def _refine(self) -> None:
+        from scriptgen.modelfile import load
+
+        behind = {ln.model for ln in self.server.listeners if ln.backend is not None}
+        refined = False
+        for name in sorted(behind):
+            path = next(p for n, p in self.models.files if n == name)
+            model = load(path)
+            sources = [s for s in model.sources if os.path.isfile(s) and os.path.abspath(s).startswith(
+                os.path.abspath(self.record_dir) + os.sep) is False]
+            out = os.path.join(self.record_dir, "refined-" + os.path.basename(name))
+            argv = [sys.executable, "-m", "scriptgen", "learn", *sources, self.record_dir, "-o", out]
+            for key in ("macro", "micro"):
+                if key in model.params:
+                    argv += [f"--{key}", str(model.params[key])]
+            for p in model.ports:
+                argv += ["--port", str(p.port)]
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                        stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.PIPE)
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                last = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+                self.server.report_error(f"refine of {name} failed: {last[0]}")
+                continue
+            for entry in self.models.files:
+                if entry[0] == name:
+                    entry[1] = out
+            refined = True
+        if refined:
+            await _reload(self.server, self.models, "refine")
+
+
+async def _serve(listeners: Any, models: _Models, log: Log, params: ServeParams, args: argparse.Namespace,
+                 ready_in: float) -> None:
     server = Server(listeners, log, params, args.sensor)
     try:
         bound = await server.start()
@@ -248,8 +355,12 @@ async def _serve(listeners: Any, log: Log, params: ServeParams, args: argparse.N
         server.recorder = Recorder(args.record, RecordParams(rotate_bytes=args.record_rotate_bytes,
                                                              rotate_seconds=args.record_rotate_seconds))
         server.record_all = args.record_all
-    elif args.record_all:
-        raise ServeError("--record-all needs --record DIR")
+    elif args.record_all or args.refine:
+        raise ServeError("--record-all and --refine need --record DIR")
+    if args.refine:
+        server.on_handover = _Refiner(args.refine, args.record, server, models).handed
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(server, models, "SIGHUP")))
     for b in bound:
         print(f"listening on {b.describe()}", flush=True)
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]  # asyncio or uvloop

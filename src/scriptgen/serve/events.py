@@ -83,6 +83,19 @@ CATALOGUE: dict[str, EventSpec] = {
         },
         session=False,
     ),
+    "scriptgen.server.reload": EventSpec(
+        "The model files were read again (SIGHUP, or `--refine` after it learned a refined model): "
+        "new sessions are served by them, open ones keep the model they started with.",
+        {
+            "reason": "`SIGHUP` or `refine`",
+            "models": "model name -> the first 16 hex digits of its file's SHA-256 (the `model_version` "
+            "of the connect events from now on)",
+            "swapped": "listeners now serving the reloaded models",
+            "kept": "what could not be swapped: ports no longer in a model (still served as before) or "
+            "new in one (listened on after a restart)",
+        },
+        session=False,
+    ),
     "scriptgen.server.error": EventSpec(
         "An error outside any session (e.g. accept(2) failed: out of file descriptors).",
         {"error": "the exception, as `Type: text`"},
@@ -121,6 +134,8 @@ CATALOGUE: dict[str, EventSpec] = {
             "which starts when its parent says what to serve)",
             "model": "the model file serving this port",
             "model_port": "the port in the model (before `--port-map`)",
+            "model_version": "the first 16 hex digits of the SHA-256 of the model file serving it (which "
+            "model answered, across reloads: SIGHUP, `--refine`); empty for a model not read from a file",
             "parent": "for a data channel (FTP's PASV/PORT connections, docs/emulator.md): the session "
             "id of the connection that announced it; else null",
         },

@@ -45,7 +45,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -75,9 +75,11 @@ from scriptgen.params import ServeParams
 __all__ = ["Bound", "Listener", "Server", "plan_listeners"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Listener:
-    """Where to listen, and the model port served there."""
+    """Where to listen, and the model port served there. `machine` and `version` change
+    when the model is reloaded (`Server.swap`): new sessions take the new machine, open
+    ones keep theirs."""
 
     transport: str
     """`tcp` or `udp` (the model port's)."""
@@ -90,6 +92,8 @@ class Listener:
     model_port: int
     backend: Backend | None = None
     """The real server behind this port (`--backend`), or None."""
+    version: str = ""
+    """Which model file's content serves it (the first 16 hex digits of its SHA-256), for the log."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +182,8 @@ class Server:
         self.accepted = 0
         self.refused = 0
         self.evicted = 0
+        self.handed_over = 0  # sessions handed to a backend that have ended
+        self.on_handover: Callable[[], None] | None = None  # called as each ends (serve --refine)
         self.recorder: Recorder | None = None  # --record: set by the driver after dropping privileges
         self.record_all = False  # --record-all: every session, not only those handed over
         self.record_errors = 0
@@ -375,6 +381,28 @@ class Server:
                 if not self._tcp_open:
                     self._none_open.set()
 
+    def swap(self, listeners: Sequence[Listener], reason: str) -> tuple[int, list[str]]:
+        """Serve new sessions with the machines of `listeners` (a reloaded model's, planned
+        as the running ones were); open sessions keep theirs; logged. Returns (listeners
+        swapped, what could not be: ports the new models lack or add, which a restart would
+        bind)."""
+        new = {(ln.model, ln.transport, ln.model_port, ln.host): ln for ln in listeners}
+        swapped, kept = 0, []
+        for ln in self.listeners:
+            other = new.pop((ln.model, ln.transport, ln.model_port, ln.host), None)
+            if other is None:
+                kept.append(f"{ln.model} {ln.transport}/{ln.model_port}: no longer in the model, still served")
+                continue
+            ln.machine, ln.version = other.machine, other.version
+            swapped += 1
+        kept += [f"{ln.model} {ln.transport}/{ln.model_port}: new in the model, not listened on until a restart"
+                 for ln in new.values()]
+        versions = {ln.model: ln.version for ln in listeners}
+        self.log.emit({"eventid": "scriptgen.server.reload", "timestamp": timestamp(time.time()),
+                       "sensor": self.sensor, "message": f"reloaded ({reason}): {swapped} listener(s)",
+                       "reason": reason, "models": versions, "swapped": swapped, "kept": kept})
+        return swapped, kept
+
     def new_id(self) -> str:
         self._count += 1
         return f"{self._prefix}{self._count:08x}"
@@ -495,7 +523,8 @@ class _Session:
                     self.transcript = []
             self.emit("scriptgen.session.connect",
                       f"new connection: {self.peer()} -> {self.dst_ip}:{self.dst_port} [session {self.id}]",
-                      {"state": self.conn.state, "model": ln.model, "model_port": ln.model_port, "parent": None})
+                      {"state": self.conn.state, "model": ln.model, "model_port": ln.model_port,
+                       "model_version": ln.version, "parent": None})
             self.pump()
         except Exception as exc:  # per-session isolation (STYLE habit 7)
             self.fail(exc)
@@ -662,7 +691,8 @@ class _Session:
         transcript, self.transcript = self.transcript or [], None
         try:
             self.recorded = recorder.open(Transport.TCP if self.transport_name == "tcp" else Transport.UDP,
-                                          (self.src_ip, self.src_port), (self.dst_ip, self.dst_port),
+                                          # the model's port (before --port-map): what `learn` joins it to
+                                          (self.src_ip, self.src_port), (self.dst_ip, self.listener.model_port),
                                           self.started_wall)
             for from_client, t, data in transcript:
                 (self.recorded.client_bytes if from_client else self.recorded.server_bytes)(data, t)
@@ -769,6 +799,10 @@ class _Session:
             except ServeError as exc:
                 self._record_failed(exc)
             self.recorded = None
+        if self.handed:  # ended, and recorded: what --refine counts
+            self.server.handed_over += 1
+            if self.server.on_handover is not None:
+                self.server.on_handover()
         self.server.release(self)
         try:
             self.shut(reason)
@@ -1173,7 +1207,7 @@ class _DataSession(_TcpSession):
         self.emit("scriptgen.session.connect",
                   f"data channel of session {parent.id}: {self.peer()} <-> {self.dst_ip}:{self.dst_port} "
                   f"[session {self.id}]", {"state": None, "model": ln.model, "model_port": ln.model_port,
-                                           "parent": parent.id})
+                                           "model_version": ln.version, "parent": parent.id})
         if parent.done:
             self.close("parent")
             return True
