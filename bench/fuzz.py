@@ -734,7 +734,7 @@ def _drain(conn: Any, now: float, rng: random.Random, depth: int = 0, counts: di
             now = max(now, event.wake_at)
             continue
         stuck = 0
-        elif isinstance(event, Close):
+        if isinstance(event, Close):
             return now
         elif isinstance(event, Listen):
             conn.listening(rng.choice([None, 0, 1, 20, 40001, 65535]), rng.choice([None, "10.0.0.2", "::1"]))

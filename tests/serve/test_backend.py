@@ -377,3 +377,52 @@ def test_a_request_the_model_would_close_on_is_the_backends_to_answer(tmp_path):
             _talk(sock, b"QUIT\r\n", b"221 Bye.\r\n")
             assert wait_closed(sock)
     assert real.conversations == [[b"QUIT\r\n"]]
+
+
+class _Udp(socketserver.BaseRequestHandler):
+    """A UDP server of the udp test model's protocol: `Q` + 4 bytes -> `A` + them; `X...`
+    (never in the model) -> `Y` + the rest."""
+
+    def handle(self) -> None:
+        data, sock = self.request
+        assert isinstance(self.server, _UdpBackend)
+        self.server.heard.append(data)
+        if data[:1] == b"Q":
+            sock.sendto(b"A" + data[1:], self.client_address)
+        elif data[:1] == b"X":
+            sock.sendto(b"Y" + data[1:], self.client_address)
+
+
+class _UdpBackend(socketserver.ThreadingUDPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Udp)
+        self.heard: list[bytes] = []
+
+
+def test_a_udp_request_the_model_never_saw_is_answered_by_the_backend(tmp_path):
+    real = _UdpBackend()
+    threading.Thread(target=real.serve_forever, daemon=True).start()
+    serve = ServeParams(backend_wait=1.0)
+    ln = listener("udp")
+    ln = Listener(ln.transport, ln.host, ln.port, ln.machine, ln.model, ln.model_port, Backend(*real.server_address,
+                                                                                              serve))
+    try:
+        with ServerThread([ln], tmp_path, serve) as srv:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.settimeout(5)
+            sock.connect(srv.addr("udp"))
+            sock.send(b"Q\x01\x01\x01\x01")
+            assert sock.recv(100) == b"A\x01\x01\x01\x01"  # the model's
+            sock.send(b"Xhello")
+            assert sock.recv(100) == b"Yhello"  # the backend's: handed over
+            sock.send(b"Q\x02\x02\x02\x02")
+            assert sock.recv(100) == b"A\x02\x02\x02\x02"  # relayed
+            sock.close()
+        assert real.heard == [b"Q\x01\x01\x01\x01", b"Xhello", b"Q\x02\x02\x02\x02"]
+        kinds = [e["eventid"] for e in srv.events()]
+        assert "scriptgen.session.handover" in kinds
+    finally:
+        real.shutdown()
+        real.server_close()

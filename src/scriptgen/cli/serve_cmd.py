@@ -56,8 +56,8 @@ def port_mapping(text: str) -> tuple[str | None, int, int]:
 
 
 def backend_address(text: str) -> tuple[str | None, int, str, int]:
-    """`[tcp/]MODEL_PORT=HOST:PORT` -> (transport or None, model port, host, port)."""
-    usage = f"expected [tcp/]MODEL_PORT=HOST:PORT, e.g. 445=10.9.0.2:445 or 21=[fd00::2]:21: {text!r}"
+    """`[tcp/|udp/]MODEL_PORT=HOST:PORT` -> (transport or None, model port, host, port)."""
+    usage = f"expected [tcp/|udp/]MODEL_PORT=HOST:PORT, e.g. 445=10.9.0.2:445 or 21=[fd00::2]:21: {text!r}"
     spec, transport = text, None
     if "/" in spec.split("=", 1)[0]:
         transport, spec = spec.split("/", 1)
@@ -155,7 +155,7 @@ def add_parser(commands: Any) -> None:
                         help="bytes of each message kept in the log; `size` gives the full length "
                         "(default: %(default)s)")
     parser.add_argument("--backend", action="append", type=backend_address, default=[], metavar="[T/]P=HOST:PORT",
-                        help="a real server behind the model's TCP port P (run it in a sandbox: a VM, a "
+                        help="a real server behind the model's port P, TCP or UDP (run it in a sandbox: a VM, a "
                         "container, a network namespace): each session of P mirrors its requests to it, and "
                         "at a request the model has no answer for the session is handed over and relayed "
                         "(docs/backend.md). The only address the honeypot ever connects to. Repeat for several.")

@@ -36,7 +36,7 @@ from typing import Protocol, cast
 
 from scriptgen.params import ServeParams
 
-__all__ = ["Backend", "Mirror", "Relayed"]
+__all__ = ["Backend", "DatagramMirror", "Mirror", "Relayed"]
 
 
 class Relayed(Protocol):
@@ -307,3 +307,60 @@ class Mirror(asyncio.Protocol):
             self.session.backend_closed("backend-failed")
         else:
             self.session.backend_failed(f"{error}; retried in {delay:g}s", held)
+
+
+class DatagramMirror(Mirror, asyncio.DatagramProtocol):
+    """The same for a UDP session: one datagram per request each way, over a socket of its
+    own connected to the backend. Nothing closes it but the session (its idle timeout); an
+    ICMP error from the backend before the commit is a failure."""
+
+    async def _connect(self) -> None:
+        try:
+            await asyncio.wait_for(self.loop.create_datagram_endpoint(
+                lambda: self, remote_addr=(self.backend.host, self.backend.port)),
+                self.params.backend_connect_timeout)
+        except asyncio.TimeoutError:
+            self._fail("cannot connect: timed out")
+        except OSError as exc:
+            self._fail(f"cannot connect: {exc.strerror or exc}")
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.data_received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if self.state == "relaying":
+            self.state = "failed"
+            self.backend.open -= 1
+            self.session.backend_closed("backend-failed")
+        else:
+            self._fail(f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+
+    def client_eof(self) -> None:
+        return  # UDP has no close
+
+    def _commit(self) -> None:
+        # The datagrams queued behind the handed-over one go out one by one, as they came.
+        lengths = list(self.requests)
+        self.requests.clear()
+        pending = bytes(self.unsent)
+        self.unsent.clear()
+        self.state = "relaying"
+        self.held = []
+        self._cancel_timer()
+        self.session.committed()
+        pos = 0
+        for n in lengths:
+            self._write(pending[pos : pos + n])
+            pos += n
+        if pos < len(pending):
+            self._write(pending[pos:])
+
+    def _write(self, data: bytes) -> None:
+        transport = cast(asyncio.DatagramTransport | None, self.transport)
+        if transport is None or transport.is_closing():
+            return
+        self.bytes_to += len(data)
+        transport.sendto(data)
+        queued = getattr(transport, "get_write_buffer_size", None)  # asyncio's has it, untyped
+        if queued is not None and queued() > self.params.max_buffered:
+            self._fail("the backend does not read")

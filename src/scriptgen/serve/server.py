@@ -65,7 +65,7 @@ from scriptgen.emulate import (
 )
 from scriptgen.errors import ServeError
 from scriptgen.model import Sender, Transport
-from scriptgen.serve.backend import Backend, Mirror
+from scriptgen.serve.backend import Backend, DatagramMirror, Mirror
 from scriptgen.serve.datarelay import DataRelay
 from scriptgen.serve.events import timestamp
 from scriptgen.serve.log import Log
@@ -117,7 +117,7 @@ def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts
                    params: ServeParams | None = None) -> list[Listener]:
     """One listener per (model port, host). `models`: (name, port documents of the model
     file). `port_map`: (transport or None for both, model port) -> port to listen on.
-    `backends`: (transport or None, model port) -> the real server behind it (TCP only).
+    `backends`: (transport or None, model port) -> the real server behind it.
     Raises ServeError when two listeners would share a port, or a mapping names a port
     no model has."""
     port_map = dict(port_map or {})
@@ -138,8 +138,6 @@ def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts
             bkey: tuple[str | None, int] = (transport, port) if (transport, port) in backends else (None, port)
             backend = None
             if bkey in backends:
-                if transport != "tcp":
-                    raise ServeError(f"--backend {transport}/{port}: only TCP ports have a backend so far")
                 used_backends.add(bkey)
                 if bkey not in behind:
                     behind[bkey] = Backend(*backends[bkey], params or ServeParams())
@@ -511,11 +509,11 @@ class _Session:
             self.conn = Emulator(self.listener.machine, self.started, wall=self.started_wall)
             ln = self.listener
             handover = self.server.params.handover
-            if (ln.backend is not None and handover != "never" and self.transport_name == "tcp"
-                    and ln.backend.available(self.started)):
+            if ln.backend is not None and handover != "never" and ln.backend.available(self.started):
                 machine = ln.machine
-                self.mirror = Mirror(ln.backend, self, self.server.loop, at_connect=handover == "always",
-                                     banner=bool(machine.states[machine.root].label))
+                kind = Mirror if self.transport_name == "tcp" else DatagramMirror
+                self.mirror = kind(ln.backend, self, self.server.loop, at_connect=handover == "always",
+                                   banner=self.transport_name == "tcp" and bool(machine.states[machine.root].label))
             if self.server.recorder is not None:
                 if self.server.record_all:
                     self._record_from_now()
@@ -552,7 +550,7 @@ class _Session:
                     self.heard(now)
                     self.bytes_in += len(data)
                     relay = self.data_relay
-                    if data:
+                    if data or self.transport_name == "udp":  # an empty datagram is a request
                         self.emit_data("scriptgen.session.relayed", data, "to the backend", {"direction": "in"})
                         mirror.client(relay.from_client(data) if relay is not None else data)
                     else:
