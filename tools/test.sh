@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v tshark >/dev/null || need_apt+=(tshark)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)
+# e2e's backend phase: a firewall rule in the test's namespace (only the honeypot's user
+# reaches the real server behind it).
+command -v nft >/dev/null || need_apt+=(nftables)
 # e2e: a command each package provides, and the package.
 for pair in vsftpd:vsftpd lftp:lftp curl:curl redis-server:redis-server redis-cli:redis-tools \
             nginx:nginx exim4:exim4-daemon-light swaks:swaks smbd:samba smbclient:smbclient \

@@ -5,13 +5,20 @@
    references A and B;
 3. stop the server, `scriptgen learn` the capture, `scriptgen serve` the model on the same
    ports, run both sets against the emulator;
-4. compare each emulator run with A after normalise.py (B shows what A varies in by itself).
+4. compare each emulator run with A after normalise.py (B shows what A varies in by itself);
+5. (issue 32) start the real server again on 127.0.0.2, seed it, let only user `nobody` reach
+   that address (nftables), `scriptgen serve --user nobody --backend P=127.0.0.2:P` the
+   model on 127.0.0.1 for each of its TCP ports, run the sets again and compare with A.
+
+The three sets asked are test, unseen and new (protocols.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +30,10 @@ from pathlib import Path
 from tests.e2e.netns import Namespace, ToolRun, kill_all_in, stop, tail
 from tests.e2e.protocols import Protocol, Tool
 from tests.e2e.report import ProtocolReport, compare, version_names
-from tests.e2e.servers import SETUPS
+from tests.e2e.servers import BACKEND, HOST, SETUPS
 
 SCRIPTGEN = [sys.executable, "-m", "scriptgen"]
+BACKEND_USER = "nobody"  # the honeypot's user: the only one that may reach BACKEND
 
 
 class HarnessError(RuntimeError):
@@ -95,11 +103,11 @@ def learn(pcap: Path, ports: list[int], model: Path, work: Path) -> dict[str, in
 
 
 def start_server(ns: Namespace, argv: list[str], ports: list[int], work: Path,
-                 name: str) -> subprocess.Popen[bytes]:
+                 name: str, host: str | None = None) -> subprocess.Popen[bytes]:
     log = work / f"{name}.log"
     proc = ns.start(argv, cwd=work, log=log)
     try:
-        ns.wait_listening(ports, proc, log)
+        ns.wait_listening(ports, proc, log, host=host)
     except RuntimeError as e:
         stop(proc)
         raise HarnessError(f"{name}: {e}") from e
@@ -113,21 +121,82 @@ def nmap_names(tools: list[Tool], out: Path) -> dict[str, str]:
     return {}
 
 
+def seed(ns: Namespace, argv_list: list[list[str]], work: Path) -> None:
+    for argv in argv_list:
+        seeded = ns.run(argv, timeout=30, cwd=work, env=tool_env(work / "seed-home"))
+        if seeded.returncode != 0:
+            raise HarnessError(f"seeding the server failed: {argv}: {seeded.output}")
+
+
+def reachable(ns: Namespace, port: int, work: Path, user: str | None = None) -> str:
+    """Connect to BACKEND's `port` (bash's /dev/tcp: no interpreter the user may not read)
+    as root, or as `user`: "connected", or why not."""
+    argv = ["bash", "-c", f"exec 3<>/dev/tcp/{BACKEND}/{port}"]
+    if user:
+        gid = pwd.getpwnam(user).pw_gid
+        argv = ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", *argv]
+    done = ns.run(argv, timeout=10, cwd=work)
+    return "connected" if done.returncode == 0 else done.output.strip() or f"exit {done.returncode}"
+
+
+def event_counts(log_dir: Path) -> dict[str, int]:
+    """How many of each event `scriptgen serve` logged (its JSON lines)."""
+    counts: dict[str, int] = {}
+    for path in sorted(log_dir.glob("*.jsonl")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                eventid = json.loads(line).get("eventid", "?")
+            except json.JSONDecodeError:
+                continue
+            counts[eventid] = counts.get(eventid, 0) + 1
+    return counts
+
+
+def behind_backend(ns: Namespace, protocol: Protocol, model: Path, work: Path,
+                   asked: list[Tool], report: ProtocolReport) -> list[ToolRun]:
+    """Phase 5: the real server again, on BACKEND, behind the honeypot. A client cannot use
+    it directly: only BACKEND_USER's sockets reach BACKEND (checked both ways first)."""
+    bwork = work / "backend"
+    bwork.mkdir()
+    ns.add_address(BACKEND)
+    server = SETUPS[protocol.name](bwork, BACKEND)
+    real = start_server(ns, server.argv, server.ports, bwork, "backend-server", host=BACKEND)
+    try:
+        seed(ns, server.seed, bwork)
+        try:
+            ns.only_user_reaches(BACKEND, BACKEND_USER)
+        except RuntimeError as e:
+            raise HarnessError(str(e)) from e
+        probe = server.ports[0]
+        report.backend_firewall = {"root": reachable(ns, probe, bwork),
+                                   BACKEND_USER: reachable(ns, probe, bwork, BACKEND_USER)}
+        doc = json.loads(model.read_text())
+        argv = [*SCRIPTGEN, "serve", str(model), "--bind", HOST, "--user", BACKEND_USER,
+                "--log-dir", str(bwork / "serve-logs")]
+        for port in sorted({p["port"] for p in doc["ports"] if p["transport"] == "tcp"}):
+            argv += ["--backend", f"tcp/{port}={BACKEND}:{port}"]
+        serve = start_server(ns, argv, server.ports, bwork, "scriptgen-serve", host=HOST)
+        try:
+            return run_tools(ns, asked, work / "with-backend")
+        finally:
+            stop(serve)
+            report.backend_events = event_counts(bwork / "serve-logs")
+    finally:
+        stop(real)
+
+
 def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
     started = time.monotonic()
     report = ProtocolReport(protocol.name, counted=protocol.counted)
     ns = Namespace.create(protocol.name)
     try:
-        server = SETUPS[protocol.name](work)
+        server = SETUPS[protocol.name](work, HOST)
         real = start_server(ns, server.argv, server.ports, work, "real-server")
-        for argv in server.seed:
-            seeded = ns.run(argv, timeout=30, cwd=work, env=tool_env(work / "seed-home"))
-            if seeded.returncode != 0:
-                raise HarnessError(f"seeding the server failed: {argv}: {seeded.output}")
+        seed(ns, server.seed, work)
         pcap = work / "train.pcap"
         with capture(ns, pcap, work):
             run_tools(ns, protocol.training, work / "train")
-        asked = protocol.test + protocol.unseen
+        asked = protocol.test + protocol.unseen + protocol.new
         real_a = run_tools(ns, asked, work / "real-a")
         real_b = run_tools(ns, asked, work / "real-b")
         stop(real)
@@ -141,13 +210,24 @@ def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
                              server.ports, work, "scriptgen-serve")
         emulated = run_tools(ns, asked, work / "emulator")
         stop(serve)
+
+        backed: list[ToolRun | None] = [None] * len(asked)
+        report.backend_skipped = protocol.no_backend or (
+            "" if shutil.which("nft") else "nft not installed (tools/test.sh installs nftables)")
+        if not report.backend_skipped:
+            started_backend = time.monotonic()
+            backed = list(behind_backend(ns, protocol, model, work, asked, report))
+            report.backend_seconds = round(time.monotonic() - started_backend, 1)
     finally:
         kill_all_in(ns)
         ns.delete()
-    for i, (tool, a, b, e) in enumerate(zip(asked, real_a, real_b, emulated)):
-        runs = report.runs if i < len(protocol.test) else report.unseen
-        runs.append(compare(tool.label, " ".join(tool.argv), a, b, e))
+    sets = ([report.runs] * len(protocol.test) + [report.unseen] * len(protocol.unseen)
+            + [report.new] * len(protocol.new))
+    for runs, tool, a, b, e, k in zip(sets, asked, real_a, real_b, emulated, backed):
+        runs.append(compare(tool.label, " ".join(tool.argv), a, b, e, k))
     report.nmap_real = nmap_names(protocol.test, work / "real-a")
     report.nmap_emulator = nmap_names(protocol.test, work / "emulator")
+    if not report.backend_skipped:
+        report.nmap_backend = nmap_names(protocol.test, work / "with-backend")
     report.seconds = round(time.monotonic() - started, 1)
     return report

@@ -58,23 +58,42 @@ class Namespace:
             return subprocess.Popen(self.argv(argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def listening(self, port: int) -> bool:
-        """Is a TCP socket listening on `port`? Asked of the kernel (ss) rather than by
-        connecting, so the probe never shows up in a capture."""
-        done = subprocess.run(self.argv(["ss", "-Hltn", f"sport = :{port}"]),
+    def listening(self, port: int, host: str | None = None) -> bool:
+        """Is a TCP socket listening on `port` (of `host`, if given)? Asked of the kernel
+        (ss) rather than by connecting, so the probe never shows up in a capture."""
+        where = f"sport = :{port}" + (f" and src {host}" if host else "")
+        done = subprocess.run(self.argv(["ss", "-Hltn", where]),
                               capture_output=True, text=True, check=False)
         return bool(done.stdout.strip())
 
     def wait_listening(self, ports: list[int], proc: subprocess.Popen[bytes] | None,
-                       log: Path, timeout: float = 30.0) -> None:
+                       log: Path, timeout: float = 30.0, host: str | None = None) -> None:
         deadline = time.monotonic() + timeout
-        while not all(self.listening(p) for p in ports):
+        while not all(self.listening(p, host) for p in ports):
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}: {tail(log)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ports {ports} not listening after {timeout:.0f} s: "
                                    f"{tail(log)}")
             time.sleep(0.1)
+
+    def add_address(self, address: str) -> None:
+        """Give lo another of 127.0.0.0/8's addresses (reachable already; smbd binds only
+        to an interface's own addresses)."""
+        subprocess.run(["ip", "-n", self.name, "addr", "add", f"{address}/8", "dev", "lo"],
+                       check=True, capture_output=True)
+
+    def only_user_reaches(self, address: str, user: str) -> None:
+        """An nftables rule in this namespace: a connection to `address` (TCP or UDP) is
+        refused unless the socket opening it is `user`'s. Only new connections are
+        filtered, so the server's answers to that user pass."""
+        rules = (f"table inet sg_e2e {{\n chain output {{\n"
+                 f"  type filter hook output priority 0; policy accept;\n"
+                 f"  ip daddr {address} ct state new meta skuid != {user} reject\n }}\n}}\n")
+        done = subprocess.run(self.argv(["nft", "-f", "-"]), input=rules, text=True, check=False,
+                              capture_output=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"nft -f failed: {done.stderr.strip()}")
 
     def wait_closed(self, ports: list[int], timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

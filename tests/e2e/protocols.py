@@ -15,7 +15,13 @@ capture: another account's password, the files, pages and keys no training tool 
 and NTLM logins (whether the password was right, and the session key, come from a password
 hash the capture does not hold). No learner can know
 those answers; the set is reported apart (what the emulator answers instead) and not
-counted. Tools and arguments follow /work/shared/corpus/dev/<protocol>/*.cmds.jsonl."""
+counted. Tools and arguments follow /work/shared/corpus/dev/<protocol>/*.cmds.jsonl.
+
+The **new** set (issue 32) asks what the capture does not determine and the unseen set
+leaves out: keys, pages and files nobody read, recipients never named, requests of kinds
+the training never made (a POST, a range, an upload and its listing). It is what a real
+server behind the honeypot (`scriptgen serve --backend`, harness.py's third phase) is for;
+the emulator alone is reported on it too."""
 
 from __future__ import annotations
 
@@ -43,7 +49,9 @@ class Protocol:
     training: list[Tool]
     test: list[Tool]
     unseen: list[Tool] = field(default_factory=list)
+    new: list[Tool] = field(default_factory=list)
     counted: bool = True  # in the overall figure (ftp-seen, issue 8's check, is not)
+    no_backend: str = ""  # why the backend phase does not run ("": it runs)
 
 
 def nmap(label: str, ports: list[int], *args: str) -> Tool:
@@ -62,11 +70,12 @@ def version_scan(ports: list[int]) -> Tool:
 def ftp() -> Protocol:
     (user, password), (other, other_password) = TRAIN_USER, TEST_USER
 
-    def curl(label: str, url: str, *args: str) -> Tool:
-        return Tool(label, ["curl", "-sS", "--max-time", "10", *args, f"ftp://{HOST}{url}"])
+    def curl(label: str, url: str, *args: str, wait: int = 10) -> Tool:
+        return Tool(label, ["curl", "-sS", "--max-time", str(wait), *args, f"ftp://{HOST}{url}"])
 
-    def lftp(label: str, login: str, commands: str) -> Tool:
-        script = f"set cmd:fail-exit no; set net:max-retries 1; set net:timeout 10; {commands}; bye"
+    def lftp(label: str, login: str, commands: str, wait: int = 10) -> Tool:
+        script = (f"set cmd:fail-exit no; set net:max-retries 1; set net:timeout {wait}; "
+                  f"{commands}; bye")
         return Tool(label, ["lftp", "-u", login, "-e", script, HOST])
 
     scripts = nmap("nmap ftp-anon,ftp-syst", [21], "--script", "ftp-anon,ftp-syst")
@@ -108,6 +117,18 @@ def ftp() -> Protocol:
         curl("curl user list", "/", "-u", f"{other}:{other_password}"),
         lftp("lftp user session", f"{other},{other_password}", "pwd; ls; cat todo.txt"),
         brute(["root", other, "trudy"], ["toor", other_password, "hunter2"]),
+    ], new=[
+        # 5 s, not 10: the real server answers each in well under a second, and through the
+        # backend each data transfer fails after the tool's timeout (docs/e2e.md)
+        curl("curl anonymous get", "/README", wait=5),
+        curl("curl anonymous get", "/pub/docs/manual.txt", wait=5),
+        curl("curl user get", "/todo.txt", "-u", f"{user}:{password}", wait=5),
+        lftp("lftp user session", f"{user},{password}", "cat todo.txt", wait=5),
+        Tool("curl upload", ["curl", "-sS", "--max-time", "5", "-u", f"{user}:{password}", "-T",
+                             "upload.txt", f"ftp://{HOST}/inbox/drafts/"],
+             files={"upload.txt": "uploaded by the e2e suite\n"}),
+        # names only (NLST): the upload's time would differ from one run to the next
+        curl("curl list after upload", "/inbox/drafts/", "-l", "-u", f"{user}:{password}", wait=5),
     ])
 
 
@@ -116,6 +137,7 @@ def ftp_seen() -> Protocol:
     (curl and lftp listings and downloads, nmap ftp-anon's listing over PASV/EPSV)."""
     trained = {t.label: t for t in ftp().training}
     return Protocol("ftp-seen", [21], ["vsftpd", "nmap", "curl", "lftp"], counted=False,
+                    no_backend="issue 8's check of the emulator's own data channels (ftp runs it)",
                     training=ftp().training, test=[
         version_scan([21]),
         trained["nmap ftp-anon,ftp-syst"],
@@ -175,6 +197,13 @@ def redis() -> Protocol:
         cli("redis-cli HGETALL", "HGETALL", "user:1002"),
         cli("redis-cli ACL WHOAMI", "--user", other, "--pass", other_password,
             "--no-auth-warning", "ACL", "WHOAMI"),
+    ], new=[
+        cli("redis-cli GET", "GET", "app:region"),
+        cli("redis-cli HGET", "HGET", "user:1002", "role"),
+        cli("redis-cli LRANGE part", "LRANGE", "queue:jobs", "1", "2"),
+        cli("redis-cli SET then GET", stdin="SET fresh:key seven\nGET fresh:key\n"),
+        cli("redis-cli TTL", "TTL", "app:name"),
+        cli("redis-cli STRLEN", "STRLEN", "app:owner"),
     ])
 
 
@@ -218,6 +247,14 @@ def http() -> Protocol:
         curl("curl GET file", "/files/report.txt"),
         curl("curl GET with credentials", "/admin/", "-u", f"{other}:{other_password}"),
         curl("curl HEAD", "/index.html", "-I"),
+    ], new=[
+        curl("curl GET page", "/index.html"),
+        curl("curl HEAD", "/contact.html", "-I"),
+        curl("curl GET range", "/files/report.txt", "-r", "0-8"),
+        curl("curl POST", "/about.html", "-d", "name=scan"),
+        curl("curl GET with credentials", "/admin/index.html", "-u", f"{user}:{password}"),
+        curl("curl GET if modified since", "/about.html", "-H",
+             "If-Modified-Since: Mon, 03 Jun 2024 12:00:00 GMT"),
     ])
 
 
@@ -254,6 +291,14 @@ def smtp() -> Protocol:
         # whether a local part is an account: the capture shows two, never these
         swaks("swaks local recipient", "--to", f"{other}@e2e.test", "--from", "dave@example.net"),
         swaks("swaks unknown recipient", "--to", "ghost@e2e.test", "--from", "dave@example.net"),
+    ], new=[
+        swaks("swaks local recipient", "--to", "root@e2e.test", "--from", "erin@example.org"),
+        swaks("swaks local recipient, host domain", "--to", f"{other}@mail01.e2e.test",
+              "--from", "erin@example.org"),
+        swaks("swaks two recipients", "--to", f"{user}@e2e.test,{other}@e2e.test",
+              "--from", "erin@example.org"),
+        swaks("swaks HELO", "--protocol", "SMTP", "--to", f"{user}@e2e.test",
+              "--from", "erin@example.org"),
     ])
 
 
@@ -301,6 +346,10 @@ def smb() -> Protocol:
         smbclient("smbclient ls user share", f"{target}/docs", "-U",
                   f"{other}%{other_password}", "-c", "ls"),
         rpcclient("rpcclient srvinfo", f"{other}%{other_password}", "srvinfo"),
+    ], new=[
+        smbclient("smbclient ls guest subdirectory", f"{target}/public", "-N", "-c", "cd forms; ls"),
+        smbclient("smbclient get guest subdirectory", f"{target}/public", "-N", "-c",
+                  "get forms\\leave.txt -"),
     ])
 
 
@@ -313,7 +362,8 @@ def dns() -> Protocol:
 
     udp_scan = nmap("nmap -sU -sV", [53], "-sU", "-sV", "-oX", "nmap-sV.xml")
     nsid = nmap("nmap dns-nsid", [53], "-sU", "--script", "dns-nsid")
-    return Protocol("dns", [53], ["dnsmasq", "dig", "nmap"], counted=False, training=[
+    return Protocol("dns", [53], ["dnsmasq", "dig", "nmap"], counted=False,
+                    no_backend="UDP: --backend takes TCP ports only so far", training=[
         udp_scan,
         nsid,
         nmap("nmap dns-recursion", [53], "-sU", "--script", "dns-recursion"),

@@ -1,8 +1,9 @@
 """The e2e report: per protocol and tool run, whether the tool printed the same against the
-emulator as against the real server (after normalise.py), the share of identical runs of
-the test set (issue 6's figure; the unseen set is reported apart, see protocols.py), and
-what `nmap -sV` names on each port for both. Rendered as text for the terminal summary
-and as JSON."""
+emulator, and against the honeypot with the real server behind it (`--backend`, issue 32),
+as against the real server (after normalise.py); the share of identical runs of the test
+set (issue 6's figure; the unseen and new sets are reported apart, see protocols.py) and,
+with the backend, of all three sets; what `nmap -sV` names on each port. Rendered as text
+for the terminal summary and as JSON."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ class RunReport:
     # Lines in which two runs against the real server differ after normalising: a rule
     # missing from normalise.py (or a tool whose output is not deterministic).
     unexplained_variation: str
+    # The same tool against the honeypot with the real server behind it ("": not run).
+    backend_status: str = ""
+    backend_diff: str = ""
+    backend_returncode: int | None = None
+    backend_seconds: float = 0.0
 
 
 @dataclass
@@ -39,12 +45,20 @@ class ProtocolReport:
     protocol: str
     runs: list[RunReport] = field(default_factory=list)  # the test set
     unseen: list[RunReport] = field(default_factory=list)
+    new: list[RunReport] = field(default_factory=list)
     counted: bool = True
     nmap_real: dict[str, str] = field(default_factory=dict)
     nmap_emulator: dict[str, str] = field(default_factory=dict)
     capture_sessions: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     skipped: str = ""
+    backend_skipped: str = ""  # why the backend phase did not run
+    # What a connection to the backend's address got, as root (a client) and as the
+    # honeypot's user: "connected" or why not.
+    backend_firewall: dict[str, str] = field(default_factory=dict)
+    backend_events: dict[str, int] = field(default_factory=dict)  # scriptgen serve's log
+    backend_seconds: float = 0.0
+    nmap_backend: dict[str, str] = field(default_factory=dict)
 
     @property
     def identical(self) -> int:
@@ -54,30 +68,62 @@ class ProtocolReport:
     def identical_share(self) -> float:
         return self.identical / len(self.runs) if self.runs else 0.0
 
+    @property
+    def backend_firewalled(self) -> bool:
+        """Only the honeypot's user reached the backend."""
+        users = [u for u in self.backend_firewall if u != "root"]
+        return (bool(users) and self.backend_firewall.get("root", "connected") != "connected"
+                and all(self.backend_firewall[u] == "connected" for u in users))
+
+    @property
+    def asked(self) -> list[RunReport]:
+        return self.runs + self.unseen + self.new
+
+    @property
+    def backend_identical(self) -> int:
+        """Of all three sets, the runs identical with the real server behind the honeypot."""
+        return sum(r.backend_status == IDENTICAL for r in self.asked)
+
+    @property
+    def backend_share(self) -> float:
+        return self.backend_identical / len(self.asked) if self.asked else 0.0
+
 
 def unified_diff(before: str, after: str, names: tuple[str, str]) -> str:
     return "".join(difflib.unified_diff(before.splitlines(keepends=True),
                                         after.splitlines(keepends=True), *names))
 
 
-def compare(label: str, command: str, real_a: ToolRun, real_b: ToolRun,
-            emulated: ToolRun) -> RunReport:
+def judge(real_a: ToolRun, other: ToolRun, name: str) -> tuple[str, str]:
     """A tool error is a timeout or a failing exit the real server did not cause (a nonzero
-    exit the real server also gets, e.g. a refused login, is the tool's normal answer)."""
-    a, b, e = normalise(real_a.output), normalise(real_b.output), normalise(emulated.output)
-    if emulated.timed_out or (emulated.returncode != 0
-                              and emulated.returncode != real_a.returncode):
+    exit the real server also gets, e.g. a refused login, is the tool's normal answer).
+    Returns the status and, unless identical, the diff from A."""
+    a, o = normalise(real_a.output), normalise(other.output)
+    if other.timed_out or (other.returncode != 0 and other.returncode != real_a.returncode):
         status = TOOL_ERROR
-    elif a == e and real_a.returncode == emulated.returncode:
+    elif a == o and real_a.returncode == other.returncode:
         status = IDENTICAL
     else:
         status = DIFFERENT
-    diff = "" if status == IDENTICAL else unified_diff(a, e, ("real server", "emulator"))
-    if status != IDENTICAL and real_a.returncode != emulated.returncode:
-        diff = f"exit status: real {real_a.returncode}, emulator {emulated.returncode}\n" + diff
-    return RunReport(label, command, status, diff, real_a.returncode, emulated.returncode,
-                     round(emulated.seconds, 2),
-                     unified_diff(a, b, ("real server, run A", "real server, run B")))
+    diff = "" if status == IDENTICAL else unified_diff(a, o, ("real server", name))
+    if status != IDENTICAL and real_a.returncode != other.returncode:
+        diff = f"exit status: real {real_a.returncode}, {name} {other.returncode}\n" + diff
+    return status, diff
+
+
+def compare(label: str, command: str, real_a: ToolRun, real_b: ToolRun,
+            emulated: ToolRun, backed: ToolRun | None = None) -> RunReport:
+    """One tool: the emulator's run and (if any) the run with the backend, judged against A."""
+    status, diff = judge(real_a, emulated, "emulator")
+    a, b = normalise(real_a.output), normalise(real_b.output)
+    run = RunReport(label, command, status, diff, real_a.returncode, emulated.returncode,
+                    round(emulated.seconds, 2),
+                    unified_diff(a, b, ("real server, run A", "real server, run B")))
+    if backed is not None:
+        run.backend_status, run.backend_diff = judge(real_a, backed, "with backend")
+        run.backend_returncode = backed.returncode
+        run.backend_seconds = round(backed.seconds, 2)
+    return run
 
 
 def version_names(xml_path: Path) -> dict[str, str]:
@@ -98,6 +144,10 @@ def version_names(xml_path: Path) -> dict[str, str]:
     return names
 
 
+def share(runs: list[RunReport], key: str = "status") -> str:
+    return f"{sum(getattr(r, key) == IDENTICAL for r in runs)}/{len(runs)}"
+
+
 def render(reports: list[ProtocolReport]) -> str:
     lines = []
     for rep in reports:
@@ -107,15 +157,31 @@ def render(reports: list[ProtocolReport]) -> str:
         lines.append(f"{rep.protocol}: {rep.identical}/{len(rep.runs)} identical "
                      f"({rep.identical_share:.0%}) in {rep.seconds:.0f} s; "
                      f"sessions captured {rep.capture_sessions}")
+        if rep.backend_skipped:
+            lines.append(f"  with backend: not run ({rep.backend_skipped})")
+        else:
+            sets = ", ".join(f"{name} {share(runs, 'backend_status')}"
+                             for name, runs in (("test", rep.runs), ("unseen", rep.unseen),
+                                                ("new", rep.new)) if runs)
+            lines.append(f"  with backend: {rep.backend_identical}/{len(rep.asked)} identical "
+                         f"({rep.backend_share:.0%}; {sets}) in {rep.backend_seconds:.0f} s; "
+                         + ("firewall holds; " if rep.backend_firewalled
+                            else f"firewall FAILED {rep.backend_firewall}; ") +
+                         f"handovers {rep.backend_events.get('scriptgen.session.handover', 0)} "
+                         f"of {rep.backend_events.get('scriptgen.session.connect', 0)} sessions; "
+                         f"backend failures {rep.backend_events.get('scriptgen.session.backend', 0)}")
         for port in sorted(set(rep.nmap_real) | set(rep.nmap_emulator)):
             lines.append(f"  nmap -sV {port}: real '{rep.nmap_real.get(port, '-')}', "
-                         f"emulator '{rep.nmap_emulator.get(port, '-')}'")
-        for heading, runs in (("", rep.runs), ("unseen (not counted): ", rep.unseen)):
+                         f"emulator '{rep.nmap_emulator.get(port, '-')}'"
+                         + ("" if rep.backend_skipped
+                            else f", with backend '{rep.nmap_backend.get(port, '-')}'"))
+        lines.append(f"  {'emulator':10} {'backend':10} tool")
+        for heading, runs in (("", rep.runs), ("unseen (not counted)", rep.unseen),
+                              ("new (not counted)", rep.new)):
             if heading and runs:
-                same = sum(r.status == IDENTICAL for r in runs)
-                lines.append(f"  {heading}{same}/{len(runs)} identical")
+                lines.append(f"  {heading}: emulator {share(runs)} identical")
             for run in runs:
-                lines.append(f"  {run.status:10} {run.label}")
+                lines.append(f"  {run.status:10} {run.backend_status or '-':10} {run.label}")
                 if run.unexplained_variation:
                     lines.append("    (real server varies by itself in lines normalise.py "
                                  "does not cover)")
@@ -123,22 +189,33 @@ def render(reports: list[ProtocolReport]) -> str:
     if totals["runs"]:
         lines.append(f"overall ({', '.join(totals['protocols'])}): {totals['identical']}/"
                      f"{totals['runs']} identical ({totals['identical_share']:.0%})")
+    if totals["backend_runs"]:
+        lines.append(f"with backend ({', '.join(totals['backend_protocols'])}; test, unseen "
+                     f"and new sets): {totals['backend_identical']}/{totals['backend_runs']} "
+                     f"identical ({totals['backend_share']:.0%})")
     return "\n".join(lines)
 
 
 def overall(reports: list[ProtocolReport]) -> dict:
-    """Issue 6's figure: the test sets of the counted protocols."""
+    """Issue 6's figure: the test sets of the counted protocols; and issue 32's: all three
+    sets of the counted protocols that ran with a backend."""
     counted = [r for r in reports if r.counted and not r.skipped]
     runs = sum(len(r.runs) for r in counted)
     identical = sum(r.identical for r in counted)
+    backed = [r for r in counted if not r.backend_skipped]
+    backend_runs = sum(len(r.asked) for r in backed)
+    backend_identical = sum(r.backend_identical for r in backed)
     return {"protocols": [r.protocol for r in counted], "runs": runs, "identical": identical,
-            "identical_share": round(identical / runs, 3) if runs else None}
+            "identical_share": round(identical / runs, 3) if runs else None,
+            "backend_protocols": [r.protocol for r in backed], "backend_runs": backend_runs,
+            "backend_identical": backend_identical,
+            "backend_share": round(backend_identical / backend_runs, 3) if backend_runs else None}
 
 
 def write_json(reports: list[ProtocolReport], path: Path) -> None:
     doc = {
         "overall": overall(reports),
-        "protocols": [{**asdict(r), "identical_share": round(r.identical_share, 3)}
-                      for r in reports],
+        "protocols": [{**asdict(r), "identical_share": round(r.identical_share, 3),
+                       "backend_share": round(r.backend_share, 3)} for r in reports],
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -3,7 +3,9 @@ run's work directory (never the system one), set up as the corpus captures descr
 (/work/shared/corpus/dev/<protocol>/*.meta.json: host names, users, files).
 
 A setup function writes the files and returns a Server: the command to start it, the
-ports to wait for, and seed commands that fill it with data before the capture starts."""
+ports to wait for, and seed commands that fill it with data before the capture starts. It
+listens on `address`: 127.0.0.1 for the capture and the references, BACKEND (127.0.0.2) when
+it runs again behind the honeypot (harness.py's third phase)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ USERS = (TRAIN_USER, TEST_USER)
 # Every served file gets this modification time, so listings and Last-Modified headers do
 # not depend on when the test ran (2024-06-03 12:00 UTC).
 FILE_TIME = 1717416000
+
+HOST = "127.0.0.1"
+BACKEND = "127.0.0.2"  # the real server behind `scriptgen serve --backend`
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ def unix_users(home_base: Path) -> Iterator[None]:
             subprocess.run(["userdel", name], check=False, capture_output=True)
 
 
-def vsftpd(work: Path) -> Server:
+def vsftpd(work: Path, address: str = HOST) -> Server:
     anon_root = work / "ftp-anon"
     write_tree(anon_root, {
         "README": "Welcome to the ftp01 archive.\n",
@@ -74,16 +79,21 @@ def vsftpd(work: Path) -> Server:
         "pub/docs/manual.txt": "See the manual pages.\n",
     })
     for name, _ in USERS:
-        write_tree(Path(pwd.getpwnam(name).pw_dir), {
+        home = Path(pwd.getpwnam(name).pw_dir)
+        shutil.rmtree(home, ignore_errors=True)  # what a run uploaded is gone for the next server
+        write_tree(home, {
             "notes.txt": f"notes of {name}\n",
             "todo.txt": "water the plants\n",
             "projects/plan.txt": "Q3 plan\n",
+            # the new set's upload goes here, two levels down: no other tool lists inbox/,
+            # whose entry in the home's listing keeps its time when drafts/ gets a file
+            "inbox/drafts/outline.txt": "1. intro\n",
         }, owner=name)
     conf = work / "vsftpd.conf"
     conf.write_text("\n".join([
-        "listen=YES", "listen_ipv6=NO", "listen_address=127.0.0.1", "background=NO",
+        "listen=YES", "listen_ipv6=NO", f"listen_address={address}", "background=NO",
         "anonymous_enable=YES", f"anon_root={anon_root}", "no_anon_password=NO",
-        "local_enable=YES", "write_enable=NO", "dirmessage_enable=NO",
+        "local_enable=YES", "write_enable=YES", "dirmessage_enable=NO",
         "pasv_enable=YES", "pasv_min_port=40000", "pasv_max_port=40049",
         "connect_from_port_20=NO", "seccomp_sandbox=NO",
         "secure_chroot_dir=/var/run/vsftpd/empty", "pam_service_name=vsftpd",
@@ -93,9 +103,9 @@ def vsftpd(work: Path) -> Server:
     return Server(["vsftpd", str(conf)], [21])
 
 
-def redis(work: Path) -> Server:
+def redis(work: Path, address: str = HOST) -> Server:
     (work / "redis").mkdir()
-    cli = ["redis-cli", "-h", "127.0.0.1", "-p", "6379"]
+    cli = ["redis-cli", "-h", address, "-p", "6379"]
     seed = [
         [*cli, "MSET", "app:name", "portal", "app:version", "2.4.1", "app:owner", "ops-team",
          "app:region", "eu-west"],
@@ -105,12 +115,12 @@ def redis(work: Path) -> Server:
     ]
     seed += [[*cli, "ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all"]
              for name, password in USERS]
-    return Server(["redis-server", "--port", "6379", "--bind", "127.0.0.1", "--save", "",
+    return Server(["redis-server", "--port", "6379", "--bind", address, "--save", "",
                    "--appendonly", "no", "--daemonize", "no", "--dir", str(work / "redis")],
                   [6379], seed)
 
 
-def nginx(work: Path) -> Server:
+def nginx(work: Path, address: str = HOST) -> Server:
     root = work / "www"
     write_tree(root, {
         "index.html": "<html><head><title>www01 portal</title></head><body>Welcome</body></html>\n",
@@ -143,7 +153,7 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
     server {{
-        listen 127.0.0.1:80;
+        listen {address}:80;
         server_name www01;
         root {root};
         location /files/ {{ autoindex on; }}
@@ -158,7 +168,7 @@ http {{
     return Server(["nginx", "-e", str(work / "nginx-error.log"), "-c", str(conf)], [80])
 
 
-def exim(work: Path) -> Server:
+def exim(work: Path, address: str = HOST) -> Server:
     """Exim from its own configuration (-C, allowed to root): local users of e2e.test are
     accepted and queued, never delivered; anything else is refused as relaying."""
     spool = work / "exim"
@@ -171,7 +181,7 @@ primary_hostname = mail01.e2e.test
 qualify_domain = e2e.test
 domainlist local_domains = e2e.test : mail01.e2e.test
 daemon_smtp_ports = 25
-local_interfaces = 127.0.0.1
+local_interfaces = {address}
 spool_directory = {spool}
 log_file_path = {spool}/log/%slog
 pid_file_path = {spool}/exim.pid
@@ -206,7 +216,7 @@ discard:
     return Server(["exim4", "-C", str(conf), "-bdf"], [25])
 
 
-def samba(work: Path) -> Server:
+def samba(work: Path, address: str = HOST) -> Server:
     """smbd alone (no nmbd, no winbind) for ports 445 and 139, with its own state
     directories and a tdbsam user database holding the two accounts."""
     dirs = {name: work / "samba" / name
@@ -225,7 +235,7 @@ def samba(work: Path) -> Server:
    workgroup = E2E
    server string = filesrv01 file server
    server role = standalone server
-   interfaces = lo
+   interfaces = {'lo' if address == HOST else address}
    bind interfaces only = yes
    smb ports = 445 139
    private dir = {dirs['private']}
@@ -262,20 +272,20 @@ def samba(work: Path) -> Server:
                    f"--configfile={conf}"], [445, 139])
 
 
-def dnsmasq(work: Path) -> Server:
+def dnsmasq(work: Path, address: str = HOST) -> Server:
     """dnsmasq answering for corpus.test from a hosts file and records of its own, with no
     upstream (a name outside it is refused, not forwarded), over UDP and TCP on port 53."""
     hosts = work / "dns-hosts"
     hosts.write_text("10.20.0.10 www.corpus.test\n10.20.0.11 mail01.corpus.test\n"
                      "10.20.0.12 files.corpus.test\n10.20.0.13 intranet.corpus.test\n")
     return Server(["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--pid-file=",
-                   "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--listen-address=127.0.0.1",
+                   "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", f"--listen-address={address}",
                    "--bind-interfaces", "--port=53", "--local=/corpus.test/", "--domain=corpus.test",
                    "--mx-host=corpus.test,mail01.corpus.test,10", "--txt-record=corpus.test,v=spf1 mx -all",
                    "--srv-host=_ldap._tcp.corpus.test,intranet.corpus.test,389"], [53])
 
 
-SETUPS: dict[str, Callable[[Path], Server]] = {
+SETUPS: dict[str, Callable[[Path, str], Server]] = {
     "ftp": vsftpd,
     "ftp-seen": vsftpd,  # issue 8: the data-channel tools with training names
     "redis": redis,

@@ -33,6 +33,21 @@ FLOORS = {
 }
 
 
+# Issue 32: with the real server behind the honeypot (`--backend`, harness.py's last phase),
+# the share of the test, unseen and new sets' runs identical with the real server's, just
+# below the figure measured (in comments). Protocols without a backend phase are absent.
+# FTP and SMB stay low for reasons docs/e2e.md gives: a data transfer through the backend
+# fails (its PASV/EPSV answers are not rewritten yet), and an SMB session handed over after
+# the model's session setup is unknown to the backend (NT_STATUS_USER_SESSION_DELETED).
+BACKEND_FLOORS = {
+    "ftp": 7 / 19,  # measured 8/19 and 9/19
+    "redis": 19 / 20,  # measured 20/20
+    "http": 19 / 20,  # measured 20/20 (19/20 before server.py held a handed-over close)
+    "smtp": 12 / 13,  # measured 13/13
+    "smb": 8 / 16,  # measured 9/16
+}
+
+
 @pytest.fixture(scope="module", params=list(PROTOCOLS))
 def swapped(request: pytest.FixtureRequest, e2e_root: Path,
             e2e_reports: list[ProtocolReport]) -> ProtocolReport:
@@ -65,9 +80,27 @@ def test_nmap_names_the_same_service_on_every_port(swapped: ProtocolReport) -> N
     for port, name in swapped.nmap_real.items():
         assert name.startswith("open"), (port, name)
         assert swapped.nmap_emulator.get(port) == name, (port, name, swapped.nmap_emulator)
+        if not swapped.backend_skipped:
+            assert swapped.nmap_backend.get(port) == name, (port, name, swapped.nmap_backend)
 
 
 def test_identical_share_holds_its_floor(swapped: ProtocolReport) -> None:
     floor = FLOORS[swapped.protocol]
     assert swapped.identical_share >= floor, (
         f"{swapped.protocol}: {swapped.identical}/{len(swapped.runs)} identical, floor {floor}")
+
+
+def test_only_the_honeypot_reaches_its_backend(swapped: ProtocolReport) -> None:
+    if swapped.backend_skipped:
+        pytest.skip(f"{swapped.protocol}: no backend phase ({swapped.backend_skipped})")
+    assert swapped.backend_firewalled, swapped.backend_firewall
+    assert swapped.backend_events.get("scriptgen.session.handover"), swapped.backend_events
+
+
+def test_backend_share_holds_its_floor(swapped: ProtocolReport) -> None:
+    if swapped.backend_skipped:
+        pytest.skip(f"{swapped.protocol}: no backend phase ({swapped.backend_skipped})")
+    floor = BACKEND_FLOORS[swapped.protocol]
+    assert swapped.backend_share >= floor, (
+        f"{swapped.protocol}: {swapped.backend_identical}/{len(swapped.asked)} identical "
+        f"with the backend, floor {floor}")
