@@ -20,6 +20,8 @@ from scriptgen.modelfile import port_doc
 from scriptgen.params import LearnParams
 from scriptgen.serve import Listener, ServeParams
 from scriptgen.serve.backend import Backend
+from scriptgen.model import Sender
+from tests.learn.sessions import session
 from tests.serve.harness import BANNER, ServerThread, connect, listener, read_answer, wait_closed, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -426,3 +428,52 @@ def test_a_udp_request_the_model_never_saw_is_answered_by_the_backend(tmp_path):
     finally:
         real.shutdown()
         real.server_close()
+
+
+class _Http(socketserver.StreamRequestHandler):
+    """One request, one answer, then the close: as HTTP/1.0."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        self.wfile.write(b"HTTP/1.0 405 Not Allowed\r\n\r\nreal: " + line.split(b" ")[0])
+
+
+def test_a_request_whose_model_answer_ends_the_session_is_still_handed_over(tmp_path):
+    # The model answers an unmatched request with its nearest page and closes after it, as
+    # the real server did: the close waits for the backend, whose answer the client gets.
+    pages = [b"/index.html", b"/about.html", b"/news.html"]
+    model = learn([session((b"GET " + p + b" HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\npage " + p), port=80,
+                           closed_by=Sender.SERVER) for p in pages], LearnParams(jobs=1))
+    machine = Machine(port_doc(model.ports[0]))
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Http)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        serve = ServeParams(backend_wait=1.0)
+        ln = Listener(machine.transport, "127.0.0.1", 0, machine, "http.json", machine.port,
+                      Backend(*server.server_address, serve))
+        with ServerThread([ln], tmp_path, serve) as srv:
+            with connect(srv.addr("http")) as sock:
+                sock.sendall(b"POST /upload HTTP/1.0\r\n\r\n")
+                answer, closed = read_answer(sock, silence=5.0)
+                assert answer == b"HTTP/1.0 405 Not Allowed\r\n\r\nreal: POST" and closed
+            with connect(srv.addr("http")) as sock:  # a request the model knows: its answer, then its close
+                sock.sendall(b"GET /about.html HTTP/1.0\r\n\r\n")
+                assert read_answer(sock, silence=5.0) == (b"HTTP/1.0 200 OK\r\n\r\npage /about.html", True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    reasons = [e["reason"] for e in srv.events() if e["eventid"] == "scriptgen.session.closed"]
+    assert reasons == ["backend", "server"]
+    # A backend that never answers: the model's held answer goes out, then its close.
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts
+        serve = ServeParams(backend_wait=0.5)
+        ln = Listener(machine.transport, "127.0.0.1", 0, machine, "http.json", machine.port,
+                      Backend(*silent.getsockname()[:2], serve))
+        with ServerThread([ln], tmp_path / "silent", serve) as srv:
+            with connect(srv.addr("http")) as sock:
+                sock.sendall(b"POST /upload HTTP/1.0\r\n\r\n")
+                answer, closed = read_answer(sock, silence=5.0)
+                assert answer.startswith(b"HTTP/1.0 200 OK\r\n\r\npage /") and closed

@@ -171,3 +171,22 @@ def test_sigterm_stops_a_server_whose_model_was_built_to_be_slow(tmp_path):
     assert time.monotonic() - started < 5
     for sock in socks:
         sock.close()
+
+
+def test_sigterm_to_the_whole_process_group_still_writes_the_log_out(tmp_path):
+    """systemd (and a shell's ^C) signal every process of the group: the log writer must
+    outlive the signal until the server has handed it everything."""
+    model = write_model("ftp", tmp_path / "ftp.json")
+    logs = tmp_path / "logs"
+    proc = subprocess.Popen([*CLI, "serve", str(model), "--port-map", "21:0", "--log-dir", str(logs)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    match = LINE.fullmatch(proc.stdout.readline().strip())
+    assert match is not None
+    with connect(("127.0.0.1", int(match.group(2)))) as sock:
+        assert read_answer(sock, expect=len(BANNER))[0] == BANNER
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "writer process" not in err, err  # it was not killed under the server
+    events = read_events(logs)
+    assert [e["eventid"] for e in events][-2:] == ["scriptgen.session.closed", "scriptgen.server.stop"]

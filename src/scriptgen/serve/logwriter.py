@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -226,6 +227,10 @@ def _child_env() -> dict[str, str]:
 def main(argv: list[str]) -> int:
     """The child: read batches from stdin and write each as it arrives, until stdin closes."""
     log_dir, json_lines, sqlite, user, backlog = argv
+    # A signal to the server's whole process group (systemd's stop, ^C, a hangup) must not end
+    # the writer before the server has handed it the last events: it ends when stdin closes.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     source, answer = sys.stdin.buffer, sys.stdout.buffer
     try:
         if user:  # before any file is opened: the files are the user's, never root's
