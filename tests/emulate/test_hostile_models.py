@@ -169,3 +169,31 @@ def test_a_megabyte_of_pipelined_requests_is_taken_in_bounded_turns():
             answers += event.data
     assert inputs == 20_000 and answers == b"215 UNIX Type: L8\r\n" * 20_000
     assert max(batches) <= m.params.requests_per_call * 2 and len(batches) >= 20_000 // 128
+
+
+def test_requests_of_repeated_bytes_cost_a_bounded_alignment():
+    """difflib's alignment walks every pair of equal bytes: SMB-like zeros against zeros
+    took 20-80 ms a comparison, up to 8 a request, 35 s for a fuzzed stream of 1000
+    requests. Past _MAX_DIFF_WORK the runs are cut before aligning."""
+    import random
+
+    from scriptgen.learn import learn
+    from scriptgen.params import LearnParams
+    from tests.learn.sessions import session
+
+    rng = random.Random(7)
+
+    def smbish(i: int) -> bytes:
+        body = bytearray(200)
+        for _ in range(12):
+            body[rng.randrange(200)] = rng.randrange(1, 256)
+        return b"\x00\x00\x00\xc8\xfeSMB" + bytes([i]) + bytes(body)
+
+    sessions = [session((smbish(i), b"\x00\x00\x00\x04ok%02d" % i), port=445) for i in range(40)]
+    (port,) = learn(sessions, LearnParams(jobs=1, macro=1.0, micro=1.0)).ports
+    machine = Machine(port_doc(port))
+    started = time.process_time()
+    for i in range(240):
+        request = b"\x00\x00\x00\xc8\xfeSMB\xee" + bytes(170) + bytes([i]) * 3 + bytes(47)  # not their length
+        _answer(machine, request)
+    assert time.process_time() - started < 5.0  # 1.4 s here; uncut, 6.7 s
