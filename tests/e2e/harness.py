@@ -173,8 +173,8 @@ def behind_backend(ns: Namespace, protocol: Protocol, model: Path, work: Path,
         doc = json.loads(model.read_text())
         argv = [*SCRIPTGEN, "serve", str(model), "--bind", HOST, "--user", BACKEND_USER,
                 "--log-dir", str(bwork / "serve-logs")]
-        for port in sorted({p["port"] for p in doc["ports"] if p["transport"] == "tcp"}):
-            argv += ["--backend", f"tcp/{port}={BACKEND}:{port}"]
+        for transport, port in sorted({(p["transport"], p["port"]) for p in doc["ports"]}):
+            argv += ["--backend", f"{transport}/{port}={BACKEND}:{port}"]
         serve = start_server(ns, argv, server.ports, bwork, "scriptgen-serve", host=HOST)
         try:
             return run_tools(ns, asked, work / "with-backend")

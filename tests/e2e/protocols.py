@@ -362,8 +362,7 @@ def dns() -> Protocol:
 
     udp_scan = nmap("nmap -sU -sV", [53], "-sU", "-sV", "-oX", "nmap-sV.xml")
     nsid = nmap("nmap dns-nsid", [53], "-sU", "--script", "dns-nsid")
-    return Protocol("dns", [53], ["dnsmasq", "dig", "nmap"], counted=False,
-                    no_backend="UDP: --backend takes TCP ports only so far", training=[
+    return Protocol("dns", [53], ["dnsmasq", "dig", "nmap"], counted=False, training=[
         udp_scan,
         nsid,
         nmap("nmap dns-recursion", [53], "-sU", "--script", "dns-recursion"),
@@ -385,6 +384,10 @@ def dns() -> Protocol:
     ], unseen=[
         dig("dig A, a name never asked", "files.corpus.test", "A"),
         dig("dig missing name", "absent.corpus.test", "A"),
+    ], new=[
+        dig("dig A, another name never asked", "intranet.corpus.test", "A"),
+        dig("dig A over TCP, a name never asked", "+tcp", "files.corpus.test", "A"),
+        dig("dig reverse", "-x", "10.20.0.12"),
     ])
 
 
