@@ -24,6 +24,7 @@ from scriptgen.serve import (
 )
 from scriptgen.params import RecordParams
 from scriptgen.errors import ScriptgenError
+from scriptgen.model import Model
 from scriptgen.serve import Listener
 from scriptgen.serve.log import Log
 from scriptgen.serve.record import Recorder
@@ -248,27 +249,25 @@ class _Models:
         self.hosts, self.port_map, self.emulator, self.backends, self.params = (
             hosts, port_map, emulator, backends, params)
         self.versions: dict[str, str] = {}
+        self.loaded: dict[str, Model] = {}  # name -> the model served (its sources, params and ports)
 
     def plan(self) -> list[Listener]:
         """Read every model file and plan its listeners (ModelError, ServeError)."""
-        from scriptgen.modelfile import MAX_MODEL_BYTES, loads, port_doc
+        from scriptgen.modelfile import loads, port_doc, read
 
-        models, versions = [], {}
+        docs, versions, loaded = [], {}, {}
         for name, path in self.files:
-            try:
-                with open(path, "rb") as f:
-                    data = f.read(MAX_MODEL_BYTES + 1)
-            except OSError as exc:
-                raise ServeError(f"{path}: {exc.strerror or exc}") from None
+            data = read(path)
             model = loads(data, path)
             if not model.ports:
                 raise ServeError(f"{path}: the model has no ports (learned from no sessions with data)")
-            models.append((name, [port_doc(p) for p in model.ports]))
+            docs.append((name, [port_doc(p) for p in model.ports]))
             versions[name] = hashlib.sha256(data).hexdigest()[:16]
-        listeners = plan_listeners(models, self.hosts, self.port_map, self.emulator, self.backends, self.params)
+            loaded[name] = model
+        listeners = plan_listeners(docs, self.hosts, self.port_map, self.emulator, self.backends, self.params)
         for ln in listeners:
             ln.version = versions[ln.model]
-        self.versions = versions
+        self.versions, self.loaded = versions, loaded
         return listeners
 
 
@@ -310,15 +309,13 @@ class _Refiner:
             self.server.report_error(f"refine failed: {task.exception()!r}")
 
     async def _refine(self) -> None:
-        from scriptgen.modelfile import load
-
         behind = {ln.model for ln in self.server.listeners if ln.backend is not None}
+        recordings = os.path.abspath(self.record_dir) + os.sep
         refined = False
         for name in sorted(behind):
-            path = next(p for n, p in self.models.files if n == name)
-            model = load(path)
-            sources = [s for s in model.sources if os.path.isfile(s) and os.path.abspath(s).startswith(
-                os.path.abspath(self.record_dir) + os.sep) is False]
+            model = self.models.loaded[name]
+            sources = [s for s in model.sources
+                       if os.path.isfile(s) and not os.path.abspath(s).startswith(recordings)]
             out = os.path.join(self.record_dir, "refined-" + os.path.basename(name))
             argv = [sys.executable, "-m", "scriptgen", "learn", *sources, self.record_dir, "-o", out]
             for key in ("macro", "micro"):

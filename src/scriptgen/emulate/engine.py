@@ -804,6 +804,10 @@ class Machine:
         transitions = {t["id"]: _Transition(t, self.params) for t in port_doc["transitions"]}
         self.states = {s["id"]: _State(s, transitions, self.params) for s in port_doc["states"]}
         self.transitions = transitions
+        # Whether the learner found data channels (an address or port announced): the relay
+        # of a session handed to a backend rewrites announcements only then (serve/datarelay.py).
+        self.announcing = any(st.announces for st in self.states.values()) or any(
+            t.announce for t in transitions.values())
         # For requests the current state does not know: the same request elsewhere.
         self.sources = {t["id"]: t["source"] for t in port_doc["transitions"]}
         heaviest = sorted(transitions.values(), key=lambda t: (-t.weight, t.id))  # sorted once, used thrice

@@ -28,7 +28,7 @@ from scriptgen.model import (
     TokenSpec, Transition,
 )
 
-__all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema", "port_doc"]
+__all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema", "port_doc", "read"]
 
 FORMAT = "scriptgen-model"
 VERSION = 4
@@ -179,15 +179,19 @@ def _region_doc(r: Region) -> dict[str, Any]:
 
 
 def load(path: str) -> Model:
+    return loads(read(path), path)
+
+
+def read(path: str) -> bytes:
+    """A model file's bytes (what `loads` takes), refused past the size cap before reading."""
     try:
         size = os.path.getsize(path)
         if size > MAX_MODEL_BYTES:
             raise ModelFormatError(path, "", f"file is {size} bytes, over the {MAX_MODEL_BYTES}-byte cap")
         with open(path, "rb") as f:
-            data = f.read(MAX_MODEL_BYTES + 1)
+            return f.read(MAX_MODEL_BYTES + 1)
     except OSError as exc:
         raise ModelFormatError(path, "", exc.strerror or str(exc)) from None
-    return loads(data, path)
 
 
 def loads(data: bytes, path: str = "<model>") -> Model:

@@ -107,7 +107,7 @@ class Mirror(asyncio.Protocol):
         self.waiting = False  # for the answer to the request sent last (or the banner)
         self.answered = False  # some of it came
         self.timer: asyncio.TimerHandle | None = None
-        self.bytes_to = self.bytes_from = self.dropped = 0
+        self.bytes_from = 0  # relayed to the client (backend_max_bytes)
         backend.open += 1
         self._task = loop.create_task(self._connect())
 
@@ -117,10 +117,6 @@ class Mirror(asyncio.Protocol):
     def holding(self) -> bool:
         """Whether the model's answers are to be held (handed over, not yet committed)."""
         return self.at_connect and self.state == "connecting" or self.state in ("catching-up", "awaiting")
-
-    @property
-    def relaying(self) -> bool:
-        return self.state == "relaying"
 
     def client(self, data: bytes) -> None:
         """Bytes from the client, in order: all of them, from the connect on."""
@@ -210,7 +206,7 @@ class Mirror(asyncio.Protocol):
                 return
             self.session.relayed(data)
             return
-        self.dropped += len(data)  # an answer to a request the model answered
+        # Else an answer to a request the model answered: dropped.
         self.quiet_at = self.loop.time()
         self.answered = True
         if self.waiting and self.requests:  # the next request goes once this answer is over
@@ -287,7 +283,6 @@ class Mirror(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self.bytes_to += len(data)
         transport.write(data)
         if transport.get_write_buffer_size() > self.params.max_buffered:
             self._fail("the backend does not read")
@@ -359,7 +354,6 @@ class DatagramMirror(Mirror, asyncio.DatagramProtocol):
         transport = cast(asyncio.DatagramTransport | None, self.transport)
         if transport is None or transport.is_closing():
             return
-        self.bytes_to += len(data)
         transport.sendto(data)
         queued = getattr(transport, "get_write_buffer_size", None)  # asyncio's has it, untyped
         if queued is not None and queued() > self.params.max_buffered:

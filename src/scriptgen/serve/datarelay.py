@@ -155,7 +155,8 @@ class _Channel:
             return
         if str(addr[0]) != self.allowed:
             conn.close()
-            self.relay.log("refused", int(addr[1]), f"relayed data channel: refused a connection from {addr[0]}")
+            self.relay.log("refused", int(addr[1]), f"relayed data channel: refused a connection from {addr[0]}",
+                           None)
             return
         self._stop_listening()
         loop = asyncio.get_running_loop()
@@ -213,14 +214,11 @@ class DataRelay:
         self.params = params
         self.client, self.reached = client, reached  # the client's address; the one it reached
         self.backend, self.towards_backend = backend, towards_backend  # the backend's; ours towards it
-        self.log_event = log
+        self.log = log  # the session's channel event (action, port, message, error)
         self.channels: set[_Channel] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.held_out = bytearray()  # from the backend: a partial line
         self.held_in = bytearray()  # from the client: a partial line
-
-    def log(self, action: str, port: int | None, message: str, error: str | None = None) -> None:
-        self.log_event(action, port, message, error)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         self.tasks.add(task)
@@ -239,46 +237,42 @@ class DataRelay:
 
     def from_backend(self, data: bytes) -> bytes:
         """Backend bytes for the client, with the backend's announcements made ours."""
-        lines = self._lines(self.held_out, data)
-        if not lines:
-            return b""
-        out = []
-        for line in lines.splitlines(keepends=True):
-            m = _IP_PAIR.search(line)
-            # The backend's address, or any address of a 227 (a server behind NAT names its outside one).
-            if m is not None and (found := _pair(m)) is not None and (found[0] == self.backend
-                                                                    or line.startswith(b"227")):
-                port = self._open(self.reached, self.client, (self.backend, found[1]))
-                if port is not None and "." in self.reached:
-                    line = line[: m.start()] + _as_pair(self.reached, port) + line[m.end():]
-            elif (m := _EPSV.search(line)) is not None:
-                port = self._open(self.reached, self.client, (self.backend, int(m.group(1))))
-                if port is not None:
-                    line = line[: m.start(1)] + str(port).encode() + line[m.end(1):]
-            out.append(line)
-        return b"".join(out)
+        return self._rewrite(self.held_out, data, self._backend_line)
 
     def from_client(self, data: bytes) -> bytes:
         """Client bytes for the backend, with the client's announcements made ours."""
-        lines = self._lines(self.held_in, data)
-        if not lines:
-            return b""
-        out = []
-        for line in lines.splitlines(keepends=True):
-            if line[:5].upper() == b"PORT " and (m := _IP_PAIR.search(line)) is not None \
-                    and (found := _pair(m)) is not None:
-                port = self._open(self.towards_backend, self.backend, (self.client, found[1]))
-                if port is not None and "." in self.towards_backend:
-                    line = line[: m.start()] + _as_pair(self.towards_backend, port) + line[m.end():]
-            elif (m := _EPRT.search(line)) is not None:
-                port = self._open(self.towards_backend, self.backend, (self.client, int(m.group(4))))
-                if port is not None:
-                    family = b"2" if ":" in self.towards_backend else b"1"
-                    d = m.group(1)
-                    line = (line[: m.start()] + b"EPRT " + d + family + d + self.towards_backend.encode() + d
-                            + str(port).encode() + d + line[m.end():])
-            out.append(line)
-        return b"".join(out)
+        return self._rewrite(self.held_in, data, self._client_line)
+
+    def _rewrite(self, held: bytearray, data: bytes, line_of: Callable[[bytes], bytes]) -> bytes:
+        return b"".join(map(line_of, self._lines(held, data).splitlines(keepends=True)))
+
+    def _backend_line(self, line: bytes) -> bytes:
+        m = _IP_PAIR.search(line)
+        # The backend's address, or any address of a 227 (a server behind NAT names its outside one).
+        if m is not None and (found := _pair(m)) is not None and (found[0] == self.backend or line.startswith(b"227")):
+            port = self._open(self.reached, self.client, (self.backend, found[1]))
+            if port is not None and "." in self.reached:
+                line = line[: m.start()] + _as_pair(self.reached, port) + line[m.end():]
+        elif (m := _EPSV.search(line)) is not None:
+            port = self._open(self.reached, self.client, (self.backend, int(m.group(1))))
+            if port is not None:
+                line = line[: m.start(1)] + str(port).encode() + line[m.end(1):]
+        return line
+
+    def _client_line(self, line: bytes) -> bytes:
+        if line[:5].upper() == b"PORT " and (m := _IP_PAIR.search(line)) is not None \
+                and (found := _pair(m)) is not None:
+            port = self._open(self.towards_backend, self.backend, (self.client, found[1]))
+            if port is not None and "." in self.towards_backend:
+                line = line[: m.start()] + _as_pair(self.towards_backend, port) + line[m.end():]
+        elif (m := _EPRT.search(line)) is not None:
+            port = self._open(self.towards_backend, self.backend, (self.client, int(m.group(4))))
+            if port is not None:
+                family = b"2" if ":" in self.towards_backend else b"1"
+                d = m.group(1)
+                line = (line[: m.start()] + b"EPRT " + d + family + d + self.towards_backend.encode() + d
+                        + str(port).encode() + d + line[m.end():])
+        return line
 
     def flush(self, held: bytearray) -> bytes:
         """What is held back, at the end of a direction (no rewrite: not a whole line)."""
@@ -301,7 +295,7 @@ class DataRelay:
 
     def _open(self, host: str, allowed: str, target: tuple[str, int]) -> int | None:
         if len(self.channels) >= self.params.max_session_channels or not 0 < target[1] < 65536:
-            self.log("refused", target[1], "relayed data channel refused: over the channel limits")
+            self.log("refused", target[1], "relayed data channel refused: over the channel limits", None)
             return None
         channel = _Channel(self, allowed, target)
         try:
@@ -310,5 +304,5 @@ class DataRelay:
             self.log("failed", None, f"relayed data channel: cannot listen ({exc.strerror or exc})", str(exc))
             return None
         self.channels.add(channel)
-        self.log("listen", port, f"relayed data channel: listening on {host}:{port} for {target[0]}:{target[1]}")
+        self.log("listen", port, f"relayed data channel: listening on {host}:{port} for {target[0]}:{target[1]}", None)
         return port

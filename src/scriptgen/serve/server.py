@@ -590,10 +590,7 @@ class _Session:
                 if self.mirror is not None and self.mirror.holding:
                     self.mirror.hold(event.data)
                     continue
-                self.bytes_out += len(event.data)
-                self.emit_data("scriptgen.session.output", event.data, f"state {event.state}: answer",
-                               {"state": event.state})
-                self.send(event.data)
+                self.answer(event.data, event.state)
             elif isinstance(event, Input):
                 self.inputs += 1
                 held = self.held - len(event.data)
@@ -627,6 +624,12 @@ class _Session:
             elif isinstance(event, Channel):
                 self.channels().serve(event.machine, event.request)
 
+    def answer(self, data: bytes, state: int | None) -> None:
+        """Send the model's answer of `state`, logged."""
+        self.bytes_out += len(data)
+        self.emit_data("scriptgen.session.output", data, f"state {state}: answer", {"state": state})
+        self.send(data)
+
     # -- the backend's side (backend.Relayed) -------------------------------------------------
 
     def committed(self) -> None:
@@ -639,9 +642,7 @@ class _Session:
         how = "always" if mirror.at_connect else "unmatched"
         if self.transcript is not None:
             self._record_from_now()
-        machine = self.listener.machine
-        if any(s.announces for s in machine.states.values()) or any(
-                t.announce for t in machine.transitions.values()):  # the learner found data channels
+        if self.listener.machine.announcing:
             towards = mirror.transport.get_extra_info("sockname") if mirror.transport is not None else None
             self.data_relay = DataRelay(self.server.params, self.src_ip, self.dst_ip, mirror.backend.host,
                                         str(towards[0]) if towards else self.dst_ip, self.channels().log)
@@ -672,11 +673,8 @@ class _Session:
         self.mirror = None
         self.emit("scriptgen.session.backend", f"backend {mirror.backend.describe()} failed: {error}",
                   {"action": "failed", "backend": mirror.backend.describe(), "error": error})
-        state = self.conn.state if self.conn else None
         for data in held:
-            self.bytes_out += len(data)
-            self.emit_data("scriptgen.session.output", data, f"state {state}: answer", {"state": state})
-            self.send(data)
+            self.answer(data, self.conn.state if self.conn else None)
         if self.held_close is not None:
             self.close(self.held_close)
 
