@@ -794,8 +794,8 @@ def run_stream(plan: dict[str, Any], rng: random.Random, log: list[Any] | None =
     now = _drain(conn, now, rng, counts=counts)
     kinds = collections.Counter()
     for _ in range(plan["steps"]):
-        if conn.closed:
-            break
+        if conn.closed or counts.get("Input", 0) > _MAX_REQUESTS:
+            break  # the server has closed the connection
         here = per_state.get(conn.state) or every
         request, how = _mutate_request(rng, rng.choice(here if rng.random() < 0.7 else every), every)
         kinds[how] += 1
@@ -811,6 +811,8 @@ def run_stream(plan: dict[str, Any], rng: random.Random, log: list[Any] | None =
         if log is not None:
             log.append({"state": conn.state, "how": how, "chunks": [base64.b64encode(c).decode() for c in chunks]})
         for chunk in chunks:
+            if counts.get("Input", 0) > _MAX_REQUESTS:
+                break
             conn.receive_data(chunk, now)
             now += rng.choice([0.0, 0.0, 0.001, 0.06])
             if rng.random() < 0.1:
@@ -818,7 +820,7 @@ def run_stream(plan: dict[str, Any], rng: random.Random, log: list[Any] | None =
         if rng.random() < 0.05:
             conn.receive_data(b"", now)  # EOF in the middle; later bytes must be ignored
         now = _drain(conn, now, rng, counts=counts)
-    if rng.random() < 0.5 and not conn.closed:
+    if rng.random() < 0.5 and not conn.closed and counts.get("Input", 0) <= _MAX_REQUESTS:
         conn.receive_data(b"", now)
         _drain(conn, now, rng, counts=counts)
     out = {f"ev-{k}": v for k, v in counts.items()}
@@ -967,7 +969,8 @@ def replay(cfg: dict[str, Any], spec: str) -> int:
         print(f"ok in {elapsed:.3f} s: {info}")
         return 0
     except ScriptgenError as exc:
-        print(f"refused ({type(exc).__name__}): {str(exc)[:300]}")
+        elapsed = time.perf_counter() - _STARTED[0]
+        print(f"refused in {elapsed:.3f} s ({type(exc).__name__}): {str(exc)[:300]}")
         return 0
     except BaseException:  # noqa: BLE001
         traceback.print_exc()

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scriptgen.emulate import Close, Emulator, EmulatorParams, Machine, NeedData, Send
+from scriptgen.emulate import Close, Emulator, EmulatorParams, Machine, NeedData, Send, Unmatched
 from scriptgen.errors import ModelFormatError
 from scriptgen.modelfile import loads, port_doc
 
@@ -197,3 +197,41 @@ def test_requests_of_repeated_bytes_cost_a_bounded_alignment():
         request = b"\x00\x00\x00\xc8\xfeSMB\xee" + bytes(170) + bytes([i]) * 3 + bytes(47)  # not their length
         _answer(machine, request)
     assert time.process_time() - started < 5.0  # 1.4 s here; uncut, 6.7 s
+
+
+def test_a_flood_of_unknown_requests_gets_answers_until_its_work_is_spent_then_refills():
+    """A client sending only requests nothing matches makes every one a nearest search:
+    past `fallback_work` they get nothing (Unmatched "spent"), and the work comes back
+    with (virtual) time at `fallback_refill` a second."""
+    requests = [b"COMMAND%03d some argument\r\n" % i for i in range(100)]
+    doc = json.loads(_model([[{"fixed": _b64(r)}] for r in requests]))
+    for i, (t, r) in enumerate(zip(doc["ports"][0]["transitions"], requests)):
+        t["samples"] = [[_b64(r), _b64(b"HIT %d\r\n" % i)]]
+        doc["ports"][0]["states"][t["target"]]["closes"] = {}
+    params = EmulatorParams(fallback_work=400_000, fallback_refill=1_000)
+    conn = Emulator(_machine(json.dumps(doc).encode(), params), 0.0)
+
+    def ask(request: bytes, now: float) -> tuple[bytes, str]:
+        conn.receive_data(request, now)
+        sent, how = b"", ""
+        for at in (now, now + 1.0):  # a request of no known end is one after idle_gap
+            while not isinstance(event := conn.next_event(at), (NeedData, Close)):
+                if isinstance(event, Send):
+                    sent += event.data
+                elif isinstance(event, Unmatched):
+                    how = event.fallback
+        return sent, how
+
+    while not isinstance(conn.next_event(0.0), NeedData):
+        pass  # the banner
+    answered = []
+    for i in range(200):
+        sent, how = ask(b"COMMAND%03d other argument\r\n" % (i % 100), 10.0)
+        answered.append(sent.startswith(b"HIT"))
+        if how == "spent":
+            break
+    assert how == "spent" and not sent, "a flood never runs out of work"
+    assert 5 <= answered.index(False) == len(answered) - 1, answered  # answered until then, not after
+    assert ask(b"COMMAND001 other argument\r\n", 12.0) == (b"", "spent")  # 1,000 a second: not enough yet
+    sent, how = ask(b"COMMAND001 other argument\r\n", 1000.0)  # refilled
+    assert sent == b"HIT 1\r\n" and how == "nearest"

@@ -95,6 +95,17 @@ class EmulatorParams:
     of a hundred thousand patterns, or a request of a megabyte, costs a bounded time, not
     the product of the two. Learned models stay far below it (docs/emulator.md)."""
 
+    fallback_work: int = 4_000_000
+    """What one connection may spend on answering requests nothing matched (the nearest
+    search, the alike samples, the echoes), in units of about 0.1 µs of CPU (_ratio_work
+    counts a comparison's). Past it such requests get
+    nothing (Unmatched "spent") until it refills at `fallback_refill` a second: a flood of
+    unknown requests costs at most about 0.4 s of CPU, then 1 % of a core
+    (docs/emulator.md, bench/fuzz.py)."""
+
+    fallback_refill: int = 100_000
+    """Units of `fallback_work` a connection gets back per second."""
+
     wildcard_slack: int = 64
     """An ASCII mutating region matches up to max(4 x longest seen, longest + slack) bytes,
     and at least one byte where every value seen had one: names and paths vary more than
@@ -127,7 +138,8 @@ class Input:
 class Unmatched:
     """No transition matched `data` in `state`; `fallback` says what was done:
     "elsewhere" (took a matching transition of another state), "nearest" (took the
-    transition with the most similar sample request), "silence" or "close"."""
+    transition with the most similar sample request), "silence" or "close"; "spent" when
+    the connection's work for such requests is spent (fallback_work)."""
 
     data: bytes
     state: int
@@ -301,6 +313,7 @@ _WIDE = re.compile(rb"(?:[\x20-\x7e]\x00){3,}")  # UTF-16LE text, as Windows pro
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
 _ONCE_WEIGHT = 0.1  # a nearest sample of text of the same command, sent in one session only: this much more similar
+_FALLBACK_WORK = 200  # what the fallbacks past the same bytes elsewhere cost besides the searches (Emulator._work)
 _MAX_RATIOS = 8  # candidates worked out per nearest search (two ratios each at most), the most promising first
 # Pairs of equal elements difflib's alignment may walk for one comparison (the sum over
 # values of count in one x count in the other): SMB's zeros against zeros took 24 ms a
@@ -315,6 +328,13 @@ _ECHO_WORDS = 64
 def _diff_work(ours: list[int], theirs: tuple[bytes, array[int]]) -> int:
     """What aligning two byte strings walks at most (see _MAX_DIFF_WORK), from their counts."""
     return sum(ours[v] * n for v, n in zip(*theirs))
+
+
+def _ratio_work(walk: int, size: int) -> int:
+    """What a difflib ratio costs, in Emulator._work units (about 0.1 µs here), from the
+    pairs its alignment may walk (_diff_work) and the bytes of both: within a factor of two
+    on SMB, HTTP and the fuzzer's floods, where their product was off by up to eight."""
+    return 3 * walk + 4 * size
 
 
 def _runs_cut(data: bytes) -> bytes:
@@ -988,18 +1008,25 @@ def _alike_answers(samples: dict[tuple[bytes, tuple[Any, ...]], list[tuple[_Tran
     return tuple(sample for key in (answer, *same) for sample in samples[(name, key)])[: 2 * _KEPT_ALIKE]
 
 
-def _alike(samples: _Samples, data: bytes, limit: int) -> tuple[_Transition, bytes]:
-    """The sample (with its transition) most like `data`, byte for byte."""
+def _alike(samples: _Samples, data: bytes, limit: int) -> tuple[tuple[_Transition, bytes], int]:
+    """The sample (with its transition) most like `data`, byte for byte, and the work
+    it took (Emulator._work)."""
     if len(samples) == 1:
-        return samples[0]
-    matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", data[:limit], autojunk=False)
-    best, best_ratio = samples[0], -1.0
+        return samples[0], 0
+    head = data[:limit]
+    matcher: difflib.SequenceMatcher[int] = difflib.SequenceMatcher(None, b"", head, autojunk=False)
+    counts = [0] * 256
+    for value, n in Counter(head).items():
+        counts[value] = n
+    best, best_ratio, work = samples[0], -1.0, 0
     for t, sample in samples:
-        matcher.set_seq1(sample[:limit])
+        theirs = sample[:limit]
+        matcher.set_seq1(theirs)
+        work += _ratio_work(_diff_work(counts, _byte_counts(theirs)), len(head) + len(theirs))
         ratio = matcher.ratio()
         if ratio > best_ratio:
             best, best_ratio = (t, sample), ratio
-    return best
+    return best, work
 
 
 def _most(got: dict[tuple[Any, ...], set[bytes]]) -> tuple[Any, ...] | None:
@@ -1107,6 +1134,7 @@ class Emulator:
         self._budget = self.params.match_budget  # of this call (_tried)
         self._more = self._yielded = False  # requests left over by requests_per_call (next_event)
         self.over_budget = 0  # calls that ran out of it
+        self._work, self._work_at = float(self.params.fallback_work), now  # left for fallbacks (fallback_work), when
         self._last_data = now
         self._events: deque[Event] = deque()
         self._ready_at = now  # pacing: answers are not released before this
@@ -1426,7 +1454,7 @@ class Emulator:
                 if usual is not None:
                     (t, sample), how = usual, "common"
             else:
-                t, sample = _alike(same, data, self.params.compare_bytes)
+                t, sample = self._alike(same, data)
             if t is not None:
                 m = t.regex.fullmatch(data)
                 match = (t, m) if m is not None else None
@@ -1437,13 +1465,21 @@ class Emulator:
         # state (or, if it ends as all of them do, the most similar); for a command the
         # model never saw, the answer most of this state's commands got; another state's
         # pattern; the model's most similar of the same command, then of all.
+        spent = False
         if match is None and t is None:
+            # What is left of the connection's work for fallbacks, refilled since (fallback_work).
+            refill = max(0.0, now - self._work_at) * self.params.fallback_refill
+            self._work, self._work_at = min(float(self.params.fallback_work), self._work + refill), now
+            spent = self._work <= 0
+        if match is None and t is None and not spent:
             match = self._elsewhere(state, data, patterns=False)
+            if match is None:
+                self._work -= _FALLBACK_WORK
             line = _first_line(data)
             if match is None and line != data and line not in state.by_line:
                 same = self.machine.by_line.get(line)
                 if same is not None:
-                    (t, sample), how = _alike(same, data, self.params.compare_bytes), "elsewhere"
+                    (t, sample), how = self._alike(same, data), "elsewhere"
             usual = self._usual(state, data) if match is None and t is None else None
             if usual is not None:
                 (t, sample), how = usual, "common"
@@ -1463,7 +1499,7 @@ class Emulator:
                     name = _first_name(data)
                     text = _TEXT.fullmatch(data[: self.params.compare_bytes]) is not None
                     if name not in self.machine.commands and (bool(name) if text else self.machine.reads_lines):
-                        (t, sample), how = _alike(state.common, data, self.params.compare_bytes), "common"
+                        (t, sample), how = self._alike(state.common, data), "common"
                 if t is None:
                     match = self._elsewhere(state, data, patterns=True)
                     if match is None:
@@ -1473,7 +1509,7 @@ class Emulator:
                 self._events.append(Unmatched(sent, state.id, "elsewhere"))
         if match is None:
             if t is None:
-                fallback = "close" if state.closes_here else "silence"
+                fallback = "spent" if spent else "close" if state.closes_here else "silence"
                 self._events.append(Unmatched(sent, state.id, fallback))
                 self._events.append(Input(sent, state.id, None, state.id))
                 if fallback == "close":
@@ -1533,7 +1569,7 @@ class Emulator:
         answer = self._render(label, values, now, port, host)
         if self._placed is not None:
             answer, self._placed = _same_place(*self._placed, answer), None
-        if self._echo is not None:
+        if self._echo is not None and self._work > 0:
             # The pieces of the request it repeats, then, in text, those of the request before
             # (Redis's GET after a SET repeats the SET's value: `$4\r\nfive` for `SET k six` is
             # `$3\r\nsix`; in binary it lost: smb_dev_nmap 78 to 77 carried).
@@ -1545,9 +1581,12 @@ class Emulator:
                 if old_request and new_request and not _other_command(old_request, new_request, answer,
                                                                        self.machine.vocabulary):
                     unechoed = self.machine.unechoed.get(_first_name(old_request), set())
+                    limit = self.params.compare_bytes
+                    self._work -= (min(len(old_request), limit) + min(len(new_request), limit)) * min(
+                        len(answer), 4 * limit) // 4
                     for old, new in _echoes(old_request, new_request, answer, self.params.compare_bytes, unechoed):
                         answer = _replace_words(answer, old, new)
-            self._echo = None
+        self._echo = None
         if self.params.pace:
             self._ready_at = max(self._ready_at, now + state.delay)
         if answer:
@@ -1624,11 +1663,16 @@ class Emulator:
         if not name:
             return None  # RESP's "*2\r\n"
         if name not in self.machine.commands:
-            return _alike(state.common, data, self.params.compare_bytes) if state.common else None
+            return self._alike(state.common, data) if state.common else None
         usual = state.usual.get(name)
         if usual is None or not usual[1].isdisjoint(_names(line)):
             return None
-        return _alike(usual[0], data, self.params.compare_bytes)
+        return self._alike(usual[0], data)
+
+    def _alike(self, samples: _Samples, data: bytes) -> tuple[_Transition, bytes]:
+        best, work = _alike(samples, data, self.params.compare_bytes)
+        self._work -= work
+        return best
 
     def _same_command(self, state: _State, data: bytes) -> _Transition | None:
         """For a request of text that nothing answers above the floor: the most similar
@@ -1670,6 +1714,7 @@ class Emulator:
             for t in machine.patterns:
                 if not self._tried(len(data)):
                     break
+                self._work -= 4  # a pattern tried (Emulator._work)
                 m = t.regex.fullmatch(data)
                 if m is not None:
                     found.append((t, m))
@@ -1733,6 +1778,7 @@ class Emulator:
         # (SMB's, zeros and one layout) costs a millisecond a ratio, and peers choose it.
         line_bonus = _LINE_WEIGHT + _SAME_LINE_WEIGHT if line is not None else 0.0  # the most of the line's part
         promising = []
+        work = 16 * len(candidates)  # what the search costs (Emulator._work)
         for i, t in enumerate(candidates):
             if no_goodbye and first != t.first_name and self.machine.states[t.target].closes_here:
                 continue  # another command is no goodbye: FTP's CDUP is not the QUIT it resembles
@@ -1742,6 +1788,7 @@ class Emulator:
             size = len(head) + len(sample)
             if size and 2.0 * min(len(head), len(sample)) / size < low:
                 continue
+            work += len(t.counts[0])
             bound = 2.0 * _shared_bytes(counts, t.counts) / size if size else 1.0
             if bound < low:
                 continue
@@ -1774,11 +1821,15 @@ class Emulator:
                 # dig's MX query came nearer its TXT query, one type byte apart, when the
                 # random id of one shared a byte with the other's.
                 score = _same_bytes(head, sample)
-            elif _diff_work(counts, t.counts) > _MAX_DIFF_WORK:
-                score = difflib.SequenceMatcher(None, _runs_cut(head), _runs_cut(sample), autojunk=False).ratio()
+                work += len(head)
+            elif (walk := _diff_work(counts, t.counts)) > _MAX_DIFF_WORK:
+                head_cut, sample_cut = _runs_cut(head), _runs_cut(sample)
+                score = difflib.SequenceMatcher(None, head_cut, sample_cut, autojunk=False).ratio()
+                work += _ratio_work(_MAX_DIFF_WORK, len(head_cut) + len(sample_cut))
             else:
                 matcher.set_seq2(sample)
                 score = matcher.ratio()
+                work += _ratio_work(walk, size)
             key = (score + extra, tie)
             if score >= floor and key > best_key:
                 best, best_key = t, key
@@ -1786,4 +1837,5 @@ class Emulator:
             # (a message type, a magic number): with nothing else alike, 0.3 is chance.
             if score >= low and key > last_key and (text or score >= floor or head[:1] == sample[:1]):
                 last, last_key = t, key
+        self._work -= work
         return best if best is not None else last

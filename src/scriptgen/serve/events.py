@@ -168,7 +168,7 @@ CATALOGUE: dict[str, EventSpec] = {
         "that improves the next model). Followed by the input event for the same bytes.",
         {
             "state": "the state the request was received in",
-            "fallback": "`context`, `elsewhere`, `common`, `nearest`, `silence` or `close` (docs/emulator.md)",
+            "fallback": "`context`, `elsewhere`, `common`, `nearest`, `silence`, `close` or `spent` (docs/emulator.md)",
             **_DATA,
         },
     ),
