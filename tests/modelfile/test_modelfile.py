@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scriptgen.emulate import Close, Emulator, Machine, NeedData
 from scriptgen.errors import ModelFormatError, ModelVersionError
 from scriptgen.learn import learn
-from scriptgen.modelfile import dumps, load, loads, port_doc, save, schema
+from scriptgen.modelfile import _validate_schema, dumps, load, loads, port_doc, save, schema
 from scriptgen.params import LearnParams
 
 from tests.learn.sessions import session
@@ -82,7 +82,7 @@ def test_newer_version_is_refused_clearly():
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
-        (lambda d: d["ports"][0]["states"][0]["labels"][0]["parts"][0].update(bytes="!!not base64"), "does not match|base64"),
+        (lambda d: d["ports"][0]["states"][0]["labels"][0]["parts"][0].update(bytes="!!not base64"), "must match pattern|base64"),
         (lambda d: d["ports"][0].update(root=999), "no state 999"),
         (lambda d: d["ports"][0]["transitions"][0].update(target=999), "does not exist"),
         (lambda d: d["ports"][0]["transitions"][0].update(id=5), "ids are list positions"),
@@ -90,15 +90,15 @@ def test_newer_version_is_refused_clearly():
         (lambda d: d["ports"][0]["transitions"][0]["links"].append({"region": 0, "where": "start:1", "support": 1}),
          "mutating region"),
         (lambda d: d["ports"][0]["transitions"][0]["links"].append({"region": 1, "where": "__import__('os')", "support": 1}),
-         "does not match"),
+         "must match pattern"),
         (lambda d: d["ports"][0]["states"][0].update(transitions=[0, 0, 7]), "does not leave"),
-        (lambda d: d["ports"][0].update(port=70000), "maximum"),
+        (lambda d: d["ports"][0].update(port=70000), "smaller than or equal to 65535"),
         (lambda d: d["ports"][0]["transitions"][0]["pattern"][1].update(min=9, max=2), "min is larger"),
         (lambda d: d["ports"].append(d["ports"][0]), "appears twice"),
-        (lambda d: d.update(extra="x"), "Additional properties"),
+        (lambda d: d.update(extra="x"), "must not contain {'extra'}"),
         # a part or region of two kinds at once fits none of them
-        (lambda d: d["ports"][0]["states"][0]["labels"][0]["parts"][0].update(token=0), "not valid under any"),
-        (lambda d: d["ports"][0]["transitions"][0]["pattern"][0].update(min=0), "not valid under any"),
+        (lambda d: d["ports"][0]["states"][0]["labels"][0]["parts"][0].update(token=0), "none of the kinds"),
+        (lambda d: d["ports"][0]["transitions"][0]["pattern"][0].update(min=0), r"pattern\[0\]: must not contain {'min'}"),
     ],
     ids=["base64", "root", "target", "ids", "slot-in-root", "link-fixed", "link-code", "state-transitions",
          "port", "min-max", "duplicate-port", "extra-key", "part-of-two-kinds", "region-of-two-kinds"],
@@ -150,21 +150,46 @@ def _places(doc, at=()):
             yield from _places(v, (*at, i))
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.data())
-def test_any_value_of_a_model_made_extreme_is_refused_or_served(data):
-    """A real model with values put out of range anywhere: the loader refuses it in one
-    line (ModelFormatError) or what it accepts builds a machine and answers a request."""
+def _has(node, key):
+    if isinstance(node, dict):
+        return key in node
+    return isinstance(node, list) and isinstance(key, int) and key < len(node)
+
+
+def _made_extreme(data):
+    """A real model's document with 1-3 values anywhere put out of range."""
     doc = _doc()
     places = [p for p in _places(doc) if p]
     for _ in range(data.draw(st.integers(1, 3))):
         *parent, last = data.draw(st.sampled_from(places))
         node = doc
         for key in parent:  # (a place an earlier change replaced is gone: skipped)
-            node = node[key] if isinstance(node, (dict, list)) and (key in node if isinstance(node, dict)
-                                                                     else key < len(node)) else None
-        if isinstance(node, dict) or isinstance(node, list) and last < len(node):
+            node = node[key] if _has(node, key) else None
+        if _has(node, last):
             node[last] = data.draw(_EXTREMES)
+    return doc
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_the_loader_validates_as_json_schema_2020_12_does(data):
+    """The loader's compiled validator (fastjsonschema, draft 7) takes and refuses what
+    jsonschema's 2020-12 validator does with the shipped schema."""
+    doc = _made_extreme(data)
+    try:
+        _validate_schema(doc, "m.json")
+        ours = True
+    except ModelFormatError:
+        ours = False
+    assert ours == jsonschema.Draft202012Validator(schema()).is_valid(doc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_value_of_a_model_made_extreme_is_refused_or_served(data):
+    """A real model with values put out of range anywhere: the loader refuses it in one
+    line (ModelFormatError) or what it accepts builds a machine and answers a request."""
+    doc = _made_extreme(data)
     try:
         model = loads(json.dumps(doc).encode())
     except (ModelFormatError, ModelVersionError) as exc:

@@ -43,7 +43,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scriptgen.modelfile import load  # jsonschema loads slowly; only this command needs it
+    from scriptgen.modelfile import load
 
     model = load(args.model)
     ports = [p for p in model.ports if not args.ports or p.port in args.ports]
