@@ -103,6 +103,17 @@ def test_the_largest_region_allowed_loads_and_matches():
     assert _answer(machine, b"GET " + b"x" * (1 << 20))[0] == b"HIT 0\r\n"
 
 
+def test_patterns_too_big_to_compile_in_a_bounded_time_are_refused():
+    """Each fixed byte of a pattern costs about a microsecond to compile: 7 MB of them took
+    14 s to load (bench/fuzz.py, model #95524 of seed 3)."""
+    big = [[{"fixed": _b64(b"A" * 300_000)}, _region(1, 4)], [{"fixed": _b64(b"B" * 300_000)}]]
+    started = time.perf_counter()
+    with pytest.raises(ModelFormatError, match="patterns hold 600032 bytes, over the 524288-byte cap"):
+        loads(_model(big))
+    assert time.perf_counter() - started < SLOW
+    assert _answer(_machine(_model(big[:1])), b"A" * 300_000 + b"xy")[0] == b"HIT 0\r\n"  # under it: served
+
+
 def test_a_delay_past_the_cap_is_refused():
     with pytest.raises(ModelFormatError):
         loads(_model([[{"fixed": _b64(b"X")}]], delay=1e300))

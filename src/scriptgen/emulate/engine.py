@@ -313,7 +313,7 @@ _WIDE = re.compile(rb"(?:[\x20-\x7e]\x00){3,}")  # UTF-16LE text, as Windows pro
 _SHOWN_WEIGHT = 0.1  # a nearest sample asking for a name shown as the request's is: this much more similar
 _COMMAND_WEIGHT = 0.4  # a nearest sample whose first name (its command) is the request's: this much more similar
 _ONCE_WEIGHT = 0.1  # a nearest sample of text of the same command, sent in one session only: this much more similar
-_FALLBACK_WORK = 200  # what the fallbacks past the same bytes elsewhere cost besides the searches (Emulator._work)
+_FALLBACK_WORK = 500  # what the fallbacks past the same bytes elsewhere cost besides the searches (Emulator._work)
 _MAX_RATIOS = 8  # candidates worked out per nearest search (two ratios each at most), the most promising first
 # Pairs of equal elements difflib's alignment may walk for one comparison (the sum over
 # values of count in one x count in the other): SMB's zeros against zeros took 24 ms a
@@ -1778,7 +1778,7 @@ class Emulator:
         # (SMB's, zeros and one layout) costs a millisecond a ratio, and peers choose it.
         line_bonus = _LINE_WEIGHT + _SAME_LINE_WEIGHT if line is not None else 0.0  # the most of the line's part
         promising = []
-        work = 16 * len(candidates)  # what the search costs (Emulator._work)
+        work = 100 + 16 * len(candidates)  # what the search costs (Emulator._work)
         for i, t in enumerate(candidates):
             if no_goodbye and first != t.first_name and self.machine.states[t.target].closes_here:
                 continue  # another command is no goodbye: FTP's CDUP is not the QUIT it resembles

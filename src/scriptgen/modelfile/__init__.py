@@ -27,11 +27,14 @@ from scriptgen.model import (
     TokenSpec, Transition,
 )
 
-__all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "dumps", "save", "loads", "load", "schema", "port_doc", "read"]
+__all__ = ["FORMAT", "VERSION", "MAX_MODEL_BYTES", "MAX_PATTERN_BYTES", "dumps", "save", "loads", "load", "schema", "port_doc", "read"]
 
 FORMAT = "scriptgen-model"
 VERSION = 4
 MAX_MODEL_BYTES = 256 * 1024 * 1024
+# Pattern bytes the emulator compiles to regular expressions for one model (all its ports),
+# about 1 µs a byte: 0.5 s at most. The largest learned here (smb_dev_rpc) has 30 KB.
+MAX_PATTERN_BYTES = 512 * 1024
 
 
 def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
@@ -215,12 +218,27 @@ def loads(data: bytes, path: str = "<model>") -> Model:
         doc["version"] = version
     _validate_schema(doc, path)
     ports = [_port(p, f"ports[{i}]", path) for i, p in enumerate(doc["ports"])]
+    size = sum(_pattern_bytes(p) for p in ports)
+    if size > MAX_PATTERN_BYTES:
+        raise ModelFormatError(path, "ports", f"its patterns hold {size} bytes, over the {MAX_PATTERN_BYTES}-byte cap "
+                               "(the emulator compiles them, about a microsecond a byte)")
     seen = set()
     for i, p in enumerate(ports):
         if (p.transport, p.port) in seen:
             raise ModelFormatError(path, f"ports[{i}]", f"{p.transport}/{p.port} appears twice")
         seen.add((p.transport, p.port))
     return Model(ports, dict(doc["params"]), list(doc["sources"]))
+
+
+def _pattern_bytes(port: PortModel) -> int:
+    """What the emulator's patterns of `port` (and of its data channels) compile from: the
+    fixed bytes, and a few dozen for each mutating region's group."""
+    size = 0
+    for t in port.transitions.values():
+        size += sum(len(r.value) if r.value is not None else 32 for r in t.pattern)
+        if t.channel is not None:
+            size += _pattern_bytes(t.channel)
+    return size
 
 
 def _no_constant(name: str) -> float:
