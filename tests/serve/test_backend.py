@@ -291,6 +291,96 @@ def test_a_passive_data_channel_of_the_backend_is_announced_as_ours_and_relayed(
         real.server_close()
 
 
+def test_a_data_channel_the_model_announced_before_the_handover_goes_to_the_backend(tmp_path):
+    """curl's way: EPSV answered by the model, its port connected to at once, and the file
+    asked after the handover. The backend, mirrored, announced a port of its own: what the
+    client connected to is relayed there, and the backend's file reaches the client."""
+    real = _FtpBackend()
+    threading.Thread(target=real.serve_forever, daemon=True).start()
+    try:
+        with _ftp_serving(tmp_path, real.server_address) as srv, connect(srv.addr("ftp")) as sock:
+            assert read_answer(sock, silence=5.0)[0].startswith(b"220")
+            _talk(sock, b"USER anonymous\r\n", b"331 Please specify the password.\r\n")
+            for request, status in ((b"PASS ftp@example.com\r\n", b"230"), (b"PWD\r\n", b"257"),
+                                    (b"CWD pub\r\n", b"250")):
+                sock.sendall(request)
+                assert read_answer(sock, silence=5.0)[0].startswith(status)
+            sock.sendall(b"EPSV\r\n")
+            answer = read_answer(sock, silence=5.0)[0]
+            assert answer.startswith(b"229"), answer  # the model's
+            port = int(answer.split(b"|||")[1].split(b"|")[0])
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as data:
+                sock.sendall(b"XSHA1 never-seen\r\n")  # handed over
+                assert read_answer(sock, silence=5.0)[0] == b"500 Unknown command.\r\n"
+                sock.sendall(b"RETR secret.bin\r\n")
+                assert _read_all(data) == b"the file secret.bin" + b"\n" * 3000
+            assert b"226 Transfer complete." in read_answer(sock, silence=5.0)[0] + read_answer(sock)[0]
+        events = srv.events()
+    finally:
+        real.shutdown()
+        real.server_close()
+    assert real.heard[3:6] == [b"CWD pub\r\n", b"EPSV\r\n", b"XSHA1 never-seen\r\n"]  # mirrored, handed over
+    assert [e["action"] for e in events if e["eventid"] == "scriptgen.session.channel"][-1:] == ["relay"]
+    assert "relayed" in [e["reason"] for e in events if e["eventid"] == "scriptgen.session.closed"]
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_a_recorded_session_keeps_its_relayed_data_connections_and_a_model_learns_them(tmp_path, active):
+    """What the backend sent on a data connection is in the recording, on the address and
+    port the client was given: learned again, the model sends that file on its own."""
+    from scriptgen.capture import capture_files
+    from scriptgen.serve.record import Recorder
+
+    real = _FtpBackend()
+    threading.Thread(target=real.serve_forever, daemon=True).start()
+    mine = socket.create_server(("127.0.0.1", 0))
+    try:
+        with _ftp_serving(tmp_path, real.server_address) as srv:
+            srv.server.recorder = Recorder(str(tmp_path / "rec"))
+            with connect(srv.addr("ftp")) as sock:
+                assert read_answer(sock, silence=5.0)[0].startswith(b"220")
+                _talk(sock, b"USER anonymous\r\n", b"331 Please specify the password.\r\n")
+                sock.sendall(b"XSHA1 never-seen\r\n")  # handed over
+                assert read_answer(sock, silence=5.0)[0] == b"500 Unknown command.\r\n"
+                if active:
+                    port = mine.getsockname()[1]
+                    _talk(sock, b"PORT 127,0,0,1,%d,%d\r\n" % (port >> 8, port & 255), b"200 PORT command successful.\r\n")
+                    sock.sendall(b"RETR kept.bin\r\n")
+                    mine.settimeout(5)
+                    data = mine.accept()[0]
+                else:
+                    sock.sendall(b"PASV\r\n")
+                    answer = read_answer(sock, silence=5.0)[0]
+                    n = [int(x) for x in answer[answer.index(b"(") + 1 : answer.index(b")")].split(b",")]
+                    data = socket.create_connection(("127.0.0.1", n[4] * 256 + n[5]), timeout=5)
+                    sock.sendall(b"RETR kept.bin\r\n")
+                with data:
+                    assert _read_all(data) == b"the file kept.bin" + b"\n" * 3000
+                assert b"226 Transfer complete." in read_answer(sock, silence=5.0)[0] + read_answer(sock)[0]
+                _talk(sock, b"QUIT\r\n", b"221 Goodbye.\r\n")
+            srv.stop()
+            srv.server.recorder.close()
+    finally:
+        mine.close()
+        real.shutdown()
+        real.server_close()
+    files = capture_files([str(tmp_path / "rec")])
+    sessions = list(read_sessions(files))
+    # The data connection, whole (the backend's bytes sent by the end that connected, when active).
+    sent = [b"".join(m.data for m in s.messages if m.sender == (Sender.CLIENT if active else Sender.SERVER))
+            for s in sessions]
+    assert b"the file kept.bin" + b"\n" * 3000 in sent
+    model = learn(read_sessions(files), LearnParams(jobs=1))
+    (port,) = model.ports
+    channels = [t.channel for t in port.transitions.values() if t.channel is not None]
+    assert any(b"the file kept.bin" in label_bytes(c) for c in channels), "the data channel was not learned"
+
+
+def label_bytes(port) -> bytes:
+    return b"".join(p for s in port.states.values() for label in s.labels for p in label.parts
+                    if isinstance(p, bytes))
+
+
 def test_an_active_data_channel_of_the_client_is_announced_to_the_backend_as_ours(tmp_path):
     real = _FtpBackend()
     threading.Thread(target=real.serve_forever, daemon=True).start()

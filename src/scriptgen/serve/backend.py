@@ -48,6 +48,9 @@ class Relayed(Protocol):
     def relayed(self, data: bytes) -> None:
         """Bytes from the backend, for the client (after `committed`)."""
 
+    def mirrored(self, data: bytes) -> None:
+        """Bytes from the backend answering a request the model answered (dropped)."""
+
     def backend_closed(self, reason: str) -> None:
         """The backend closed or failed after `committed`: end the session."""
 
@@ -206,7 +209,8 @@ class Mirror(asyncio.Protocol):
                 return
             self.session.relayed(data)
             return
-        # Else an answer to a request the model answered: dropped.
+        # Else an answer to a request the model answered: dropped, once the session saw it.
+        self.session.mirrored(data)
         self.quiet_at = self.loop.time()
         self.answered = True
         if self.waiting and self.requests:  # the next request goes once this answer is over

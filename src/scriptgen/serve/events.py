@@ -145,7 +145,8 @@ CATALOGUE: dict[str, EventSpec] = {
         {
             "action": "`listen` (a listener waits for the client on `port`), `connect` (connecting to the "
             "client's `port`), `refused` (over the channel limits, or a connection from another address), "
-            "`failed` (`error` says why) or `expired` (nobody connected within `--channel-timeout`)",
+            "`failed` (`error` says why), `expired` (nobody connected within `--channel-timeout`) or "
+            "`relay` (at the handover, the model's data channels go to the backend's passive `port`)",
             "port": "the port listened on or connected to (null when none was had)",
             "error": "what failed (`failed`), else null",
         },
@@ -226,7 +227,8 @@ CATALOGUE: dict[str, EventSpec] = {
             "`evicted` (the idlest session, closed to make room for a newcomer over "
             "`--max-connections` or `--max-per-source`), `max-duration`, `max-buffered`, "
             "`max-requests`, `shutdown`, `error`, `parent` (a data channel whose parent ended "
-            "before anything was served on it), `backend` (the backend closed after the handover) "
+            "before anything was served on it), `relayed` (a data channel the model had announced, "
+            "relayed to the backend's at the handover), `backend` (the backend closed after the handover) "
             "or `backend-failed` (it broke, or went over `--backend-max-bytes`, after the handover)",
             "path": "the states visited, in order, from the root (list of state ids)",
             "duration": "seconds from connect to close",

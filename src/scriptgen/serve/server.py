@@ -66,7 +66,7 @@ from scriptgen.emulate import (
 from scriptgen.errors import ServeError
 from scriptgen.model import Sender, Transport
 from scriptgen.serve.backend import Backend, DatagramMirror, Mirror
-from scriptgen.serve.datarelay import DataRelay
+from scriptgen.serve.datarelay import DataRelay, passive_port
 from scriptgen.serve.events import timestamp
 from scriptgen.serve.log import Log
 from scriptgen.serve.record import RecordedSession, Recorder
@@ -416,6 +416,7 @@ class _Session:
         "bytes_cut",
         "bytes_in",
         "bytes_out",
+        "backend_passive",
         "conn",
         "data_relay",
         "handing",
@@ -478,6 +479,8 @@ class _Session:
         self.handed = False  # the backend answers: the engine is left
         self.held_close: str | None = None  # the engine closed while its answers were held back
         self.data_relay: DataRelay | None = None  # its data channels then (datarelay.py)
+        # The backend's last passive port, in its answers to mirrored requests (announcing models)
+        self.backend_passive: int | None = None
         # Its recording (record.py): what the client sent and got, written as it happens once
         # recorded; before (a session that may be handed over), kept: (from the client?, time, bytes).
         self.recorded: RecordedSession | None = None
@@ -645,11 +648,21 @@ class _Session:
         if self.listener.machine.announcing:
             towards = mirror.transport.get_extra_info("sockname") if mirror.transport is not None else None
             self.data_relay = DataRelay(self.server.params, self.src_ip, self.dst_ip, mirror.backend.host,
-                                        str(towards[0]) if towards else self.dst_ip, self.channels().log)
+                                        str(towards[0]) if towards else self.dst_ip, self.channels().log,
+                                        record=self._record_channel)
+            if self.data is not None and self.backend_passive is not None:
+                # The model announced a data port and the backend, asked the same, its own:
+                # what the client connects (or connected) to the model's goes to the backend's.
+                relay, port = self.data_relay, self.backend_passive
+                self.data.hand_over(lambda listening, made: relay.adopt(listening, made, port))
         self.emit("scriptgen.session.handover",
                   f"handed over to the backend {mirror.backend.describe()} after {self.inputs} inputs ({how})",
                   {"state": self.conn.state if self.conn else None, "reason": how, "inputs": self.inputs,
                    "backend": mirror.backend.describe()})
+
+    def mirrored(self, data: bytes) -> None:
+        if self.listener.machine.announcing:
+            self.backend_passive = passive_port(data) or self.backend_passive
 
     def relayed(self, data: bytes) -> None:
         if self.data_relay is not None:
@@ -707,6 +720,17 @@ class _Session:
             self.transcript.append((from_client, t, data))
             if self.bytes_in + self.bytes_out > self.server.params.backend_max_bytes:
                 self.transcript = None  # too long to keep for a handover: not recorded
+
+    def _record_channel(self, connecting: tuple[str, int], accepting: tuple[str, int]) -> RecordedSession | None:
+        """The recording of one of this recorded session's relayed data connections."""
+        recorder = self.server.recorder
+        if self.recorded is None or recorder is None:
+            return None
+        try:
+            return recorder.open(Transport.TCP, connecting, accepting, time.time())
+        except ServeError as exc:
+            self._record_failed(exc)
+            return None
 
     def _record_failed(self, exc: ServeError) -> None:
         self.recorded = self.transcript = None
@@ -1044,6 +1068,7 @@ class _Channels:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.waiting: deque[_DataSession] = deque()
         self.queued: deque[tuple[Machine, bytes]] = deque(maxlen=_MAX_QUEUED)
+        self.adopt: Adopt | None = None  # who takes them over after a handover (hand_over)
 
     def _admit(self, action: str, port: int | None) -> bool:
         owner, server = self.owner, self.owner.server
@@ -1152,7 +1177,34 @@ class _Channels:
 
     def arrived(self, session: _DataSession) -> None:
         self.waiting.append(session)
+        if self.adopt is not None:
+            self.adopt(*self._release())
         self.match()
+
+    def hand_over(self, adopt: Adopt) -> None:
+        """Give the listeners and the connections that wait for what to serve, now and from
+        now on (an accept may be under way), to `adopt` (the owner was handed over): the
+        sockets, open, and the connections' transports with what their client sent so far;
+        the connections' sessions end ("relayed")."""
+        self.adopt = adopt
+        adopt(*self._release())
+
+    def _release(self) -> tuple[list[socket.socket], list[tuple[asyncio.Transport, bytes]]]:
+        listening = []
+        for fd in list(self.listening):
+            sock, expiry = self.listening.pop(fd)
+            expiry.cancel()
+            asyncio.get_running_loop().remove_reader(fd)
+            self._settled()
+            listening.append(sock)
+        made = []
+        while self.waiting:
+            session = self.waiting.popleft()
+            transport = session.detach()
+            if transport is not None:
+                made.append((transport, bytes(session.early)))
+        self.queued.clear()
+        return listening, made
 
     def match(self) -> None:
         while self.waiting and self.queued:
@@ -1173,6 +1225,9 @@ class _Channels:
 
 
 _MAX_QUEUED = 4  # answers waiting for a data connection, per session
+# Takes over a handed-over session's data channels: listening sockets, and connections made
+# (with what their client sent so far).
+Adopt = Callable[[list[socket.socket], list[tuple[asyncio.Transport, bytes]]], None]
 # A session event's JSON line less its message and data, with IPv6 addresses at both ends
 # and a 30-character sensor name (415 bytes measured), and the most its message's preview of
 # 48 bytes can add (245 measured, for bytes that repr() and JSON both escape): emit_data's
@@ -1210,6 +1265,15 @@ class _DataSession(_TcpSession):
         self._arm(self.server.loop, self.started, None)
         self.owner.arrived(self)
         return True
+
+    def detach(self) -> asyncio.Transport | None:
+        """End this session ("relayed") but keep its connection open: its transport."""
+        transport = self.transport
+        if self.done or transport is None or transport.is_closing():
+            return None
+        self.transport = None  # shut() leaves it open
+        self.close("relayed")
+        return transport
 
     def start(self, machine: Machine, request: bytes) -> None:
         try:
