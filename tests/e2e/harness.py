@@ -7,8 +7,11 @@
    ports, run both sets against the emulator;
 4. compare each emulator run with A after normalise.py (B shows what A varies in by itself);
 5. (issue 32) start the real server again on 127.0.0.2, seed it, let only user `nobody` reach
-   that address (nftables), `scriptgen serve --user nobody --backend P=127.0.0.2:P` the
-   model on 127.0.0.1 for each of its TCP ports, run the sets again and compare with A.
+   that address (nftables), `scriptgen serve --user nobody --backend P=127.0.0.2:P --record`
+   the model on 127.0.0.1 for each of its ports, run the sets again and compare with A;
+6. (issue 32, the second exposure) learn the capture plus what step 5 recorded, and run the
+   sets against that model alone, then with the backend (counting the sessions still
+   handed over; the runs whose answers hang on a secret, Tool.secret, apart).
 
 The three sets asked are test, unseen and new (protocols.py).
 """
@@ -89,9 +92,10 @@ def capture(ns: Namespace, pcap: Path, work: Path) -> Iterator[None]:
         stop(proc, signal.SIGINT)
 
 
-def learn(pcap: Path, ports: list[int], model: Path, work: Path) -> dict[str, int]:
-    """Learn the model; return the sessions it was learned from, per port."""
-    argv = [*SCRIPTGEN, "learn", str(pcap), "-o", str(model)]
+def learn(pcap: Path, ports: list[int], model: Path, work: Path, extra: list[Path] | None = None) -> dict[str, int]:
+    """Learn the model (from `pcap` and the `extra` captures); return the sessions it was
+    learned from, per port."""
+    argv = [*SCRIPTGEN, "learn", str(pcap), *map(str, extra or []), "-o", str(model)]
     for p in ports:
         argv += ["-p", str(p)]
     done = subprocess.run(argv, check=False, cwd=work, capture_output=True, text=True, timeout=300)
@@ -152,10 +156,11 @@ def event_counts(log_dir: Path) -> dict[str, int]:
     return counts
 
 
-def behind_backend(ns: Namespace, protocol: Protocol, model: Path, work: Path,
-                   asked: list[Tool], report: ProtocolReport) -> list[ToolRun]:
+def behind_backend(ns: Namespace, protocol: Protocol, model: Path, work: Path, asked: list[Tool],
+                   report: ProtocolReport) -> tuple[list[ToolRun], tuple[list[ToolRun], list[ToolRun]]]:
     """Phase 5: the real server again, on BACKEND, behind the honeypot. A client cannot use
-    it directly: only BACKEND_USER's sockets reach BACKEND (checked both ways first)."""
+    it directly: only BACKEND_USER's sockets reach BACKEND (checked both ways first). Then
+    phase 6 (second_exposure) while it runs."""
     bwork = work / "backend"
     bwork.mkdir()
     ns.add_address(BACKEND)
@@ -170,19 +175,67 @@ def behind_backend(ns: Namespace, protocol: Protocol, model: Path, work: Path,
         probe = server.ports[0]
         report.backend_firewall = {"root": reachable(ns, probe, bwork),
                                    BACKEND_USER: reachable(ns, probe, bwork, BACKEND_USER)}
-        doc = json.loads(model.read_text())
-        argv = [*SCRIPTGEN, "serve", str(model), "--bind", HOST, "--user", BACKEND_USER,
-                "--log-dir", str(bwork / "serve-logs")]
-        for transport, port in sorted({(p["transport"], p["port"]) for p in doc["ports"]}):
-            argv += ["--backend", f"{transport}/{port}={BACKEND}:{port}"]
-        serve = start_server(ns, argv, server.ports, bwork, "scriptgen-serve", host=HOST)
+        recordings = bwork / "recordings"
+        recordings.mkdir()
+        os.chown(recordings, pwd.getpwnam(BACKEND_USER).pw_uid, -1)  # written as the honeypot's user
+        serve = start_server(ns, [*serve_argv(model, bwork / "serve-logs", backed=True), "--record", str(recordings)],
+                             server.ports, bwork, "scriptgen-serve", host=HOST)
         try:
-            return run_tools(ns, asked, work / "with-backend")
+            backed = run_tools(ns, asked, work / "with-backend")
         finally:
             stop(serve)
             report.backend_events = event_counts(bwork / "serve-logs")
+        second = second_exposure(ns, server.ports, work, model.parent / "train.pcap", recordings, asked, report)
+        return backed, second
     finally:
         stop(real)
+
+
+def serve_argv(model: Path, log_dir: Path, backed: bool) -> list[str]:
+    """`scriptgen serve` of `model` on HOST as the honeypot's user, with (`backed`) the real
+    server on BACKEND behind each of its ports."""
+    argv = [*SCRIPTGEN, "serve", str(model), "--bind", HOST, "--user", BACKEND_USER, "--log-dir", str(log_dir)]
+    if backed:
+        doc = json.loads(model.read_text())
+        for transport, port in sorted({(p["transport"], p["port"]) for p in doc["ports"]}):
+            argv += ["--backend", f"{transport}/{port}={BACKEND}:{port}"]
+    return argv
+
+
+def second_exposure(ns: Namespace, ports: list[int], work: Path, pcap: Path, recordings: Path,
+                    asked: list[Tool], report: ProtocolReport) -> tuple[list[ToolRun], list[ToolRun]]:
+    """Phase 6: learn the capture plus the recordings of phase 5; run the sets against that
+    model alone, then with the backend behind it, the runs whose answers hang on a secret
+    (Tool.secret) in a serve of their own so that their handovers are counted apart."""
+    swork = work / "second"
+    swork.mkdir()
+    model = swork / "model.json"
+    recorded = sorted(recordings.glob("*.pcap*"))
+    report.second_recordings = len(recorded)
+    learn(pcap, ports, model, swork, extra=[recordings] if recorded else [])
+    serve = start_server(ns, serve_argv(model, swork / "alone-logs", backed=False), ports, swork, "alone",
+                         host=HOST)
+    try:
+        alone = run_tools(ns, asked, swork / "alone")
+    finally:
+        stop(serve)
+    backed: list[ToolRun | None] = [None] * len(asked)
+    for secret in (False, True):
+        which = [i for i, tool in enumerate(asked) if tool.secret == secret]
+        if not which:
+            continue
+        logs = swork / f"backed-logs-{'secret' if secret else 'plain'}"
+        serve = start_server(ns, serve_argv(model, logs, backed=True), ports, swork, f"backed-{secret}", host=HOST)
+        try:
+            runs = run_tools(ns, [asked[i] for i in which], swork / f"backed-{'secret' if secret else 'plain'}")
+        finally:
+            stop(serve)
+        counts = event_counts(logs)
+        report.second_handovers["secret" if secret else "plain"] = (
+            counts.get("scriptgen.session.handover", 0), counts.get("scriptgen.session.connect", 0))
+        for i, run in zip(which, runs):
+            backed[i] = run
+    return alone, [run for run in backed if run is not None]
 
 
 def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
@@ -212,19 +265,22 @@ def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
         stop(serve)
 
         backed: list[ToolRun | None] = [None] * len(asked)
+        alone: list[ToolRun | None] = [None] * len(asked)
+        second: list[ToolRun | None] = [None] * len(asked)
         report.backend_skipped = protocol.no_backend or (
             "" if shutil.which("nft") else "nft not installed (tools/test.sh installs nftables)")
         if not report.backend_skipped:
             started_backend = time.monotonic()
-            backed = list(behind_backend(ns, protocol, model, work, asked, report))
+            first, (alone_runs, second_runs) = behind_backend(ns, protocol, model, work, asked, report)
+            backed, alone, second = list(first), list(alone_runs), list(second_runs)
             report.backend_seconds = round(time.monotonic() - started_backend, 1)
     finally:
         kill_all_in(ns)
         ns.delete()
     sets = ([report.runs] * len(protocol.test) + [report.unseen] * len(protocol.unseen)
             + [report.new] * len(protocol.new))
-    for runs, tool, a, b, e, k in zip(sets, asked, real_a, real_b, emulated, backed):
-        runs.append(compare(tool.label, " ".join(tool.argv), a, b, e, k))
+    for runs, tool, a, b, e, k, x, y in zip(sets, asked, real_a, real_b, emulated, backed, alone, second):
+        runs.append(compare(tool.label, " ".join(tool.argv), a, b, e, k, x, y, secret=tool.secret))
     report.nmap_real = nmap_names(protocol.test, work / "real-a")
     report.nmap_emulator = nmap_names(protocol.test, work / "emulator")
     if not report.backend_skipped:

@@ -38,6 +38,12 @@ class RunReport:
     backend_diff: str = ""
     backend_returncode: int | None = None
     backend_seconds: float = 0.0
+    # The second exposure (harness.py's phase 6): the model learned again with the backend's
+    # recordings, alone and with the backend behind it ("": not run).
+    second_status: str = ""
+    second_diff: str = ""
+    second_backend_status: str = ""
+    secret: bool = False  # its answers hang on a secret no capture holds (Tool.secret)
 
 
 @dataclass
@@ -59,6 +65,9 @@ class ProtocolReport:
     backend_events: dict[str, int] = field(default_factory=dict)  # scriptgen serve's log
     backend_seconds: float = 0.0
     nmap_backend: dict[str, str] = field(default_factory=dict)
+    second_recordings: int = 0  # files phase 5 recorded, learned from in phase 6
+    # "plain" / "secret" runs: (sessions handed over, sessions) with the relearned model
+    second_handovers: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def identical(self) -> int:
@@ -88,6 +97,15 @@ class ProtocolReport:
     def backend_share(self) -> float:
         return self.backend_identical / len(self.asked) if self.asked else 0.0
 
+    @property
+    def second_plain(self) -> list[RunReport]:
+        """The runs of the second exposure whose answers need no secret."""
+        return [r for r in self.asked if r.second_status and not r.secret]
+
+    @property
+    def second_identical(self) -> int:
+        return sum(r.second_status == IDENTICAL for r in self.second_plain)
+
 
 def unified_diff(before: str, after: str, names: tuple[str, str]) -> str:
     return "".join(difflib.unified_diff(before.splitlines(keepends=True),
@@ -111,9 +129,11 @@ def judge(real_a: ToolRun, other: ToolRun, name: str) -> tuple[str, str]:
     return status, diff
 
 
-def compare(label: str, command: str, real_a: ToolRun, real_b: ToolRun,
-            emulated: ToolRun, backed: ToolRun | None = None) -> RunReport:
-    """One tool: the emulator's run and (if any) the run with the backend, judged against A."""
+def compare(label: str, command: str, real_a: ToolRun, real_b: ToolRun, emulated: ToolRun,
+            backed: ToolRun | None = None, alone: ToolRun | None = None, second: ToolRun | None = None,
+            secret: bool = False) -> RunReport:
+    """One tool: the emulator's run and (if any) the runs with the backend, and against the
+    model learned again, alone and with the backend, judged against A."""
     status, diff = judge(real_a, emulated, "emulator")
     a, b = normalise(real_a.output), normalise(real_b.output)
     run = RunReport(label, command, status, diff, real_a.returncode, emulated.returncode,
@@ -123,6 +143,11 @@ def compare(label: str, command: str, real_a: ToolRun, real_b: ToolRun,
         run.backend_status, run.backend_diff = judge(real_a, backed, "with backend")
         run.backend_returncode = backed.returncode
         run.backend_seconds = round(backed.seconds, 2)
+    if alone is not None:
+        run.second_status, run.second_diff = judge(real_a, alone, "relearned model")
+    if second is not None:
+        run.second_backend_status = judge(real_a, second, "relearned with backend")[0]
+    run.secret = secret
     return run
 
 
@@ -170,18 +195,26 @@ def render(reports: list[ProtocolReport]) -> str:
                          f"handovers {rep.backend_events.get('scriptgen.session.handover', 0)} "
                          f"of {rep.backend_events.get('scriptgen.session.connect', 0)} sessions; "
                          f"backend failures {rep.backend_events.get('scriptgen.session.backend', 0)}")
+        if rep.second_handovers:
+            plain, secret = rep.second_handovers.get("plain", (0, 0)), rep.second_handovers.get("secret", (0, 0))
+            lines.append(f"  second exposure ({rep.second_recordings} recordings learned): alone "
+                         f"{rep.second_identical}/{len(rep.second_plain)} runs needing no secret identical; "
+                         f"with backend {share(rep.asked, 'second_backend_status')} identical, handovers "
+                         f"{plain[0]} of {plain[1]} sessions" + (f" (secret runs: {secret[0]} of {secret[1]})"
+                                                                  if secret[1] else ""))
         for port in sorted(set(rep.nmap_real) | set(rep.nmap_emulator)):
             lines.append(f"  nmap -sV {port}: real '{rep.nmap_real.get(port, '-')}', "
                          f"emulator '{rep.nmap_emulator.get(port, '-')}'"
                          + ("" if rep.backend_skipped
                             else f", with backend '{rep.nmap_backend.get(port, '-')}'"))
-        lines.append(f"  {'emulator':10} {'backend':10} tool")
+        lines.append(f"  {'emulator':10} {'backend':10} {'relearned':10} {'+backend':10} tool")
         for heading, runs in (("", rep.runs), ("unseen (not counted)", rep.unseen),
                               ("new (not counted)", rep.new)):
             if heading and runs:
                 lines.append(f"  {heading}: emulator {share(runs)} identical")
             for run in runs:
-                lines.append(f"  {run.status:10} {run.backend_status or '-':10} {run.label}")
+                lines.append(f"  {run.status:10} {run.backend_status or '-':10} {run.second_status or '-':10} "
+                             f"{run.second_backend_status or '-':10} {run.label}" + (" (secret)" if run.secret else ""))
                 if run.unexplained_variation:
                     lines.append("    (real server varies by itself in lines normalise.py "
                                  "does not cover)")
@@ -193,6 +226,11 @@ def render(reports: list[ProtocolReport]) -> str:
         lines.append(f"with backend ({', '.join(totals['backend_protocols'])}; test, unseen "
                      f"and new sets): {totals['backend_identical']}/{totals['backend_runs']} "
                      f"identical ({totals['backend_share']:.0%})")
+    if totals["second_runs"]:
+        lines.append(f"second exposure: alone {totals['second_identical']}/{totals['second_runs']} "
+                     f"runs needing no secret identical ({totals['second_share']:.0%}); with backend "
+                     f"{totals['second_handed']}/{totals['second_sessions']} sessions handed over "
+                     f"({totals['second_handed_share']:.0%}; secret runs apart)")
     return "\n".join(lines)
 
 
@@ -209,7 +247,21 @@ def overall(reports: list[ProtocolReport]) -> dict:
             "identical_share": round(identical / runs, 3) if runs else None,
             "backend_protocols": [r.protocol for r in backed], "backend_runs": backend_runs,
             "backend_identical": backend_identical,
-            "backend_share": round(backend_identical / backend_runs, 3) if backend_runs else None}
+            "backend_share": round(backend_identical / backend_runs, 3) if backend_runs else None,
+            **_second_totals(backed)}
+
+
+def _second_totals(reports: list[ProtocolReport]) -> dict:
+    """Issue 32's second exposure: the runs needing no secret identical against the
+    relearned model alone; the sessions (of those runs) still handed over with the backend."""
+    runs = sum(len(r.second_plain) for r in reports)
+    identical = sum(r.second_identical for r in reports)
+    handed = sum(r.second_handovers.get("plain", (0, 0))[0] for r in reports)
+    sessions = sum(r.second_handovers.get("plain", (0, 0))[1] for r in reports)
+    return {"second_runs": runs, "second_identical": identical,
+            "second_share": round(identical / runs, 3) if runs else None,
+            "second_handed": handed, "second_sessions": sessions,
+            "second_handed_share": round(handed / sessions, 3) if sessions else None}
 
 
 def write_json(reports: list[ProtocolReport], path: Path) -> None:

@@ -39,12 +39,25 @@ FLOORS = {
 # SMB stays low for the reason docs/e2e.md gives: an SMB session handed over after the
 # model's session setup is unknown to the backend (NT_STATUS_USER_SESSION_DELETED).
 BACKEND_FLOORS = {
-    "ftp": 12 / 19,  # measured 14/19 with the data channels relayed (8/19 before: transfers failed)
+    "ftp": 17 / 19,  # measured 19/19 since the model's data channels go to the backend (14/19 before)
     "redis": 19 / 20,  # measured 20/20 in four runs
     "http": 19 / 20,  # measured 20/20 in three (19/20 before server.py held a handed-over close)
     "smtp": 12 / 13,  # measured 13/13 in four runs
     "smb": 7 / 16,  # measured 9/16 in three runs, 8/16 in one
     "dns": 7 / 11,  # measured 8/11: a query for a name never asked matches the learned A pattern
+}
+
+
+# Issue 32's second exposure (harness.py's phase 6): learned again with the recordings of
+# the backend phase, the model alone; the share of the three sets' runs whose answers need
+# no secret identical with the real server's, just below the figure measured (in comments).
+SECOND_FLOORS = {
+    "ftp": 17 / 19,  # measured 19/19 (9/19 before the data connections were recorded)
+    "redis": 19 / 20,  # measured 20/20
+    "http": 19 / 20,  # measured 20/20
+    "smtp": 12 / 13,  # measured 13/13
+    "smb": 7 / 12,  # measured 8/12: a model's session id is unknown to samba (docs/e2e.md)
+    "dns": 7 / 11,  # measured 8/11: names never asked still match the learned A pattern
 }
 
 
@@ -104,3 +117,13 @@ def test_backend_share_holds_its_floor(swapped: ProtocolReport) -> None:
     assert swapped.backend_share >= floor, (
         f"{swapped.protocol}: {swapped.backend_identical}/{len(swapped.asked)} identical "
         f"with the backend, floor {floor}")
+
+
+def test_second_exposure_holds_its_floor(swapped: ProtocolReport) -> None:
+    if swapped.backend_skipped:
+        pytest.skip(f"{swapped.protocol}: no backend phase ({swapped.backend_skipped})")
+    assert swapped.second_recordings, "the backend phase recorded nothing to learn from"
+    floor = SECOND_FLOORS[swapped.protocol]
+    share = swapped.second_identical / len(swapped.second_plain)
+    assert share >= floor, (f"{swapped.protocol}: {swapped.second_identical}/{len(swapped.second_plain)} "
+                            f"identical against the model learned again, floor {floor}")
