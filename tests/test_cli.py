@@ -228,3 +228,29 @@ def test_a_directory_without_captures_is_one_line_and_links_are_not_followed(tmp
     assert r.returncode == 0 and "tcp" in r.stdout
     assert r.stderr.strip() == (f"scriptgen: skipped 1 symbolic link(s) inside a capture directory (never followed): "
                                 f"{empty / 'outside.pcap'}")
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys):
+    example = ROOT / "examples" / "ftp" / "vsftpd-anon.pcap"
+    missing = tmp_path / "missing" / "dir" / "m.json"
+    assert main(["learn", str(example), "-o", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"scriptgen: error: {missing}: the folder {missing.parent} does not exist (make it first)"
+    model = tmp_path / "m.json"
+    assert main(["learn", str(example), "-o", str(model), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["export", "honeyd", str(model), "--port", "2121", "-o", str(tmp_path / "no" / "x.py")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", "honeyd", str(model), "--port", "2121", "-o", str(tmp_path)]) == 2
+    assert "is a folder: name the file to write" in capsys.readouterr().err
+
+
+def test_nothing_to_learn_is_an_error_naming_the_ports_there_are(tmp_path, capsys):
+    example = ROOT / "examples" / "ftp" / "vsftpd-anon.pcap"
+    model = tmp_path / "m.json"
+    assert main(["learn", str(example), "-o", str(model), "--port", "9999"]) == 3
+    assert capsys.readouterr().err.strip().endswith(
+        "error: no sessions with data on port(s) 9999 to learn from; the captures have: tcp/2121 (41)")
+    assert not model.exists()
+    assert main(["learn", str(example), "-o", str(model), "--max-fanout", "3", "--jobs", "1"]) == 0
+    assert "warning: tcp/2121: 19 sessions cut at --max-fanout 3" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import sys
 from collections.abc import Callable, Sequence
@@ -59,6 +61,19 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
     return value
+
+
+def output_problem(path: str, directory: bool = False) -> str | None:
+    """Why `path` (a file to write, or with `directory` a folder to fill, made if missing)
+    cannot be written, checked before the work: None when it can."""
+    target = path if directory and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(target):
+        return f"{path}: the folder {target} does not exist (make it first)"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"{path}: the folder {target} is not writable"
+    if not directory and os.path.isdir(path):
+        return f"{path} is a folder: name the file to write"
+    return None
 
 
 def warn(message: str) -> None:

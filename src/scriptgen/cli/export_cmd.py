@@ -8,7 +8,7 @@ import stat
 import sys
 from typing import Any
 
-from scriptgen.cli.common import port, warn
+from scriptgen.cli.common import output_problem, port, warn
 
 __all__ = ["add_parser"]
 
@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from scriptgen.export import honeyd_conf_line, honeyd_script
     from scriptgen.modelfile import load, port_doc
 
+    problem = output_problem(args.output, directory=args.all_ports)
+    if problem is not None:
+        warn(f"error: {problem}")
+        return 2
     model = load(args.model)
     if args.all_ports:
         chosen = model.ports

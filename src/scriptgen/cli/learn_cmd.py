@@ -8,7 +8,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scriptgen.capture import CaptureStats, read_sessions
-from scriptgen.cli.common import captures, port, port_ranges, positive, report_damage, unit_interval, warn, write_table
+from scriptgen.cli.common import (
+    captures, output_problem, port, port_ranges, positive, report_damage, unit_interval, warn, write_table,
+)
 from scriptgen.model import PortModel, closed_udp_ports, learnable
 
 if TYPE_CHECKING:
@@ -79,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from scriptgen.learn.channels import find_channels
     from scriptgen.modelfile import save
 
+    problem = output_problem(args.output)
+    if problem is not None:  # before minutes of learning, not after
+        warn(f"error: {problem}")
+        return 2
     params = LearnParams(macro=args.macro, micro=args.micro, max_fanout=args.max_fanout,
                          max_states=args.max_states, jobs=max(0, args.jobs),
                          rules=tuple(r for r in _DEFAULTS.rules if r not in args.no_rule))
@@ -99,12 +105,20 @@ def run(args: argparse.Namespace) -> int:
         warn(f"skipped {len(closed)} closed UDP port(s) (never answered, refused by ICMP port unreachable): "
              f"{port_ranges(sorted(closed))}")
     learned = learnable(sessions)
-    counts: dict[tuple[str, int], int] = {}
+    every: dict[tuple[str, int], int] = {}  # sessions with data per port, asked for or not
     for i, s in enumerate(sessions):
-        if i not in links and (not args.ports or s.server_port in args.ports) and learned(s):
+        if i not in links and learned(s):
             key = (s.transport.value, s.server_port)
-            counts[key] = counts.get(key, 0) + 1
+            every[key] = every.get(key, 0) + 1
+    counts = {k: n for k, n in every.items() if not args.ports or k[1] in args.ports}
     keep = {k for k, n in counts.items() if n >= args.min_sessions}
+    if not keep:
+        there = ", ".join(f"{t}/{p} ({n})" for (t, p), n in sorted(every.items(), key=lambda kv: -kv[1])[:12])
+        asked = f" on port(s) {port_ranges(sorted(args.ports))}" if args.ports else ""
+        least = f" with at least {args.min_sessions} sessions" if args.min_sessions > 1 else ""
+        warn(f"error: no sessions with data{asked}{least} to learn from; "
+             + (f"the captures have: {there}" if there else "the captures hold none"))
+        return 3
     sessions = [s for s, owner in zip(sessions, owners) if (owner.transport.value, owner.server_port) in keep]
     warn(f"read {len(sessions)} sessions on {len(keep)} port(s) in {time.monotonic() - started:.1f}s; learning...")
 
@@ -133,7 +147,11 @@ def run(args: argparse.Namespace) -> int:
         rows.append([f"{p.transport}/{p.port}", str(st["sessions"]), str(st["raw_states"]), str(st["states"]),
                      str(st["transitions"]), str(st["links"]), str(cut)])
     write_table(rows, out)
-    if not model.ports:
-        out.write("(no sessions with data: the model is empty)\n")
     out.write(f"wrote {args.output} (W={params.macro}, w={params.micro}) in {time.monotonic() - started:.1f}s\n")
+    for p in model.ports:
+        st = p.stats
+        if st["cut_fanout"] or st["cut_states"]:
+            warn(f"warning: {p.transport}/{p.port}: {st['cut_fanout']} sessions cut at --max-fanout "
+                 f"{params.max_fanout} and {st['cut_states']} at --max-states {params.max_states}: "
+                 "what they said after the cut is not in the model (raise the limit to keep it)")
     return report_damage(stats.damage)
