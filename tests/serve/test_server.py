@@ -119,6 +119,12 @@ def test_plan_listeners_remaps_and_refuses_conflicts():
     assert len(plan_listeners([("a.json", [ftp]), ("b.json", [ftp])], ["127.0.0.1"], {(None, 21): 0})) == 2
     with pytest.raises(ServeError, match="no model serves: 80"):
         plan_listeners([("a.json", [ftp])], ["127.0.0.1"], {(None, 80): 8080})
+    # Once ports are mapped, one left out is an error (a forgotten one), unless mapped to itself.
+    smtp = {**ftp, "port": 25}
+    with pytest.raises(ServeError, match=r"maps other ports but not tcp/25 \(b.json\)"):
+        plan_listeners([("a.json", [ftp]), ("b.json", [smtp])], ["127.0.0.1"], {(None, 21): 2121})
+    plan = plan_listeners([("a.json", [ftp]), ("b.json", [smtp])], ["127.0.0.1"], {(None, 21): 2121, (None, 25): 25})
+    assert sorted(ln.port for ln in plan) == [25, 2121]
 
 
 def closed_by_peer(events) -> dict[tuple[str, int], str]:

@@ -109,7 +109,8 @@ def add_parser(commands: Any) -> None:
                         "0.0.0.0 or :: for every interface)")
     parser.add_argument("--port-map", action="append", type=port_mapping, default=[], metavar="[T/]P:L",
                         help="listen on port L for the model's port P (both transports, or only T = tcp "
-                        "or udp); L = 0 picks a free port. Repeat for several.")
+                        "or udp); L = 0 picks a free port. Repeat for several: once one is given, every "
+                        "port of the models needs one (P:P keeps a port its own).")
     parser.add_argument("--log-dir", default="scriptgen-logs", metavar="DIR",
                         help="where events.jsonl and events.sqlite are appended (default: %(default)s)")
     parser.add_argument("--no-json", action="store_true", help="do not write events.jsonl")

@@ -118,14 +118,16 @@ def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts
     """One listener per (model port, host). `models`: (name, port documents of the model
     file). `port_map`: (transport or None for both, model port) -> port to listen on.
     `backends`: (transport or None, model port) -> the real server behind it.
-    Raises ServeError when two listeners would share a port, or a mapping names a port
-    no model has."""
+    Raises ServeError when two listeners would share a port, a mapping names a port no
+    model has, or, once there is a mapping, a model port has none (P:P keeps its own:
+    with some ports moved, one left in place is more often a forgotten one)."""
     port_map = dict(port_map or {})
     backends = dict(backends or {})
     behind: dict[tuple[str | None, int], Backend] = {}
     used_backends: set[tuple[str | None, int]] = set()
     used: set[tuple[str | None, int]] = set()
     listeners: list[Listener] = []
+    unmapped: list[str] = []
     taken: dict[tuple[str, str, int], str] = {}
     for name, docs in models:
         for doc in docs:
@@ -134,6 +136,8 @@ def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts
             listen = port_map.get(key, port)
             if key in port_map:
                 used.add(key)
+            elif port_map:
+                unmapped.append(f"{transport}/{port} ({name})")
             machine = Machine(doc, emulator)
             bkey: tuple[str | None, int] = (transport, port) if (transport, port) in backends else (None, port)
             backend = None
@@ -154,6 +158,9 @@ def plan_listeners(models: Sequence[tuple[str, Sequence[dict[str, Any]]]], hosts
     if unused:
         what = ", ".join(f"{t}/{p}" if t else str(p) for t, p in unused)
         raise ServeError(f"--port-map names ports no model serves: {what}")
+    if unmapped:
+        raise ServeError(f"--port-map maps other ports but not {', '.join(unmapped)}: map each "
+                         "(--port-map P:P keeps a port its own)")
     unused = sorted(set(backends) - used_backends, key=lambda k: (k[1], k[0] or ""))
     if unused:
         what = ", ".join(f"{t}/{p}" if t else str(p) for t, p in unused)
