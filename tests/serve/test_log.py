@@ -256,6 +256,35 @@ def test_process_log_writes_both_sinks_and_flush_waits_for_them(tmp_path):
     assert [e["message"] for e in _lines(tmp_path / "events.jsonl")] == [str(i) for i in range(1001)]
 
 
+@pytest.mark.parametrize("how", ["move", "copytruncate"])
+def test_a_rotated_json_lines_file_is_followed_and_no_line_is_lost(tmp_path, how):
+    """logrotate's two ways, while the writer process runs: the file moved away (a new
+    one is begun at the same path) or copied and truncated (appended at its new end)."""
+    from scriptgen.serve import ProcessLog
+
+    path = tmp_path / "events.jsonl"
+    log = ProcessLog(str(tmp_path), LogParams(flush_interval=60.0), sensor="s1")
+    try:
+        for i in range(500):
+            log.emit(event(i))
+        log.flush()
+        rotated = tmp_path / "events.jsonl.1"
+        if how == "move":
+            path.rename(rotated)
+        else:
+            rotated.write_bytes(path.read_bytes())
+            with open(path, "r+b") as f:
+                f.truncate(0)
+        for i in range(500, 800):
+            log.emit(event(i))
+        log.flush()
+    finally:
+        log.close()
+    old, new = _lines(rotated), _lines(path)
+    assert [e["message"] for e in old + new] == [str(i) for i in range(800)]
+    assert path.read_bytes().startswith(b"{")  # appended at the start, no hole of NULs
+
+
 def test_process_log_loses_nothing_when_its_process_dies(tmp_path, capsys):
     from scriptgen.serve import ProcessLog
 

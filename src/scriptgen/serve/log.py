@@ -106,7 +106,10 @@ class JsonLinesSink:
     Never a partial line: a batch that fails part way (disk full, file-size limit: a short
     write, then ENOSPC or EFBIG) is cut back to where it began, and a line left half
     written by a crash (the writer killed during a write) is cut off when the file is
-    opened."""
+    opened. Rotation needs no signal: a file truncated in place (logrotate's
+    `copytruncate`) is appended at its new end, and a file moved away (logrotate's default)
+    is noticed before the next batch, which goes to a new file at `path` (one stat a
+    batch)."""
 
     name = "json"
 
@@ -131,6 +134,7 @@ class JsonLinesSink:
         if not lines:
             return
         data = ("\n".join(lines) + "\n").encode()
+        self._follow_rotation()
         fd = self._fd
         if self._cut_at is not None:  # the last failed batch is still there: cut it first
             os.ftruncate(fd, self._cut_at)
@@ -150,6 +154,19 @@ class JsonLinesSink:
                 self._cut_at = start
             raise
         self.offset = start + len(data)
+
+    def _follow_rotation(self) -> None:
+        """Open `path` anew when the file there is no longer the one written (moved away)."""
+        try:
+            there = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            there = None
+        here = os.fstat(self._fd)
+        if there is not None and (there.st_ino, there.st_dev) == (here.st_ino, here.st_dev):
+            return
+        fd = open_log_file(self.path)  # checked as at the start (ServeError: the batch is retried)
+        os.close(self._fd)
+        self._fd, self._cut_at = fd, None
 
     def _unwritten(self, lines: list[str]) -> list[str]:
         kept = []
