@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import re
 import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -190,3 +192,16 @@ def test_sigterm_to_the_whole_process_group_still_writes_the_log_out(tmp_path):
     assert proc.returncode == 0 and "writer process" not in err, err  # it was not killed under the server
     events = read_events(logs)
     assert [e["eventid"] for e in events][-2:] == ["scriptgen.session.closed", "scriptgen.server.stop"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_the_shipped_systemd_unit_verifies(tmp_path):
+    """examples/deploy/scriptgen.service, with this install's scriptgen in ExecStart:
+    systemd-analyze prints nothing when every line is understood and the command exists."""
+    unit = (ROOT / "examples" / "deploy" / "scriptgen.service").read_text()
+    here = Path(sys.executable).parent / "scriptgen"
+    assert "/opt/scriptgen/.venv/bin/scriptgen serve" in unit
+    (tmp_path / "scriptgen.service").write_text(unit.replace("/opt/scriptgen/.venv/bin/scriptgen", str(here)))
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "scriptgen.service")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
