@@ -156,7 +156,7 @@ def event_counts(log_dir: Path) -> dict[str, int]:
     return counts
 
 
-def behind_backend(ns: Namespace, protocol: Protocol, model: Path, work: Path, asked: list[Tool],
+def behind_backend(ns: Namespace, protocol: Protocol, model: Path, pcap: Path, work: Path, asked: list[Tool],
                    report: ProtocolReport) -> tuple[list[ToolRun], tuple[list[ToolRun], list[ToolRun]]]:
     """Phase 5: the real server again, on BACKEND, behind the honeypot. A client cannot use
     it directly: only BACKEND_USER's sockets reach BACKEND (checked both ways first). Then
@@ -185,7 +185,7 @@ def behind_backend(ns: Namespace, protocol: Protocol, model: Path, work: Path, a
         finally:
             stop(serve)
             report.backend_events = event_counts(bwork / "serve-logs")
-        second = second_exposure(ns, server.ports, work, model.parent / "train.pcap", recordings, asked, report)
+        second = second_exposure(ns, server.ports, work, pcap, recordings, asked, report)
         return backed, second
     finally:
         stop(real)
@@ -271,7 +271,7 @@ def run_protocol(protocol: Protocol, work: Path) -> ProtocolReport:
             "" if shutil.which("nft") else "nft not installed (tools/test.sh installs nftables)")
         if not report.backend_skipped:
             started_backend = time.monotonic()
-            first, (alone_runs, second_runs) = behind_backend(ns, protocol, model, work, asked, report)
+            first, (alone_runs, second_runs) = behind_backend(ns, protocol, model, pcap, work, asked, report)
             backed, alone, second = list(first), list(alone_runs), list(second_runs)
             report.backend_seconds = round(time.monotonic() - started_backend, 1)
     finally:

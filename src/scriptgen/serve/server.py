@@ -1146,11 +1146,15 @@ class _Channels:
             self.log("expired", port, "data channel: nobody connected in time")
 
     def _stop_listening(self, fd: int) -> None:
+        self._unlisten(fd).close()
+
+    def _unlisten(self, fd: int) -> socket.socket:
+        """The listener `fd`, no longer this session's to watch (still open)."""
         sock, expiry = self.listening.pop(fd)
         expiry.cancel()
         asyncio.get_running_loop().remove_reader(fd)
-        sock.close()
         self._settled()
+        return sock
 
     def connect(self, port: int) -> None:
         """Connect to the port the client announced, on its own address."""
@@ -1197,19 +1201,14 @@ class _Channels:
         adopt(*self._release())
 
     def _release(self) -> tuple[list[socket.socket], list[tuple[asyncio.Transport, bytes]]]:
-        listening = []
-        for fd in list(self.listening):
-            sock, expiry = self.listening.pop(fd)
-            expiry.cancel()
-            asyncio.get_running_loop().remove_reader(fd)
-            self._settled()
-            listening.append(sock)
+        listening = [self._unlisten(fd) for fd in list(self.listening)]
         made = []
         while self.waiting:
             session = self.waiting.popleft()
+            early = bytes(session.early)
             transport = session.detach()
             if transport is not None:
-                made.append((transport, bytes(session.early)))
+                made.append((transport, early))
         self.queued.clear()
         return listening, made
 
